@@ -1,0 +1,3 @@
+"""img-search: semantic image search with SigLIP-family embeddings."""
+
+__version__ = "0.1.0"

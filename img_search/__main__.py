@@ -1,0 +1,3 @@
+from img_search.cli import main
+
+main()
