@@ -1,0 +1,39 @@
+"""Encoders and their registry: a name -> loader map; ``load_encoder`` picks the family from the checkpoint.
+
+Kept import-light: torch and transformers load only when an encoder is actually built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from img_search.embedding.base import Encoder, ModelInfo
+from img_search.registry import Registry
+
+DEFAULT_MODEL = "google/siglip-base-patch16-224"
+
+EncoderFactory = Callable[..., Encoder]
+ENCODERS: Registry[EncoderFactory] = Registry("encoder")
+
+
+def _hf_factory(family: str | None) -> EncoderFactory:
+    def factory(model: str, **kwargs: Any) -> Encoder:
+        from img_search.embedding.hf import load_hf_encoder
+
+        return load_hf_encoder(model, family=family, **kwargs)
+
+    return factory
+
+
+ENCODERS.add("auto", _hf_factory(None))
+for _family in ("siglip", "siglip2", "clip"):
+    ENCODERS.add(_family, _hf_factory(_family))
+
+
+def load_encoder(model: str = DEFAULT_MODEL, *, encoder: str = "auto", **kwargs: Any) -> Encoder:
+    """Load ``model`` (Hub id or local dir) with the named encoder ("auto" detects the family)."""
+    return ENCODERS.get(encoder)(model, **kwargs)
+
+
+__all__ = ["DEFAULT_MODEL", "ENCODERS", "Encoder", "ModelInfo", "load_encoder"]

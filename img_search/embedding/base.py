@@ -1,0 +1,58 @@
+"""Encoder contract: images and texts in, L2-normalised float32 vectors out.
+
+Image preprocessing is split from the forward pass on purpose: ``ImagePreprocessor`` is a
+small picklable callable that runs in the pipeline's decode workers (PIL image -> arrays),
+while ``Encoder.encode_batch`` runs the model on collated arrays in the main process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+FeatureVector = NDArray[np.float32]
+PixelBatch = dict[str, NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the catalog records about a model, and what calibration needs."""
+
+    model_id: str  # Hub id or absolute local path, as the user named it
+    family: str  # registry name: siglip | siglip2 | clip | ...
+    dim: int
+    logit_scale: float  # the learned log-temperature t'; the multiplier is exp(t')
+    logit_bias: float | None  # SigLIP's learned bias b; None for CLIP (softmax-trained, no bias)
+    text_max_length: int
+
+
+class ImagePreprocessor(Protocol):
+    def __call__(self, image: Any) -> PixelBatch:
+        """One RGB PIL image -> arrays without a batch axis (stacked later by the collate step)."""
+        ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    info: ModelInfo
+    device: str
+
+    def image_preprocessor(self) -> ImagePreprocessor: ...
+
+    def encode_batch(self, batch: PixelBatch) -> FeatureVector:
+        """Collated preprocessed images -> (n, dim) L2-normalised float32."""
+        ...
+
+    def encode_images(self, images: list[Any]) -> FeatureVector: ...
+
+    def encode_texts(self, texts: list[str]) -> FeatureVector: ...
+
+
+def collate_pixels(items: list[PixelBatch]) -> PixelBatch:
+    """Stack per-image arrays into a batch (all keys must agree across items)."""
+    if not items:
+        return {}
+    return {key: np.stack([item[key] for item in items]) for key in items[0]}
