@@ -1,0 +1,342 @@
+"""A thin typed layer over the SQLite catalog (WAL mode): parameterised SQL only, explicit transactions.
+
+One ``Catalog`` per thread (sqlite3 connections are not shared across threads): the pipeline's writer
+thread opens its own. Readers (``search``) work while an ``index`` run writes, thanks to WAL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from img_search.catalog.schema import MIGRATIONS, SCHEMA_VERSION
+from img_search.errors import CatalogError, DimensionMismatchError
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILENAME = "catalog.sqlite3"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def fs_bytes(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def fs_str(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    id: int
+    name: str
+    family: str | None
+    dim: int | None
+    logit_scale: float | None
+    logit_bias: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    id: int
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    content_hash: bytes | None
+    width: int | None
+    height: int | None
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """What the pipeline writes for one file."""
+
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    content_hash: bytes | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None  # set -> status 'error'
+
+
+_IMAGE_COLS = "id, path, size, mtime_ns, content_hash, width, height, status, error"
+
+
+def _image_row(r: Sequence[Any]) -> ImageRow:
+    return ImageRow(r[0], fs_str(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
+
+
+def prefix_bounds(folder: str) -> tuple[bytes, bytes]:
+    """Byte range [lo, hi) of every path strictly under ``folder`` (BLOBs compare with memcmp)."""
+    lo = fs_bytes(os.path.join(os.path.abspath(folder), ""))
+    return lo, lo[:-1] + bytes([lo[-1] + 1])
+
+
+class Catalog:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly and not self.path.exists():
+            raise CatalogError(f"no catalog at {self.path}: run `img-search index FOLDER` first")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    @classmethod
+    def in_dir(cls, index_dir: Path, *, readonly: bool = False) -> Catalog:
+        return cls(Path(index_dir) / CATALOG_FILENAME, readonly=readonly)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema ---------------------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"catalog {self.path} has schema version {version}, newer than this img-search understands "
+                f"({SCHEMA_VERSION}); upgrade img-search"
+            )
+        for target in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                # re-check inside the write lock: another process may have migrated meanwhile
+                if self.schema_version > target:
+                    continue
+                MIGRATIONS[target](self.db)
+                self.db.execute(f"PRAGMA user_version = {target + 1}")
+            logger.info("catalog %s migrated to schema version %d", self.path, target + 1)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    # -- models ---------------------------------------------------------------------------------
+    def get_model(self, name: str) -> ModelRow | None:
+        r = self.db.execute(
+            "SELECT id, name, family, dim, logit_scale, logit_bias FROM models WHERE name = ?", (name,)
+        ).fetchone()
+        return ModelRow(*r) if r else None
+
+    def models(self) -> list[ModelRow]:
+        rows = self.db.execute("SELECT id, name, family, dim, logit_scale, logit_bias FROM models ORDER BY id")
+        return [ModelRow(*r) for r in rows]
+
+    def ensure_model(
+        self, name: str, *, family: str, dim: int, logit_scale: float, logit_bias: float | None, recompute: bool = False
+    ) -> int:
+        """Register a model (or refresh its learned values); a changed dimension needs ``recompute``."""
+        existing = self.get_model(name)
+        with self.transaction() as db:
+            if existing is None:
+                cur = db.execute(
+                    "INSERT INTO models (name, family, dim, logit_scale, logit_bias, created_at) VALUES (?,?,?,?,?,?)",
+                    (name, family, dim, logit_scale, logit_bias, time.time()),
+                )
+                return int(cur.lastrowid or 0)
+            if existing.dim is not None and existing.dim != dim:
+                if not recompute:
+                    raise DimensionMismatchError(
+                        f"model {name!r} was indexed with {existing.dim}-dim vectors but now gives {dim}-dim ones "
+                        "(the checkpoint changed); re-run `img-search index` with --recompute"
+                    )
+                db.execute("DELETE FROM embeddings WHERE model_id = ?", (existing.id,))
+            db.execute(
+                "UPDATE models SET family = ?, dim = ?, logit_scale = ?, logit_bias = ? WHERE id = ?",
+                (family, dim, logit_scale, logit_bias, existing.id),
+            )
+            return existing.id
+
+    # -- roots ----------------------------------------------------------------------------------
+    def touch_root(self, folder: str) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO roots (path, added_at, last_indexed_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET last_indexed_at = excluded.last_indexed_at",
+                (fs_bytes(os.path.abspath(folder)), now, now),
+            )
+
+    def roots(self) -> list[tuple[str, float | None]]:
+        return [(fs_str(p), t) for p, t in self.db.execute("SELECT path, last_indexed_at FROM roots ORDER BY path")]
+
+    # -- images ---------------------------------------------------------------------------------
+    def images_under(self, folder: str) -> dict[str, ImageRow]:
+        lo, hi = prefix_bounds(folder)
+        rows = self.db.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE path >= ? AND path < ?", (lo, hi))
+        return {row.path: row for row in map(_image_row, rows)}
+
+    def image(self, path: str) -> ImageRow | None:
+        r = self.db.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE path = ?", (fs_bytes(path),)).fetchone()
+        return _image_row(r) if r else None
+
+    def images_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        out: dict[int, ImageRow] = {}
+        id_list = [int(i) for i in ids]
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self.db.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE id IN ({marks})", chunk):
+                out[r[0]] = _image_row(r)
+        return out
+
+    def embedded_hashes(self, model_id: int) -> set[bytes]:
+        return {r[0] for r in self.db.execute("SELECT content_hash FROM embeddings WHERE model_id = ?", (model_id,))}
+
+    def embedded_sizes(self, model_id: int) -> set[int]:
+        """Sizes of files whose content already has a vector: only new files of these sizes are worth hashing."""
+        rows = self.db.execute(
+            "SELECT DISTINCT i.size FROM images i JOIN embeddings e "
+            "ON e.content_hash = i.content_hash AND e.model_id = ? WHERE i.size IS NOT NULL",
+            (model_id,),
+        )
+        return {r[0] for r in rows}
+
+    def dims_for_hash(self, content_hash: bytes) -> tuple[int | None, int | None]:
+        r = self.db.execute(
+            "SELECT width, height FROM images WHERE content_hash = ? AND width IS NOT NULL LIMIT 1", (content_hash,)
+        ).fetchone()
+        return (r[0], r[1]) if r else (None, None)
+
+    @staticmethod
+    def _upsert_images(db: sqlite3.Connection, records: Iterable[ImageRecord], now: float) -> None:
+        db.executemany(
+            "INSERT INTO images (path, size, mtime_ns, content_hash, width, height, status, error, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (path) DO UPDATE SET size = excluded.size, "
+            "mtime_ns = excluded.mtime_ns, content_hash = excluded.content_hash, width = excluded.width, "
+            "height = excluded.height, status = excluded.status, error = excluded.error, "
+            "updated_at = excluded.updated_at",
+            [
+                (fs_bytes(r.path), r.size, r.mtime_ns, r.content_hash, r.width, r.height,
+                 "error" if r.error else "ok", r.error, now)
+                for r in records
+            ],
+        )
+
+    def record(
+        self,
+        records: Sequence[ImageRecord],
+        *,
+        model_id: int | None = None,
+        vectors: NDArray[np.float32] | None = None,
+    ) -> None:
+        """Write image rows and (for the ok ones, in order) their vectors in ONE transaction.
+
+        A run killed at any point leaves either all of a batch or none of it, so a re-run neither loses
+        nor duplicates anything.
+        """
+        now = time.time()
+        ok = [r for r in records if r.error is None]
+        with self.transaction() as db:
+            if vectors is not None and len(ok):
+                if model_id is None or vectors.shape[0] != len(ok):
+                    raise ValueError("vectors must match the ok records one to one, with a model id")
+                vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+                db.executemany(
+                    "INSERT INTO embeddings (content_hash, model_id, vector, dtype, created_at) "
+                    "VALUES (?, ?, ?, 'float32', ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
+                    "vector = excluded.vector, created_at = excluded.created_at",
+                    [(r.content_hash, model_id, vecs[i].tobytes(), now) for i, r in enumerate(ok)],
+                )
+            self._upsert_images(db, records, now)
+
+    def mark_deleted(self, paths: Iterable[str]) -> int:
+        rows = [(time.time(), fs_bytes(p)) for p in paths]
+        with self.transaction() as db:
+            db.executemany("UPDATE images SET status = 'deleted', error = NULL, updated_at = ? WHERE path = ?", rows)
+        return len(rows)
+
+    # -- vectors --------------------------------------------------------------------------------
+    def load_vectors(self, model_id: int, dim: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Every live image's vector for a model: (image ids, (n, dim) float32), in image-id order."""
+        rows = self.db.execute(
+            "SELECT i.id, e.vector FROM images i JOIN embeddings e "
+            "ON e.content_hash = i.content_hash AND e.model_id = ? WHERE i.status = 'ok' ORDER BY i.id",
+            (model_id,),
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        blob = b"".join(r[1] for r in rows)
+        vectors = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim) if rows else np.empty((0, dim), np.float32)
+        return ids, vectors
+
+    def vector_for(self, model_id: int, content_hash: bytes) -> NDArray[np.float32] | None:
+        r = self.db.execute(
+            "SELECT vector FROM embeddings WHERE model_id = ? AND content_hash = ?", (model_id, content_hash)
+        ).fetchone()
+        return np.frombuffer(r[0], dtype=np.float32).copy() if r else None
+
+    # -- runs and stats -------------------------------------------------------------------------
+    def start_run(self, model_id: int | None) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO runs (model_id, started_at, status) VALUES (?, ?, 'running')", (model_id, time.time())
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, *, status: str, stats: dict[str, Any], model_id: int | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, stats = ?, model_id = COALESCE(?, model_id) WHERE id = ?",
+                (time.time(), status, json.dumps(stats), model_id, run_id),
+            )
+
+    def last_run(self) -> dict[str, Any] | None:
+        r = self.db.execute(
+            "SELECT id, model_id, started_at, finished_at, status, stats FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if not r:
+            return None
+        return {"id": r[0], "model_id": r[1], "started_at": r[2], "finished_at": r[3], "status": r[4],
+                "stats": json.loads(r[5]) if r[5] else None}
+
+    def status_counts(self) -> dict[str, int]:
+        return {s: n for s, n in self.db.execute("SELECT status, COUNT(*) FROM images GROUP BY status")}
+
+    def embedding_counts(self) -> dict[int, int]:
+        """Live images with a vector, per model id."""
+        rows = self.db.execute(
+            "SELECT e.model_id, COUNT(*) FROM images i JOIN embeddings e ON e.content_hash = i.content_hash "
+            "WHERE i.status = 'ok' GROUP BY e.model_id"
+        )
+        return {m: n for m, n in rows}
+
+    def failures(self, limit: int | None = None) -> list[ImageRow]:
+        sql = f"SELECT {_IMAGE_COLS} FROM images WHERE status = 'error' ORDER BY path"
+        params: tuple[int, ...] = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (limit,)
+        return [_image_row(r) for r in self.db.execute(sql, params)]

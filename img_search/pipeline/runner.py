@@ -1,0 +1,255 @@
+"""The indexing loop: plan (scan + diff against the catalog) -> read -> encode -> write.
+
+``index_folders`` is the one loop for folders. Planning is cheap and import-light (no torch): an
+unchanged folder costs a directory walk and one query, and the model is loaded only when some file
+needs embedding. Files are incremental by (path, size, mtime); a new path whose bytes already have a
+vector (a moved, renamed or copied file) reuses it by content hash; files gone from an indexed
+folder are marked deleted; ``recompute`` re-embeds everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from img_search.catalog import Catalog, ImageRecord, ImageRow
+from img_search.catalog.lock import IndexLock
+from img_search.data.folder import FileEntry, ScanProblem, scan_folder
+from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, content_hash
+from img_search.embedding.base import Encoder
+from img_search.errors import ImgSearchError
+from img_search.pipeline.progress import LogProgress, Progress
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def default_workers() -> int:
+    # decoding a 1024x768 JPEG and resizing it costs ~5% of a base ViT forward: one worker per two
+    # cores keeps the model fed without stealing its cores
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    model: str
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int = field(default_factory=default_workers)
+    recompute: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    include_hidden: bool = False
+
+
+@dataclass
+class Failure:
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexSummary:
+    roots: list[str]
+    model: str
+    scanned: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    reused: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    failed_before: int = 0  # unchanged files that failed in an earlier run (not retried)
+    deleted: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.embedded + len(self.failed)
+        return done / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["images_per_second"] = round(self.images_per_second, 3)
+        return d
+
+
+@dataclass
+class Plan:
+    todo: list[FileEntry] = field(default_factory=list)
+    reuse: list[ImageRecord] = field(default_factory=list)
+    problems: list[ImageRecord] = field(default_factory=list)
+    new_problems: list[Failure] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    scanned: int = 0
+    unchanged: int = 0
+    failed_before: int = 0
+
+
+def _reusable(entry: FileEntry, catalog: Catalog, embedded: set[bytes], sizes: set[int]) -> ImageRecord | None:
+    """A new or changed file whose bytes already have a vector for this model (moved, renamed, copied)."""
+    if entry.size not in sizes:
+        return None
+    try:
+        with open(entry.path, "rb") as fh:
+            digest = content_hash(fh.read())
+    except OSError:
+        return None  # the reader will record the failure properly
+    if digest not in embedded:
+        return None
+    width, height = catalog.dims_for_hash(digest)
+    return ImageRecord(entry.path, entry.size, entry.mtime_ns, digest, width, height)
+
+
+def _plan_entry(entry: FileEntry, row: ImageRow | None, plan: Plan, recompute: bool, embedded: set[bytes]) -> bool:
+    """Settle files whose catalog row is current; return False when the file needs more work."""
+    if recompute or row is None or row.size != entry.size or row.mtime_ns != entry.mtime_ns:
+        return False
+    if row.status == "error":
+        plan.failed_before += 1
+        return True
+    if row.content_hash in embedded:
+        if row.status == "ok":
+            plan.unchanged += 1
+        else:  # a deleted file came back untouched
+            plan.reuse.append(ImageRecord(entry.path, entry.size, entry.mtime_ns, row.content_hash, row.width,
+                                          row.height))
+        return True
+    return False
+
+
+def plan_folder(
+    catalog: Catalog, folder: str, model_id: int | None, *, recompute: bool, include_hidden: bool, plan: Plan,
+    embedded: set[bytes], sizes: set[int],
+) -> None:
+    scan = scan_folder(folder, include_hidden=include_hidden)
+    known = catalog.images_under(folder)
+    plan.scanned += len(scan.files)
+    for entry in scan.files:
+        row = known.pop(entry.path, None)
+        if _plan_entry(entry, row, plan, recompute, embedded):
+            continue
+        reused = None if (recompute or model_id is None) else _reusable(entry, catalog, embedded, sizes)
+        if reused is not None:
+            plan.reuse.append(reused)
+        else:
+            plan.todo.append(entry)
+    for problem in scan.problems:
+        _plan_problem(problem, known.pop(problem.path, None), plan)
+    plan.vanished.extend(path for path, row in known.items() if row.status != "deleted")
+
+
+def _plan_problem(problem: ScanProblem, row: ImageRow | None, plan: Plan) -> None:
+    plan.problems.append(ImageRecord(problem.path, None, None, error=problem.reason))
+    if row is None or row.error != problem.reason:
+        plan.new_problems.append(Failure(problem.path, problem.reason))
+    else:
+        plan.failed_before += 1
+
+
+def make_plan(catalog: Catalog, folders: Sequence[str], model_id: int | None, *, recompute: bool = False,
+              include_hidden: bool = False) -> Plan:
+    plan = Plan()
+    embedded = catalog.embedded_hashes(model_id) if model_id is not None else set()
+    sizes = catalog.embedded_sizes(model_id) if model_id is not None else set()
+    for folder in folders:
+        plan_folder(catalog, folder, model_id, recompute=recompute, include_hidden=include_hidden, plan=plan,
+                    embedded=embedded, sizes=sizes)
+    return plan
+
+
+def _check_folders(folders: Sequence[str]) -> list[str]:
+    out = []
+    for folder in folders:
+        path = os.path.abspath(os.path.expanduser(folder))
+        if not os.path.exists(path):
+            raise ImgSearchError(f"folder {folder!r} does not exist")
+        if not os.path.isdir(path):
+            raise ImgSearchError(f"{folder!r} is not a folder; `index` takes folders (use `similar` for one image)")
+        out.append(path)
+    return out
+
+
+def index_folders(
+    folders: Sequence[str],
+    index_dir: Path,
+    options: IndexOptions,
+    *,
+    encoder_factory: Callable[[], Encoder],
+    progress: Progress | None = None,
+) -> IndexSummary:
+    """Bring the catalog in ``index_dir`` up to date with ``folders`` for ``options.model``."""
+    from img_search.embedding.hf import canonical_model_id
+
+    roots = _check_folders(folders)
+    model_name = canonical_model_id(options.model)
+    summary = IndexSummary(roots=roots, model=model_name)
+    t0 = time.monotonic()
+    with IndexLock(index_dir), Catalog.in_dir(index_dir) as catalog:
+        model_row = catalog.get_model(model_name)
+        plan = make_plan(catalog, roots, model_row.id if model_row else None, recompute=options.recompute,
+                         include_hidden=options.include_hidden)
+        summary.scanned, summary.unchanged, summary.failed_before = plan.scanned, plan.unchanged, plan.failed_before
+        summary.reused = len(plan.reuse)
+        summary.failed.extend(plan.new_problems)
+        if plan.reuse or plan.problems:
+            catalog.record(plan.reuse + plan.problems)
+        if plan.vanished:
+            summary.deleted = catalog.mark_deleted(plan.vanished)
+        run_id = catalog.start_run(model_row.id if model_row else None)
+        status = "finished"
+        model_id = model_row.id if model_row else None
+        try:
+            if plan.todo:
+                encoder = encoder_factory()
+                info = encoder.info
+                model_id = catalog.ensure_model(
+                    model_name, family=info.family, dim=info.dim, logit_scale=info.logit_scale,
+                    logit_bias=info.logit_bias, recompute=options.recompute,
+                )
+                _embed(plan.todo, encoder, catalog.path, model_id, options, summary, progress or LogProgress())
+            for root in roots:
+                catalog.touch_root(root)
+        except KeyboardInterrupt:
+            status, summary.interrupted = "interrupted", True
+            raise
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            summary.seconds = time.monotonic() - t0
+            catalog.finish_run(run_id, status=status, stats=summary.to_dict(), model_id=model_id)
+    return summary
+
+
+def _embed(todo: list[FileEntry], encoder: Encoder, catalog_path: Path, model_id: int, options: IndexOptions,
+           summary: IndexSummary, progress: Progress) -> None:
+    from img_search.pipeline.reader import ImageFileDataset, read_batches
+    from img_search.pipeline.writer import CatalogWriter
+
+    dataset = ImageFileDataset(todo, encoder.image_preprocessor(), options.max_image_pixels)
+    workers = min(options.workers, max(1, len(todo) // options.batch_size)) if options.workers else 0
+    batches = read_batches(dataset, batch_size=options.batch_size, workers=workers)  # forks before the thread
+    writer = CatalogWriter(catalog_path, model_id)
+    progress.start(len(todo), "embedding")
+    t0 = time.monotonic()
+    try:
+        for batch in batches:
+            vectors = encoder.encode_batch(batch.pixels) if batch.ok else None
+            records = [ImageRecord(i.entry.path, i.entry.size, i.entry.mtime_ns, i.content_hash, i.width, i.height)
+                       for i in batch.ok]
+            records += [ImageRecord(i.entry.path, i.entry.size, i.entry.mtime_ns, error=i.error)
+                        for i in batch.failed]
+            writer.put(records, vectors)
+            summary.embedded += len(batch.ok)
+            summary.failed.extend(Failure(i.entry.path, i.error or "") for i in batch.failed)
+            progress.advance(len(batch))
+    finally:
+        # commit everything already encoded, even when interrupted: a re-run then starts after it
+        writer.close()
+        summary.embed_seconds = time.monotonic() - t0
+        progress.stop()

@@ -1,0 +1,1 @@
+"""Search: query encoding, collection search over a VectorIndex, and calibration."""
