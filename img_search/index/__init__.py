@@ -17,6 +17,23 @@ from img_search.index.base import VectorIndex
 # name -> "module:Class"; modules are imported lazily so optional libraries stay optional
 BACKENDS: dict[str, str] = {
     "exact": "img_search.index.exact:ExactIndex",
+    "faiss": "img_search.index.faiss_index:FaissIndex",
+    "hnswlib": "img_search.index.hnswlib_index:HnswlibIndex",
+    "usearch": "img_search.index.usearch_index:UsearchIndex",
+    "scann": "img_search.index.scann_index:ScannIndex",
+    "qdrant": "img_search.index.qdrant_index:QdrantIndex",
+    "qdrant_edge": "img_search.index.qdrant_edge_index:QdrantEdgeIndex",
+}
+
+# name -> what to install when the backend's library is missing
+_DEFAULT_HINT = "pip install 'img-search[ann]'"
+_INSTALL_HINTS: dict[str, str] = {
+    "faiss": "pip install faiss-cpu  (or: pip install 'img-search[ann]')",
+    "hnswlib": "pip install hnswlib  (or: pip install 'img-search[ann]')",
+    "usearch": "pip install usearch  (or: pip install 'img-search[ann]')",
+    "scann": "pip install scann  (or: pip install 'img-search[scann]'; Linux x86-64 / macOS arm64 wheels only)",
+    "qdrant": "pip install qdrant-client  (or: pip install 'img-search[ann]')",
+    "qdrant_edge": "pip install qdrant-edge-py  (or: pip install 'img-search[ann]')",
 }
 
 
@@ -33,7 +50,7 @@ def _resolve(name: str) -> type[VectorIndex]:
     except ImportError as exc:
         raise BackendUnavailableError(
             f"index backend {name!r} needs a library that is not installed ({exc}); "
-            "install the extra, e.g. `pip install 'img-search[ann]'`"
+            f"install it: {_INSTALL_HINTS.get(name, _DEFAULT_HINT)}"
         ) from exc
     return getattr(module, cls_name)  # type: ignore[no-any-return]
 

@@ -11,7 +11,9 @@ Contract (checked by ``tests/index/test_conformance.py`` for every installed bac
   padded with id -1 (and score -inf) where fewer than k vectors exist;
   scores are similarities (higher is better): cosine or inner product;
 * ``save(path)`` / ``load(path)`` (classmethod) round-trip the index (memory-mapped where supported);
-* ``memory_bytes()`` estimates the index's resident size; ``len(index)`` counts stored vectors.
+* ``memory_bytes()`` estimates the index's resident size; ``len(index)`` counts stored vectors;
+* ``search_params`` names the parameters ``set_search_params(**params)`` may change on a built index without
+  rebuilding it (nprobe, ef, ...), so an evaluation can sweep them; unknown names raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ IdArray = NDArray[np.int64]
 class VectorIndex(Protocol):
     name: ClassVar[str]
     supports_remove: ClassVar[bool]
+    search_params: ClassVar[tuple[str, ...]]
     dim: int
     metric: Metric
 
@@ -49,6 +52,8 @@ class VectorIndex(Protocol):
 
     def memory_bytes(self) -> int: ...
 
+    def set_search_params(self, **params: Any) -> None: ...
+
     def __len__(self) -> int: ...
 
 
@@ -56,6 +61,14 @@ def check_metric(metric: str) -> Metric:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     return metric  # type: ignore[return-value]
+
+
+def check_search_params(backend: str, allowed: tuple[str, ...], params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the valid parameters when ``params`` holds one the backend cannot change."""
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        valid = ", ".join(allowed) if allowed else "none"
+        raise ValueError(f"{backend}: cannot set search parameter(s) {', '.join(unknown)}; valid: {valid}")
 
 
 def as_vectors(vectors: Any, dim: int) -> FloatArray:
@@ -103,7 +116,7 @@ def topk(scores: FloatArray, k: int) -> tuple[NDArray[np.intp], FloatArray]:
     kk = min(k, m)
     if kk == 0:
         return np.empty((n, 0), dtype=np.intp), np.empty((n, 0), dtype=np.float32)
-    if kk < m:
+    if kk < m:  # noqa: SIM108  (an if-block reads better than a 120-column ternary)
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()

@@ -15,6 +15,7 @@ from img_search.index.base import (
     as_ids,
     as_vectors,
     check_metric,
+    check_search_params,
     normalize,
     pad_results,
     topk,
@@ -27,6 +28,7 @@ _QUERY_BLOCK = 256
 class ExactIndex:
     name: ClassVar[str] = "exact"
     supports_remove: ClassVar[bool] = True
+    search_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, dim: int, metric: str = "cosine") -> None:
         self.dim = dim
@@ -85,6 +87,10 @@ class ExactIndex:
 
     def memory_bytes(self) -> int:
         return int(self._ids.nbytes + self._vectors.nbytes)
+
+    def set_search_params(self, **params: Any) -> None:
+        """Exact search has nothing to tune; any parameter is an error."""
+        check_search_params(self.name, self.search_params, params)
 
     @property
     def vectors(self) -> FloatArray:

@@ -1,0 +1,211 @@
+"""ScaNN backend: a k-means tree (``leaves``) over anisotropic-quantised (AH) codes, searched in
+``leaves_to_search`` leaves and re-ranked exactly over the ``reorder`` best candidates.
+
+ScaNN builds its searcher from the whole dataset at once, and this backend does not use ScaNN's mutable-searcher
+path (``upsert`` / ``delete`` over Python-side docids). So this wrapper keeps the vectors itself (a float32 copy,
+counted in ``memory_bytes``), ``add`` / ``remove`` only update that copy and mark the searcher stale, and the next
+``search`` rebuilds it (k-means and AH training included) -- cheap to call often, expensive to search right after
+every small change. Small sets (below ``min_tree_size`` vectors) get a brute-force ScaNN searcher, and ``leaves``
+is clamped to ``n // 20`` so every leaf trains on at least ~20 points.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from scann import scann_ops_pybind
+
+from img_search.index.base import (
+    FloatArray,
+    IdArray,
+    Metric,
+    as_ids,
+    as_vectors,
+    check_metric,
+    check_search_params,
+    normalize,
+    pad_results,
+)
+from img_search.index.exact import ExactIndex
+
+logger = logging.getLogger(__name__)
+
+# search_batched_parallel splits the batch across ScaNN's thread pool; below this a single batch call is cheaper
+_PARALLEL_MIN_QUERIES = 256
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class ScannIndex:
+    name: ClassVar[str] = "scann"
+    supports_remove: ClassVar[bool] = True
+    search_params: ClassVar[tuple[str, ...]] = ("leaves_to_search", "reorder")
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        metric: str = "cosine",
+        leaves: int = 1000,
+        leaves_to_search: int = 50,
+        reorder: int = 100,
+        dims_per_block: int = 2,
+        anisotropic_quantization_threshold: float = 0.2,
+        training_sample_size: int = 100_000,
+        min_tree_size: int = 2_000,
+        training_threads: int = 0,
+    ) -> None:
+        self.dim = int(dim)
+        self.metric: Metric = check_metric(metric)
+        self.leaves = int(leaves)
+        self.leaves_to_search = int(leaves_to_search)
+        self.reorder = int(reorder)
+        self.dims_per_block = int(dims_per_block)
+        self.anisotropic_quantization_threshold = float(anisotropic_quantization_threshold)
+        self.training_sample_size = int(training_sample_size)
+        self.min_tree_size = int(min_tree_size)
+        self.training_threads = int(training_threads)
+        self._store = ExactIndex(dim=self.dim, metric="ip")  # vectors already normalised for cosine
+        self._searcher: Any = None
+        self._searcher_ids: IdArray = np.empty(0, dtype=np.int64)
+        self._built_leaves = 0
+        self._dirty = False
+        self._memory_cache: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def add(self, ids: Any, vectors: Any) -> None:
+        vecs = as_vectors(vectors, self.dim)
+        new_ids = as_ids(ids, vecs.shape[0])
+        if new_ids.size == 0:
+            return
+        self._store.add(new_ids, normalize(vecs) if self.metric == "cosine" else vecs)
+        self._dirty = True
+
+    def remove(self, ids: Any) -> None:
+        before = len(self._store)
+        self._store.remove(ids)
+        self._dirty = self._dirty or len(self._store) != before
+
+    def build(self) -> None:
+        """(Re)build the ScaNN searcher from the stored vectors; ``search`` calls this when they changed."""
+        n = len(self._store)
+        self._dirty, self._memory_cache = False, None
+        if n == 0:
+            self._searcher, self._searcher_ids = None, np.empty(0, dtype=np.int64)
+            return
+        db = np.ascontiguousarray(self._store.vectors, dtype=np.float32)
+        builder = scann_ops_pybind.builder(db, 10, "dot_product")
+        if self.training_threads:
+            builder = builder.set_n_training_threads(self.training_threads)
+        if n < self.min_tree_size:
+            self._built_leaves = 0
+            builder = builder.score_brute_force()
+        else:
+            leaves = max(1, min(self.leaves, n // 20))
+            if leaves < self.leaves:
+                logger.info("scann: %d vectors, leaves clamped %d -> %d", n, self.leaves, leaves)
+            self._built_leaves = leaves
+            builder = builder.tree(
+                num_leaves=leaves,
+                num_leaves_to_search=min(self.leaves_to_search, leaves),
+                training_sample_size=min(n, self.training_sample_size),
+            ).score_ah(self.dims_per_block, anisotropic_quantization_threshold=self.anisotropic_quantization_threshold)
+            if self.reorder > 0:
+                builder = builder.reorder(self.reorder)
+        logger.info("scann: building a searcher over %d vectors", n)
+        self._searcher = builder.build()
+        self._searcher_ids = self._store.ids.copy()
+
+    def set_search_params(self, **params: Any) -> None:
+        check_search_params(self.name, self.search_params, params)
+        for key, value in params.items():
+            setattr(self, key, int(value))
+
+    def _raw_search(self, q: FloatArray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ScaNN call itself (what a benchmark times as the raw library)."""
+        kwargs: dict[str, Any] = {"final_num_neighbors": kk}
+        if self._built_leaves:
+            kwargs["leaves_to_search"] = min(self.leaves_to_search, self._built_leaves)
+            if self.reorder > 0:
+                kwargs["pre_reorder_num_neighbors"] = max(self.reorder, kk)
+        if q.shape[0] >= _PARALLEL_MIN_QUERIES:
+            return self._searcher.search_batched_parallel(q, **kwargs)  # type: ignore[no-any-return]
+        return self._searcher.search_batched(q, **kwargs)  # type: ignore[no-any-return]
+
+    def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+        q = as_vectors(queries, self.dim)
+        if self.metric == "cosine":
+            q = normalize(q)
+        if self._dirty:
+            self.build()
+        kk = min(k, len(self))
+        if kk <= 0 or self._searcher is None:
+            return pad_results(np.empty((q.shape[0], 0), np.int64), np.empty((q.shape[0], 0), np.float32), k)
+        rows, scores = self._raw_search(q, kk)
+        rows = np.asarray(rows, dtype=np.int64).reshape(q.shape[0], -1)
+        scores = np.asarray(scores, dtype=np.float32).reshape(q.shape[0], -1)
+        valid = ~np.isnan(scores)
+        ids = np.where(valid, self._searcher_ids[rows], -1)
+        return pad_results(ids, np.where(valid, scores, -np.inf).astype(np.float32, copy=False), k)
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "backend": self.name, "dim": self.dim, "metric": self.metric, "leaves": self.leaves,
+            "leaves_to_search": self.leaves_to_search, "reorder": self.reorder,
+            "dims_per_block": self.dims_per_block,
+            "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
+            "training_sample_size": self.training_sample_size, "min_tree_size": self.min_tree_size,
+            "training_threads": self.training_threads,
+        }
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self._dirty:
+            self.build()
+        self._store.save(path / "store")
+        built = self._searcher is not None
+        if built:
+            (path / "scann").mkdir(exist_ok=True)
+            self._searcher.serialize(str(path / "scann"), relative_path=True)
+        meta = self._config() | {"built": built, "built_leaves": self._built_leaves}
+        (path / "meta.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, path: Path, *, mmap: bool = True, **_: Any) -> ScannIndex:
+        """Load the ScaNN searcher (ScaNN reads it into RAM) and the stored vectors (memory-mapped by default)."""
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        index = cls(**{k: v for k, v in meta.items() if k not in ("backend", "built", "built_leaves")})
+        index._store = ExactIndex.load(path / "store", mmap=mmap)
+        if meta["built"]:
+            index._searcher = scann_ops_pybind.load_searcher(str(path / "scann"))
+            index._searcher_ids = index._store.ids.copy()
+            index._built_leaves = int(meta["built_leaves"])
+        return index
+
+    def memory_bytes(self) -> int:
+        """Our float32 copy plus the searcher's serialized size (ScaNN reports no figure of its own)."""
+        if self._dirty:
+            self.build()
+        if self._memory_cache is None:
+            searcher = 0
+            if self._searcher is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    self._searcher.serialize(tmp, relative_path=True)
+                    searcher = _dir_bytes(Path(tmp))
+            self._memory_cache = searcher + int(self._searcher_ids.nbytes)
+        return self._store.memory_bytes() + self._memory_cache
+
+    @property
+    def raw_index(self) -> Any:
+        return self._searcher
