@@ -79,11 +79,24 @@ class EvaluationConfigError(ImgSearchError):
 class MethodSpec:
     """One index configuration: a registry backend, its constructor parameters, and an optional sweep."""
 
-    label: str
     backend: str
     metric: str
     params: dict[str, Any]
     sweep: dict[str, list[Any]] = field(default_factory=dict)
+    # the user's label (`name:` in the method, or its key in extra_methods); None: derived from the parameters
+    name: str | None = None
+    # the backend name as the config wrote it (before aliases), used in derived labels
+    config_backend: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.label_without(None)
+
+    def label_without(self, param: str | None) -> str:
+        """The label; a derived one leaves out ``param`` (the swept parameter, whose build-time value is moot)."""
+        if self.name:
+            return self.name
+        return _default_label(self.config_backend or self.backend, {k: v for k, v in self.params.items() if k != param})
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any], *, default_metric: str, label: str | None = None) -> MethodSpec:
@@ -92,18 +105,19 @@ class MethodSpec:
                 f"a method must be a mapping with a `backend` key, e.g. {{backend: faiss, method: hnsw}}; got {raw!r}"
             )
         config_backend = str(raw["backend"])
-        backend = BACKEND_ALIASES.get(config_backend, config_backend)
-        params = {str(k): v for k, v in raw.items() if k not in _RESERVED_KEYS}
         sweep = raw.get("sweep") or {}
-        if not isinstance(sweep, Mapping) or not all(isinstance(v, Sequence) for v in sweep.values()):
+        if not isinstance(sweep, Mapping) or not all(
+            isinstance(v, Sequence) and not isinstance(v, str) for v in sweep.values()
+        ):
             raise EvaluationConfigError(f"`sweep` of method {raw!r} must map a parameter to a list of values")
-        name = raw.get("name") or raw.get("label") or label or _default_label(config_backend, params)
+        name = raw.get("name") or raw.get("label") or label
         return cls(
-            label=str(name),
-            backend=backend,
+            backend=BACKEND_ALIASES.get(config_backend, config_backend),
             metric=str(raw.get("metric") or default_metric),
-            params=params,
+            params={str(k): v for k, v in raw.items() if k not in _RESERVED_KEYS},
             sweep={str(k): list(v) for k, v in sweep.items()},
+            name=str(name) if name else None,
+            config_backend=config_backend,
         )
 
 
@@ -315,7 +329,7 @@ def run_evaluation(
         relevant=relevant,
         ground_truth=np.empty((0, 0), dtype=np.int64),
     )
-    baseline = MethodSpec(label="exact (baseline)", backend=EXACT_BACKEND, metric=config.metric, params={})
+    baseline = MethodSpec(backend=EXACT_BACKEND, metric=config.metric, params={}, name="exact (baseline)")
     index, build_s = _build(baseline, problem, index_factory)
     exact_row, exact_ids = _measure(baseline, index, build_s, problem, config)
     problem = replace(problem, ground_truth=exact_ids)
@@ -389,6 +403,8 @@ def _evaluate_method(
         for value in values:
             index.set_search_params(**{sweep_param: value})
             row, _ = _measure(method, index, build_s, problem, config)
+            row.method = method.label_without(sweep_param)
+            row.params[sweep_param] = value
             row.sweep_param, row.sweep_value = sweep_param, value
             rows.append(row)
         return rows
@@ -405,7 +421,12 @@ def _evaluate_method(
 
 
 def _sweep_plan(method: MethodSpec, index: VectorIndex, sweep: SweepConfig) -> tuple[str | None, list[Any]]:
-    """The search parameter to vary and its values: the method's own `sweep`, else the global one in sweep mode."""
+    """The search parameter to vary and its values: the method's own `sweep`, else the global one in sweep mode.
+
+    ``search_params`` may be a union over a backend's variants (faiss lists nprobe and ef_search), so a global
+    sweep probes each candidate with ``set_search_params``, which raises ``ValueError`` for a parameter the built
+    index cannot change, and takes the first one accepted.
+    """
     tunable = tuple(getattr(index, "search_params", ()))
     if method.sweep:
         if len(method.sweep) != 1:
@@ -420,8 +441,13 @@ def _sweep_plan(method: MethodSpec, index: VectorIndex, sweep: SweepConfig) -> t
     if not sweep.enabled:
         return None, []
     for param, values in sweep.values.items():
-        if param in tunable:
-            return param, values
+        if param not in tunable or not values:
+            continue
+        try:
+            index.set_search_params(**{param: values[0]})
+        except ValueError:
+            continue
+        return param, values
     logger.info("method %s has none of the swept parameters (%s): one point", method.label, ", ".join(sweep.values))
     return None, []
 
@@ -606,7 +632,7 @@ def render_table(report: EvaluationReport) -> Any:
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row, record in zip(report.rows, report_records(report), strict=True):
-        label = row.method + (f" {row.sweep_param}={row.sweep_value}" if row.sweep_param else "")
+        label = point_label(row)
         if row.status != "ok":
             table.add_row(f"{label} [dim]({row.status})[/dim]", *["-"] * (len(headers) - 1))
             continue
@@ -618,6 +644,10 @@ def render_table(report: EvaluationReport) -> Any:
         ]  # fmt: skip
         table.add_row(label, *cells)
     return table
+
+
+def point_label(row: ResultRow) -> str:
+    return row.method + (f" {row.sweep_param}={row.sweep_value}" if row.sweep_param else "")
 
 
 def _fmt(value: float | None) -> str:
@@ -637,9 +667,10 @@ def plot_sweep(report: EvaluationReport, path: Path) -> None:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for label, rows in curves.items():
-        points = sorted((r.ann_recall.get(k, math.nan), r.qps, r.sweep_value) for r in rows)
+        # in sweep order, so the line follows the parameter (recall is not always monotonic in it)
+        points = [(r.ann_recall.get(k, math.nan), r.qps, r.sweep_value) for r in rows]
         xs, ys = [p[0] for p in points], [p[1] for p in points]
-        axes.plot(xs, ys, marker="o", label=label)
+        axes.plot(xs, ys, marker="o" if len(points) > 1 else "*", markersize=6 if len(points) > 1 else 12, label=label)
         for x, y, value in points:
             if value is not None:
                 axes.annotate(str(value), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
