@@ -345,6 +345,8 @@ class _TableReader:
                 f"{spec.describe()}: {ids.null_count} row(s) near row {first_row} have no id in `{spec.id_column}`"
             )
         batch_ids = [str(v) for v in ids.to_pylist()]
+        if "" in batch_ids:
+            raise EmbeddingDatasetError(f"{spec.describe()}: empty id in `{spec.id_column}` near row {first_row}")
         vectors = _list_column_to_matrix(table.column(spec.embedding_column), spec, batch_ids)
         self._store(vectors)
         self.ids += batch_ids

@@ -25,7 +25,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,8 @@ class EvaluationConfig:
     output_path: str | None = None
     # a method whose backend raises is recorded as failed and the run goes on, unless fail_fast
     fail_fast: bool = False
+    # cap on BLAS / OpenMP thread pools while building and measuring (threadpoolctl); None leaves them alone
+    threads: int | None = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
@@ -176,6 +179,8 @@ class EvaluationConfig:
             raise EvaluationConfigError(
                 "cutoff, ann_recall_k and throughput_repeats must be >= 1 and latency_queries >= 0"
             )
+        if self.threads is not None and self.threads < 1:
+            raise EvaluationConfigError(f"threads must be >= 1 (or null), got {self.threads}")
         deepest = max(*self.recall_at, self.cutoff, self.ann_recall_k)
         if self.top_k < deepest:
             raise EvaluationConfigError(
@@ -189,7 +194,7 @@ class EvaluationConfig:
         raw = dict(raw)
         valid = {
             "methods", "extra_methods", "recall_at", "top_k", "cutoff", "ann_recall_k", "metric",
-            "throughput_repeats", "latency_queries", "output_path", "fail_fast", "sweep",
+            "throughput_repeats", "latency_queries", "output_path", "fail_fast", "sweep", "threads",
         }  # fmt: skip
         unknown = sorted(set(raw) - valid)
         if unknown:
@@ -217,7 +222,7 @@ class EvaluationConfig:
         )
 
 
-_INT_KEYS = ("top_k", "cutoff", "ann_recall_k", "throughput_repeats", "latency_queries")
+_INT_KEYS = ("top_k", "cutoff", "ann_recall_k", "throughput_repeats", "latency_queries", "threads")
 
 
 def _as_method_list(raw: Any) -> list[Mapping[str, Any]]:
@@ -316,6 +321,33 @@ def run_evaluation(
     index_factory: Callable[..., VectorIndex] = create_index,
 ) -> EvaluationReport:
     """Measure the exact baseline and every configured method on ``gallery`` x ``queries``."""
+    with thread_limits(config.threads):
+        return _run_evaluation(gallery, queries, config, index_factory)
+
+
+@contextmanager
+def thread_limits(threads: int | None) -> Iterator[None]:
+    """Cap every BLAS / OpenMP pool at ``threads``. On few cores, numpy's OpenBLAS threads spinning after the
+    baseline's matrix product and faiss' OpenMP threads starve each other, inflating latencies by orders of
+    magnitude (docs/EVALUATION.md)."""
+    if threads is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as exc:
+        raise EvaluationConfigError("evaluation.threads needs threadpoolctl: pip install threadpoolctl") from exc
+    with threadpool_limits(limits=threads):
+        logger.info("BLAS / OpenMP thread pools limited to %d thread(s)", threads)
+        yield
+
+
+def _run_evaluation(
+    gallery: EmbeddingTable,
+    queries: EmbeddingTable,
+    config: EvaluationConfig,
+    index_factory: Callable[..., VectorIndex],
+) -> EvaluationReport:
     check_compatible(gallery, queries)
     if queries.relevant is None:
         raise EvaluationConfigError("the query table carries no relevance labels (set query_dataset.relevance_column)")
@@ -348,8 +380,8 @@ def run_evaluation(
     )
 
 
-def check_backends_registered(config: EvaluationConfig) -> None:
-    """Fail before any data is read when a method names a backend the index registry does not know.
+def validate_methods(config: EvaluationConfig) -> None:
+    """Fail before any data is read when a method names an unregistered backend or a parameter it does not take.
 
     A registered backend whose library is missing is not an error here: its methods are skipped at run time.
     """
@@ -359,6 +391,36 @@ def check_backends_registered(config: EvaluationConfig) -> None:
             f"unknown index backend(s) {', '.join(unknown)} in evaluation.methods; registered backends: "
             f"{', '.join(sorted(BACKENDS))}"
         )
+    for method in config.methods:
+        try:
+            cls = _resolve_backend_class(method.backend)
+        except BackendUnavailableError:
+            continue
+        if cls is None:
+            continue
+        accepted = _keyword_params(cls)
+        if accepted is None:
+            continue
+        extra = sorted(set(constructor_params(method)) - accepted)
+        if extra:
+            raise EvaluationConfigError(
+                f"method {method.label}: backend {method.backend} takes no parameter(s) {', '.join(extra)} "
+                f"(it takes: {', '.join(sorted(accepted - {'dim', 'metric'}))}). If the method came from "
+                "`+evaluation.methods.N=...`, Hydra merged it into entry N and that entry's other keys survived: "
+                "append with `+evaluation.extra_methods.NAME=...` instead (docs/EVALUATION.md)"
+            )
+
+
+def _keyword_params(cls: type) -> set[str] | None:
+    """Names the constructor accepts, None when it takes ``**kwargs``."""
+    parameters = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
 
 
 def _check_relevance_coverage(keys: NDArray[np.object_], relevant: list[set[str]]) -> None:
@@ -472,11 +534,8 @@ def constructor_params(method: MethodSpec) -> dict[str, Any]:
     if _METHOD_KEY not in params:
         return params
     cls = _resolve_backend_class(method.backend)
-    if cls is None:
-        return params
-    signature = inspect.signature(cls)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    if not takes_any and _METHOD_KEY not in signature.parameters:
+    accepted = _keyword_params(cls) if cls is not None else None
+    if accepted is not None and _METHOD_KEY not in accepted:
         logger.info("backend %s takes no `method`; %r is kept as a label only", method.backend, params[_METHOD_KEY])
         del params[_METHOD_KEY]
     return params
@@ -698,13 +757,22 @@ def sweep_plot_path(config: EvaluationConfig) -> Path:
 # entry point
 
 
+def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The resolved config the entry point would see for ``overrides`` (Hydra's compose API, no run directory)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None, job_name="search_eval"):
+        cfg = compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    return _config_container(cfg)
+
+
 def evaluate_from_config(cfg: Mapping[str, Any]) -> EvaluationReport:
     """Load both datasets named by a resolved config (plain dict) and run the evaluation."""
     for group in ("image_dataset", "query_dataset", "evaluation"):
         if not isinstance(cfg.get(group), Mapping):
             raise EvaluationConfigError(f"the config has no `{group}` section")
     evaluation = EvaluationConfig.from_config(cfg["evaluation"])
-    check_backends_registered(evaluation)
+    validate_methods(evaluation)
     gallery_spec = EmbeddingDatasetSpec.from_config(cfg["image_dataset"])
     query_spec = EmbeddingDatasetSpec.from_config(cfg["query_dataset"])
     gallery = load_gallery(gallery_spec)
