@@ -214,17 +214,11 @@ def _print_hits(hits: list[Any], as_json: bool, what: str) -> None:
     if not hits:
         console.print(f"no images matched {what}", markup=False)
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    table.add_column("#", justify="right")
-    table.add_column("probability", justify="right")
-    table.add_column("cosine", justify="right")
-    table.add_column("path", overflow="fold")
+    # plain aligned columns, never folded: paths stay whole when piped or copied
+    console.print(f"{'#':>3}  {'probability':>11}  {'cosine':>8}  path", markup=False)
     for rank, hit in enumerate(hits, 1):
         prob = "-" if hit.probability is None else f"{hit.probability:.4f}"
-        table.add_row(str(rank), prob, f"{hit.cosine:+.4f}", _safe(hit.path))
-    console.print(table)
+        console.print(f"{rank:>3}  {prob:>11}  {hit.cosine:>+8.4f}  {_safe(hit.path)}", markup=False)
 
 
 @app.command()

@@ -1,13 +1,17 @@
-"""One writer per catalog: an advisory ``flock`` on ``index.lock`` in the index directory.
+"""One writer per catalog: an advisory POSIX record lock on ``index.lock`` in the index directory.
 
 The kernel drops the lock when the process dies, however it dies, so a killed run never leaves a
-stale lock behind. Readers take no lock (SQLite's WAL handles them).
+stale lock behind. POSIX (``lockf``) locks rather than ``flock``: they are not inherited by forked
+decode workers, which could otherwise outlive a killed parent and keep the catalog locked.
+Readers take no lock (SQLite's WAL handles them).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -15,34 +19,60 @@ from img_search.errors import CatalogLockedError
 
 LOCK_FILENAME = "index.lock"
 
+# POSIX locks do not conflict within one process (and closing any descriptor of the file drops them),
+# so writers inside this process are tracked here as well
+_HELD: set[str] = set()
+_HELD_GUARD = threading.Lock()
+
 
 class IndexLock:
     def __init__(self, index_dir: Path) -> None:
         self.path = Path(index_dir) / LOCK_FILENAME
         self._fd: int | None = None
 
+    def _refuse(self, holder: str) -> CatalogLockedError:
+        return CatalogLockedError(
+            f"another `img-search index` (pid {holder}) is already writing to {self.path.parent}; "
+            "wait for it to finish (search works meanwhile) or use a different --index-dir"
+        )
+
     def acquire(self) -> IndexLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        with _HELD_GUARD:
+            if key in _HELD:
+                raise self._refuse(str(os.getpid()))
+            _HELD.add(key)
+        try:
+            self._acquire_file()
+        except BaseException:
+            with _HELD_GUARD:
+                _HELD.discard(key)
+            raise
+        return self
+
+    def _acquire_file(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise CatalogLockedError(
-                f"another `img-search index` (pid {holder}) is already writing to {self.path.parent}; "
-                "wait for it to finish (search works meanwhile) or use a different --index-dir"
-            ) from None
+            raise self._refuse(holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
-        return self
 
     def release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+            with _HELD_GUARD:
+                _HELD.discard(str(self.path.resolve()))
 
     def __enter__(self) -> IndexLock:
         return self.acquire()

@@ -22,7 +22,7 @@ from img_search.catalog.lock import IndexLock
 from img_search.data.folder import FileEntry, ScanProblem, scan_folder
 from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, content_hash
 from img_search.embedding.base import Encoder
-from img_search.errors import ImgSearchError
+from img_search.errors import ImgSearchError, ModelNotFoundError
 from img_search.pipeline.progress import LogProgress, Progress
 
 logger = logging.getLogger(__name__)
@@ -183,9 +183,12 @@ def index_folders(
     progress: Progress | None = None,
 ) -> IndexSummary:
     """Bring the catalog in ``index_dir`` up to date with ``folders`` for ``options.model``."""
-    from img_search.embedding.hf import canonical_model_id
+    from img_search.embedding.hf import canonical_model_id, looks_like_path
 
     roots = _check_folders(folders)
+    if looks_like_path(options.model) and not os.path.isdir(os.path.expanduser(options.model)):
+        # fail before the walk, even when nothing would need the model
+        raise ModelNotFoundError(f"model directory {options.model!r} does not exist")
     model_name = canonical_model_id(options.model)
     summary = IndexSummary(roots=roots, model=model_name)
     t0 = time.monotonic()

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random checkpoints built offline once per session, and generated images.
+
+Every model is written with ``save_pretrained`` and loaded back through the users' path
+(``from_pretrained(local_dir)``) with the Hub switched off, so no test can download anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import make_jpeg  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from img_search.embedding.tiny import TinySpec, build_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    return {fam: build_tiny_model(root / f"tiny-{fam}", TinySpec(family=fam)) for fam in ("siglip", "siglip2", "clip")}
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["siglip"]
+
+
+@pytest.fixture(scope="session")
+def siglip_encoder(tiny_siglip: Path):  # type: ignore[no-untyped-def]
+    from img_search.embedding import load_encoder
+
+    return load_encoder(str(tiny_siglip), device="cpu")
+
+
+@pytest.fixture()
+def photo_dir(tmp_path: Path) -> Path:
+    """A folder of 12 distinct small JPEGs in two sub-folders."""
+    folder = tmp_path / "photos"
+    for i in range(12):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        make_jpeg(sub / f"img{i:02d}.jpg", seed=i)
+    return folder

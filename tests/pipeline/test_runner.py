@@ -1,0 +1,194 @@
+"""The indexing loop: incremental behaviour, moves, deletes, recompute, lock, parity and kill-and-resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_jpeg, pattern
+
+from img_search.catalog import Catalog
+from img_search.catalog.lock import IndexLock
+from img_search.errors import CatalogLockedError, ImgSearchError
+from img_search.pipeline.runner import IndexOptions, index_folders
+
+
+class CountingEncoder:
+    """Wraps a real encoder and counts images embedded, to prove what the loop skipped."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.images = inner, 0
+        self.info, self.device = inner.info, inner.device
+
+    def image_preprocessor(self):  # type: ignore[no-untyped-def]
+        return self.inner.image_preprocessor()
+
+    def encode_batch(self, batch):  # type: ignore[no-untyped-def]
+        out = self.inner.encode_batch(batch)
+        self.images += len(out)
+        return out
+
+    def encode_images(self, images):  # type: ignore[no-untyped-def]
+        return self.inner.encode_images(images)
+
+    def encode_texts(self, texts):  # type: ignore[no-untyped-def]
+        return self.inner.encode_texts(texts)
+
+
+def _never():  # type: ignore[no-untyped-def]
+    raise AssertionError("the model must not be loaded when nothing needs embedding")
+
+
+def _run(folder: Path, index_dir: Path, model: Path, factory, **kw):  # type: ignore[no-untyped-def]
+    opts = IndexOptions(model=str(model), batch_size=4, workers=kw.pop("workers", 1), **kw)
+    return index_folders([str(folder)], index_dir, opts, encoder_factory=factory)
+
+
+def test_incremental_moves_deletes_recompute(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                            siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    idx = tmp_path / "idx"
+    enc = CountingEncoder(siglip_encoder)
+    s = _run(photo_dir, idx, tiny_siglip, lambda: enc)
+    assert (s.scanned, s.embedded, s.unchanged, len(s.failed)) == (12, 12, 0, 0) and enc.images == 12
+
+    s = _run(photo_dir, idx, tiny_siglip, _never)  # unchanged: no model load at all
+    assert (s.embedded, s.unchanged, s.reused) == (0, 12, 0)
+
+    with Catalog.in_dir(idx) as cat:
+        model_id = cat.get_model(str(tiny_siglip)).id
+        old_vec = cat.vector_for(model_id, cat.image(str(photo_dir / "a" / "img01.jpg")).content_hash)
+
+    # move one file, copy another, delete a third, change a fourth, add a fifth
+    (photo_dir / "moved").mkdir()
+    shutil.move(photo_dir / "a" / "img01.jpg", photo_dir / "moved" / "renamed.jpg")
+    shutil.copy(photo_dir / "b" / "img00.jpg", photo_dir / "b" / "copy.jpg")
+    (photo_dir / "a" / "img03.jpg").unlink()
+    make_jpeg(photo_dir / "b" / "img02.jpg", seed=99)
+    make_jpeg(photo_dir / "new.jpg", seed=100)
+    enc.images = 0
+    s = _run(photo_dir, idx, tiny_siglip, lambda: enc)
+    assert (s.reused, s.embedded, s.deleted, s.unchanged) == (2, 2, 2, 9)  # 2 vanished: moved-away + deleted
+    assert enc.images == 2
+    with Catalog.in_dir(idx) as cat:
+        moved = cat.image(str(photo_dir / "moved" / "renamed.jpg"))
+        assert moved is not None and moved.status == "ok"
+        np.testing.assert_array_equal(cat.vector_for(model_id, moved.content_hash), old_vec)
+        assert cat.image(str(photo_dir / "a" / "img03.jpg")).status == "deleted"
+        ids, vecs = cat.load_vectors(model_id, 32)
+        assert len(ids) == 13 and vecs.shape == (13, 32)  # 12 - moved-away - deleted + renamed + copy + new
+
+    enc.images = 0
+    s = _run(photo_dir, idx, tiny_siglip, lambda: enc, recompute=True)
+    assert s.embedded == 13 and enc.images == 13
+
+
+def test_bad_files_are_skipped_and_recorded(tmp_path: Path, tiny_siglip: Path, siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "mixed"
+    make_jpeg(folder / "good.jpg")
+    data = (folder / "good.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "text.gif").write_text("hello")
+    pattern(5).convert("CMYK").save(folder / "cmyk.jpg")
+    os.symlink(folder / "loop.jpg", folder / "loop.jpg")
+    s = _run(folder, tmp_path / "idx", tiny_siglip, lambda: siglip_encoder)
+    assert s.embedded == 2
+    assert {os.path.basename(f.path) for f in s.failed} == {"truncated.jpg", "zero.png", "text.gif", "loop.jpg"}
+    with Catalog.in_dir(tmp_path / "idx") as cat:
+        reasons = {os.path.basename(r.path): r.error for r in cat.failures()}
+    assert reasons["zero.png"] == "empty file (0 bytes)" and reasons["loop.jpg"] == "symlink loop"
+    s = _run(folder, tmp_path / "idx", tiny_siglip, _never)
+    assert s.failed == [] and s.failed_before == 4
+
+
+def test_pipeline_vectors_equal_direct_encoding(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                                siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    from img_search.data.images import load_image
+
+    _run(photo_dir, tmp_path / "idx", tiny_siglip, lambda: siglip_encoder, workers=2)
+    with Catalog.in_dir(tmp_path / "idx") as cat:
+        model_id = cat.get_model(str(tiny_siglip)).id
+        paths = sorted(cat.images_under(str(photo_dir)))
+        stored = np.stack([cat.vector_for(model_id, cat.image(p).content_hash) for p in paths])
+    direct = siglip_encoder.encode_images([load_image(p) for p in paths])
+    np.testing.assert_allclose(stored, direct, atol=1e-5)
+
+
+def test_second_writer_is_refused(tmp_path: Path, photo_dir: Path, tiny_siglip: Path) -> None:
+    with IndexLock(tmp_path / "idx"), pytest.raises(CatalogLockedError, match="already writing"):
+        _run(photo_dir, tmp_path / "idx", tiny_siglip, _never)
+
+
+def test_not_a_folder(tmp_path: Path, tiny_siglip: Path) -> None:
+    with pytest.raises(ImgSearchError, match="does not exist"):
+        _run(tmp_path / "missing", tmp_path / "idx", tiny_siglip, _never)
+
+
+def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path: Path, tiny_siglip: Path) -> None:
+    folder = tmp_path / "many"
+    n = 1500
+    for i in range(n):
+        sub = folder / f"{i // 100:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        pattern(i, (48, 32)).save(sub / f"{i:04d}.png")
+    idx = tmp_path / "idx"
+    cmd = [sys.executable, "-m", "img_search", "index", str(folder), "--model", str(tiny_siglip),
+           "--index-dir", str(idx), "--batch-size", "4", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = idx / "catalog.sqlite3"
+    committed = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as conn:
+                    committed = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+            except sqlite3.OperationalError:
+                committed = 0
+            if committed >= 40:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make the folder bigger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 0 < committed < n
+
+    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with Catalog.in_dir(idx) as cat:
+        model_id = cat.get_model(str(tiny_siglip)).id
+        ids, vecs = cat.load_vectors(model_id, 32)
+        assert len(ids) == n and len(set(ids.tolist())) == n
+        assert cat.db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == n
+        assert cat.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == n
+    import json
+
+    summary = json.loads(done.stdout)
+    assert summary["unchanged"] >= committed and summary["embedded"] + summary["unchanged"] == n
+
+
+def test_writer_in_another_process_is_refused(tmp_path: Path, photo_dir: Path, tiny_siglip: Path,
+                                              siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    idx = tmp_path / "idx"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from img_search.catalog.lock import IndexLock; "
+         f"l = IndexLock({str(idx)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CatalogLockedError, match=f"pid {holder.pid}"):
+            _run(photo_dir, idx, tiny_siglip, _never)
+    finally:
+        holder.kill()
+        holder.wait()
+    s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)  # the lock died with its holder
+    assert s.embedded == 12

@@ -1,0 +1,104 @@
+"""The command line end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import make_jpeg
+
+
+def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "img_search", *args], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture()
+def indexed(photo_dir: Path, tmp_path: Path, tiny_siglip: Path) -> dict[str, str]:
+    raw = os.fsencode(str(photo_dir)) + b"/odd-\xff.jpg"  # a non-UTF-8 file name
+    make_jpeg(Path(os.fsdecode(raw)), seed=77)
+    (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    env = {"IMG_SEARCH_INDEX_DIR": str(tmp_path / "idx"), "IMG_SEARCH_MODEL": str(tiny_siglip)}
+    proc = cli("index", str(photo_dir), "--json", env=env)
+    summary = json.loads(proc.stdout)  # stdout is only JSON
+    assert summary["embedded"] == 13 and [os.path.basename(f["path"]) for f in summary["failed"]] == ["broken.jpg"]
+    return env
+
+
+def test_search_json_and_human(indexed: dict[str, str], photo_dir: Path) -> None:
+    proc = cli("search", "a dog on the beach", "--json", "--limit", "5", env=indexed)
+    hits = json.loads(proc.stdout)
+    assert len(hits) == 5
+    assert all(set(h) >= {"path", "cosine", "probability"} for h in hits)
+    assert all(os.path.isabs(h["path"]) and 0.0 <= h["probability"] <= 1.0 for h in hits)
+    cosines = [h["cosine"] for h in hits]
+    assert cosines == sorted(cosines, reverse=True)
+    human = cli("search", "a dog on the beach", "-n", "3", env=indexed)
+    assert "probability" in human.stdout and str(photo_dir) in human.stdout
+
+
+def test_search_uses_catalog_model_by_default(indexed: dict[str, str]) -> None:
+    env = {"IMG_SEARCH_INDEX_DIR": indexed["IMG_SEARCH_INDEX_DIR"]}
+    proc = cli("search", "red car", "--json", env={**env, "IMG_SEARCH_MODEL": ""})
+    assert len(json.loads(proc.stdout)) == 10
+
+
+def test_threshold_on_probability(indexed: dict[str, str]) -> None:
+    hits = json.loads(cli("search", "a cat", "--json", "--limit", "13", env=indexed).stdout)
+    cut = sorted(h["probability"] for h in hits)[6]
+    kept = json.loads(cli("search", "a cat", "--json", "--limit", "13", "--threshold", str(cut), env=indexed).stdout)
+    assert kept and all(h["probability"] >= cut for h in kept) and len(kept) < len(hits)
+
+
+def test_similar_excludes_itself_and_has_no_probability(indexed: dict[str, str], photo_dir: Path) -> None:
+    query = photo_dir / "a" / "img01.jpg"
+    hits = json.loads(cli("similar", str(query), "--json", "-n", "4", env=indexed).stdout)
+    assert len(hits) == 4 and str(query) not in [h["path"] for h in hits]
+    assert all(h["probability"] is None for h in hits)
+    outside = photo_dir.parent / "outside.jpg"
+    make_jpeg(outside, seed=500)
+    assert len(json.loads(cli("similar", str(outside), "--json", "-n", "2", env=indexed).stdout)) == 2
+
+
+def test_non_utf8_path_in_json(indexed: dict[str, str]) -> None:
+    hits = json.loads(cli("search", "x", "--json", "--limit", "13", env=indexed).stdout)
+    odd = [h["path"] for h in hits if "odd-" in h["path"]]
+    assert odd and odd[0].endswith("odd-\udcff.jpg")
+    assert os.path.exists(os.fsencode(odd[0]))
+
+
+def test_info(indexed: dict[str, str], tiny_siglip: Path) -> None:
+    data = json.loads(cli("info", "--json", env=indexed).stdout)
+    assert data["images"] == {"ok": 13, "error": 1}
+    assert data["models"][0]["name"] == str(tiny_siglip) and data["models"][0]["images"] == 13
+    assert data["failures"][0]["path"].endswith("broken.jpg") and data["size_on_disk_bytes"] > 0
+    human = cli("info", env=indexed).stdout
+    assert "broken.jpg" in human and "13 ok" in human
+
+
+def test_errors_are_clear(tmp_path: Path, tiny_siglip: Path) -> None:
+    env = {"IMG_SEARCH_INDEX_DIR": str(tmp_path / "none")}
+    proc = cli("search", "anything", env=env, check=False)
+    assert proc.returncode == 1 and "run `img-search index FOLDER` first" in proc.stderr and proc.stdout == ""
+    proc = cli("index", str(tmp_path / "missing"), "--model", str(tiny_siglip), env=env, check=False)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    proc = cli("index", str(tmp_path), "--model", str(tmp_path / "no-model"), env=env, check=False)
+    assert proc.returncode == 1 and "error:" in proc.stderr
+    proc = cli("search", "--limit", "0", "x", env=env, check=False)
+    assert proc.returncode == 2
+
+
+def test_offline_model_error(tmp_path: Path) -> None:
+    make_jpeg(tmp_path / "p" / "a.jpg")
+    proc = cli("index", str(tmp_path / "p"), "--index-dir", str(tmp_path / "idx"), check=False,
+               env={"IMG_SEARCH_MODEL": ""})
+    assert proc.returncode == 1
+    assert "google/siglip-base-patch16-224" in proc.stderr and "--model DIR" in proc.stderr
