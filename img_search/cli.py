@@ -50,12 +50,15 @@ ModelOpt = Annotated[
 IndexDirOpt = Annotated[
     Path | None,
     typer.Option("--index-dir", envvar=ENV_INDEX_DIR, show_envvar=True,
-                 help="Where the catalog lives [default: $XDG_DATA_HOME/img-search, i.e. ~/.local/share/img-search]."),
+                 help="Where the catalog lives [default: $XDG_DATA_HOME/img-search, "
+                      "i.e. ~/.local/share/img-search]."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (logs and progress go to stderr).")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging on stderr (-vv: debug).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16")
+]
 LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, help="How many hits to show.")]
 ThresholdOpt = Annotated[
     float | None,

@@ -289,8 +289,9 @@ class Catalog:
         ).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         blob = b"".join(r[1] for r in rows)
-        vectors = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim) if rows else np.empty((0, dim), np.float32)
-        return ids, vectors
+        if not rows:
+            return ids, np.empty((0, dim), np.float32)
+        return ids, np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
 
     def vector_for(self, model_id: int, content_hash: bytes) -> NDArray[np.float32] | None:
         r = self.db.execute(

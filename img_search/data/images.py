@@ -87,6 +87,7 @@ def decode_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
             f"too large: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_image_pixels:,} "
             "(raise it with --max-image-pixels if the file is trusted)"
         )
+    frame: Image.Image = img
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
@@ -98,11 +99,11 @@ def decode_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = ImageOps.exif_transpose(img)
+            frame = ImageOps.exif_transpose(img)
     except Exception as exc:  # a broken EXIF block must not cost the picture itself
         logger.debug("ignoring unusable EXIF orientation: %s", exc)
     try:
-        return to_rgb(img)
+        return to_rgb(frame)
     except (OSError, ValueError, TypeError) as exc:
         raise ImageDecodeError(f"cannot convert mode {img.mode} to RGB: {exc}") from None
 

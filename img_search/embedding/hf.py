@@ -182,7 +182,8 @@ class HFEncoder:
         torch = self._torch
         chunks = []
         for start in range(0, len(texts), TEXT_BATCH_SIZE):
-            inputs = {k: v.to(self.device) for k, v in self.tokenize(list(texts[start : start + TEXT_BATCH_SIZE])).items()}
+            chunk = list(texts[start : start + TEXT_BATCH_SIZE])
+            inputs = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
             with torch.inference_mode():
                 out = self.model.get_text_features(**inputs)
             chunks.append(self._normalize(out.pooler_output if hasattr(out, "pooler_output") else out))

@@ -17,7 +17,7 @@ import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _clip_tokenizer(spec: TinySpec):  # type: ignore[no-untyped-def]
     bpe.train_from_iterator(caption_corpus(), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    return CLIPTokenizer(vocab=state["vocab"], merges=merges, model_max_length=spec.max_text_length)
+    return CLIPTokenizer(vocab=state["vocab"], merges=merges, model_max_length=spec.max_text_length)  # type: ignore[arg-type]
 
 
 def _gemma_like_tokenizer(spec: TinySpec):  # type: ignore[no-untyped-def]
@@ -130,7 +130,8 @@ def _gemma_like_tokenizer(spec: TinySpec):  # type: ignore[no-untyped-def]
     bpe.train_from_iterator(caption_corpus(), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    return Siglip2Tokenizer(vocab=state["vocab"], merges=merges, model_max_length=spec.max_text_length)
+    # the BPE model takes (a, b) pairs
+    return Siglip2Tokenizer(vocab=state["vocab"], merges=merges, model_max_length=spec.max_text_length)  # type: ignore[arg-type]
 
 
 def build_tiny_model(out_dir: Path, spec: TinySpec | None = None) -> Path:
@@ -167,6 +168,11 @@ def _vision_text_kwargs(spec: TinySpec) -> tuple[dict[str, int], dict[str, int]]
 
 def _build_siglip(work: Path, spec: TinySpec):  # type: ignore[no-untyped-def]
     import torch
+
+    model: Any
+    processor: Any
+    config: Any
+    image_processor: Any
 
     vision, text = _vision_text_kwargs(spec)
     tokenizer = _gemma_like_tokenizer(spec) if spec.family == "siglip2" else _siglip_tokenizer(work, spec)

@@ -88,7 +88,7 @@ def read_batches(
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs.update(prefetch_factor=prefetch_batches, persistent_workers=False, multiprocessing_context="fork")
-    loader = DataLoader(
+    loader: DataLoader[ReadItem] = DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,

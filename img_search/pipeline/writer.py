@@ -42,6 +42,8 @@ class CatalogWriter:
                     return
                 if self._error is not None:
                     continue  # drain so put() never blocks forever
+                records: list[ImageRecord]
+                vectors: NDArray[np.float32] | None
                 records, vectors = item  # type: ignore[misc]
                 try:
                     catalog.record(records, model_id=self.model_id, vectors=vectors)

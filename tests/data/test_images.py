@@ -22,7 +22,7 @@ def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
 
 def test_truncated_jpeg_fails() -> None:
     data = _encode(pattern(1, (200, 150)), "JPEG")
-    with pytest.raises(ImageDecodeError, match="truncated|corrupt"):
+    with pytest.raises(ImageDecodeError, match=r"truncated|corrupt"):
         decode_image(data[: len(data) // 2])
 
 

@@ -161,11 +161,11 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path: Path, tiny_sigli
     proc.wait()
     assert 0 < committed < n
 
-    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     with Catalog.in_dir(idx) as cat:
         model_id = cat.get_model(str(tiny_siglip)).id
-        ids, vecs = cat.load_vectors(model_id, 32)
+        ids, _vecs = cat.load_vectors(model_id, 32)
         assert len(ids) == n and len(set(ids.tolist())) == n
         assert cat.db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == n
         assert cat.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == n
