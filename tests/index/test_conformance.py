@@ -1,0 +1,350 @@
+"""One conformance suite for every vector-index backend (STYLE.md section 6), checked against exact search.
+
+Data: 3,000 L2-normalised 64-d vectors in 50 anisotropic clusters of unequal size, and 100 held-out queries from
+the same mixture. Each case states its recall@10 floor; the floors sit well below what the backends reach here
+(see the ``floor`` column) so the suite checks behaviour, not luck.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from img_search.errors import DimensionMismatchError, UnknownNameError
+from img_search.index import (
+    BACKENDS,
+    BackendUnavailableError,
+    VectorIndex,
+    available_backends,
+    create_index,
+    load_index,
+)
+from img_search.index.exact import ExactIndex
+
+DIM, N, N_QUERIES, N_CLUSTERS, K = 64, 3000, 100, 50, 10
+AVAILABLE = set(available_backends())
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    backend: str
+    params: dict[str, Any] = field(default_factory=dict)
+    floor: float = 0.95  # recall@10 against exact search
+    score_tol: float = 1e-4  # |returned score - exact similarity of the returned id|
+    # a search parameter whose low value must change the results (None: nothing to tune, or no effect here)
+    sweep: tuple[str, Any, Any] | None = None
+
+
+CASES = [
+    Case("exact", "exact", floor=1.0),
+    Case("faiss-flat", "faiss", {"method": "flat"}, floor=1.0),
+    Case("faiss-ivf", "faiss", {"method": "ivf", "nlist": 32, "nprobe": 8}, floor=0.9, sweep=("nprobe", 1, 32)),
+    Case("faiss-hnsw", "faiss", {"method": "hnsw", "M": 8, "ef_construction": 40}, sweep=("ef_search", 1, 128)),
+    # PQ16x4 (4 dims per 4-bit code) keeps training fast; it is coarse, hence the low floor without re-ranking
+    Case("faiss-ivf_pq", "faiss", {"method": "ivf_pq", "nlist": 32, "nprobe": 8, "m": 16, "nbits": 4},
+         floor=0.2, score_tol=0.3, sweep=("nprobe", 1, 32)),
+    Case("faiss-ivf_pq-rerank", "faiss", {"method": "ivf_pq", "nlist": 32, "nprobe": 8, "m": 16, "nbits": 4,
+                                         "rerank": 10}, floor=0.7, sweep=("rerank", 1, 20)),
+    Case("hnswlib", "hnswlib", {"M": 8, "ef_construction": 40}, sweep=("ef", 1, 128)),
+    Case("usearch-f32", "usearch", {"M": 8, "expansion_add": 40}, sweep=("expansion", 1, 128)),
+    Case("usearch-i8", "usearch", {"M": 8, "expansion_add": 40, "dtype": "i8"}, floor=0.85, score_tol=0.02,
+         sweep=("expansion", 1, 128)),
+    Case("scann", "scann", {"leaves": 30, "leaves_to_search": 15, "reorder": 100, "min_tree_size": 1000},
+         floor=0.85, sweep=("leaves_to_search", 1, 30)),
+    # the client's local mode is exact: search parameters are accepted and have no effect
+    Case("qdrant-local", "qdrant", {}, floor=1.0),
+    # thresholds in KB: small enough that these 3,000 vectors get an HNSW segment instead of a plain one.
+    # INT8 with one global range is coarse on this anisotropic data; re-scoring 2k candidates recovers most of it
+    Case("qdrant_edge", "qdrant_edge", {"indexing_threshold": 10, "full_scan_threshold": 10, "m": 8,
+                                        "ef_construct": 40}, floor=0.9, sweep=("oversampling", 1.0, 4.0)),
+    Case("qdrant_edge-norescore", "qdrant_edge", {"indexing_threshold": 10, "full_scan_threshold": 10,
+                                                  "rescore": False}, floor=0.7, score_tol=0.05),
+    Case("qdrant_edge-float", "qdrant_edge", {"indexing_threshold": 10, "full_scan_threshold": 10, "m": 8,
+                                              "ef_construct": 40, "quantization": None}, sweep=("hnsw_ef", 1, 128)),
+]
+
+
+def _params(case: Case) -> list[Any]:
+    marks = [] if case.backend in AVAILABLE else [pytest.mark.skip(reason=f"{case.backend} not installed")]
+    return [pytest.param(case, id=case.id, marks=marks)]
+
+
+ALL_CASES = [p for case in CASES for p in _params(case)]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, np.ndarray]:
+    """Clustered, anisotropic, normalised vectors (uniform random data is unlike any embedding model's)."""
+    rng = np.random.default_rng(1234)
+    spectrum = (1.0 + np.arange(DIM)) ** -0.5  # variance decays along the axes, as in real embeddings
+    centres = rng.standard_normal((N_CLUSTERS, DIM)) * spectrum * 3.0
+    weights = 1.0 / (1.0 + np.arange(N_CLUSTERS))  # Zipf-like cluster sizes
+    weights /= weights.sum()
+
+    def draw(n: int) -> np.ndarray:
+        assign = rng.choice(N_CLUSTERS, size=n, p=weights)
+        scale = rng.uniform(0.5, 1.5, size=(N_CLUSTERS, 1))[assign]
+        return _unit(centres[assign] + rng.standard_normal((n, DIM)) * spectrum * scale)
+
+    vectors, queries = draw(N), draw(N_QUERIES)
+    ids = rng.permutation(10 * N)[:N].astype(np.int64)  # non-contiguous ids
+    exact = ExactIndex(dim=DIM)
+    exact.add(ids, vectors)
+    gt_ids, gt_scores = exact.search(queries, K)
+    return {"vectors": vectors, "queries": queries, "ids": ids, "gt_ids": gt_ids, "gt_scores": gt_scores}
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean |found ∩ truth| / k over the rows."""
+    hits = [len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) / truth.shape[1]
+
+
+def build(case: Case, data: dict[str, np.ndarray]) -> VectorIndex:
+    index = create_index(case.backend, dim=DIM, **case.params)
+    index.add(data["ids"], data["vectors"])
+    return index
+
+
+@pytest.fixture(scope="module")
+def built(data: dict[str, np.ndarray]) -> dict[str, VectorIndex]:
+    """Indexes built once per case for the read-only tests."""
+    return {}
+
+
+def get_built(case: Case, data: dict[str, np.ndarray], cache: dict[str, VectorIndex]) -> VectorIndex:
+    if case.id not in cache:
+        cache[case.id] = build(case, data)
+    return cache[case.id]
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_search_matches_exact(case: Case, data: dict[str, np.ndarray], built: dict[str, VectorIndex]) -> None:
+    index = get_built(case, data, built)
+    assert isinstance(index, VectorIndex)
+    assert len(index) == N
+    ids, scores = index.search(data["queries"], K)
+    assert ids.shape == scores.shape == (N_QUERIES, K)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    assert np.isin(ids, data["ids"]).all()
+    assert (np.diff(scores, axis=1) <= 1e-5).all(), "results must come best first"
+    r = recall(ids, data["gt_ids"])
+    assert r >= case.floor, f"{case.id}: recall@{K} {r:.3f} below the floor {case.floor}"
+    # scores are similarities of the returned ids (up to the backend's quantisation)
+    row_of = {int(i): row for row, i in enumerate(data["ids"])}
+    true = np.einsum("qd,qkd->qk", data["queries"], data["vectors"][np.vectorize(row_of.get)(ids)])
+    assert np.abs(scores - true).max() <= case.score_tol
+    # a single 1-D query comes back 2-D too
+    one_ids, one_scores = index.search(data["queries"][0], K)
+    assert one_ids.shape == one_scores.shape == (1, K)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_save_load_round_trip(
+    case: Case, data: dict[str, np.ndarray], built: dict[str, VectorIndex], tmp_path: Path
+) -> None:
+    index = get_built(case, data, built)
+    before = index.search(data["queries"], K)
+    index.save(tmp_path / "idx")
+    loaded = load_index(case.backend, tmp_path / "idx")
+    assert type(loaded) is type(index) and len(loaded) == N
+    after = loaded.search(data["queries"], K)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_allclose(after[1], before[1], rtol=1e-6, atol=1e-6)
+    # a loaded (possibly memory-mapped) index still accepts changes
+    new_id, probe = np.array([10 * N + 1]), -data["queries"][:1]  # a direction away from the data
+    loaded.add(new_id, probe)
+    assert len(loaded) == N + 1
+    assert new_id[0] in loaded.search(probe, K)[0][0]
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_remove_and_replace(case: Case, data: dict[str, np.ndarray]) -> None:
+    index = build(case, data)
+    drop = data["ids"][::2]
+    if not index.supports_remove:
+        with pytest.raises(NotImplementedError):
+            index.remove(drop)
+        return
+    index.remove(np.concatenate([drop, [10**9]]))  # unknown ids are ignored
+    assert len(index) == N - drop.size
+    ids, _ = index.search(data["queries"], K)
+    assert not np.isin(ids, drop).any()
+    assert (ids >= 0).all()
+    # re-adding an id replaces its vector: it becomes the best hit for its new vector
+    kept = int(data["ids"][1])
+    index.add(np.array([kept]), -data["vectors"][1:2])
+    assert len(index) == N - drop.size
+    top, score = index.search(-data["vectors"][1:2], 1)
+    assert top[0, 0] == kept and score[0, 0] > 0.99 - case.score_tol
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_padding_when_k_exceeds_size(case: Case, data: dict[str, np.ndarray]) -> None:
+    index = create_index(case.backend, dim=DIM, **case.params)
+    empty_ids, empty_scores = index.search(data["queries"][:2], 3)
+    assert (empty_ids == -1).all() and np.isneginf(empty_scores).all()
+    index.add(np.arange(5), data["vectors"][:5])
+    ids, scores = index.search(data["queries"][:3], 8)
+    assert ids.shape == scores.shape == (3, 8)
+    assert (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
+    assert (np.sort(ids[:, :5], axis=1) == np.arange(5)).all()
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_dimension_mismatch(case: Case, data: dict[str, np.ndarray]) -> None:
+    index = create_index(case.backend, dim=DIM, **case.params)
+    with pytest.raises(DimensionMismatchError):
+        index.add(np.arange(3), np.zeros((3, DIM + 1), np.float32))
+    index.add(np.arange(3), data["vectors"][:3])
+    with pytest.raises(DimensionMismatchError):
+        index.search(np.zeros((2, DIM - 1), np.float32), 1)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_set_search_params(case: Case, data: dict[str, np.ndarray]) -> None:
+    index = build(case, data)
+    cls = type(index)
+    assert isinstance(cls.search_params, tuple)
+    with pytest.raises(ValueError, match="valid"):
+        index.set_search_params(not_a_parameter=1)
+    if case.sweep is None:
+        for name in cls.search_params:
+            assert name in cls.search_params  # declared names are strings the harness can sweep
+        return
+    name, low, high = case.sweep
+    assert name in cls.search_params
+    index.set_search_params(**{name: low})
+    ids_low, _ = index.search(data["queries"], K)
+    index.set_search_params(**{name: high})
+    ids_high, _ = index.search(data["queries"], K)
+    r_low, r_high = recall(ids_low, data["gt_ids"]), recall(ids_high, data["gt_ids"])
+    print(f"{case.id}: {name}={low} recall {r_low:.3f}, {name}={high} recall {r_high:.3f}")
+    assert (ids_low != ids_high).any(), f"{case.id}: {name} changed nothing"
+    assert r_low <= r_high, f"{case.id}: {name}={low} gave recall {r_low:.3f}, {name}={high} gave {r_high:.3f}"
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_memory_bytes(case: Case, data: dict[str, np.ndarray], built: dict[str, VectorIndex]) -> None:
+    index = get_built(case, data, built)
+    # every backend keeps at least a compressed code per vector; none should claim less than 1 byte per dimension / 8
+    assert index.memory_bytes() >= N * DIM // 8
+
+
+def test_unknown_backend_lists_valid_names() -> None:
+    with pytest.raises(UnknownNameError) as err:
+        create_index("no-such-backend", dim=DIM)
+    for name in BACKENDS:
+        assert name in str(err.value)
+
+
+def test_registry_names_resolve_or_explain() -> None:
+    assert {"exact", "faiss", "hnswlib", "usearch", "scann", "qdrant", "qdrant_edge"} <= set(BACKENDS)
+    for name in BACKENDS:
+        if name in AVAILABLE:
+            continue
+        with pytest.raises(BackendUnavailableError, match="install"):
+            create_index(name, dim=DIM)
+
+
+def test_unknown_metric_and_method() -> None:
+    with pytest.raises(ValueError, match="cosine"):
+        create_index("exact", dim=DIM, metric="l2")
+    if "faiss" in AVAILABLE:
+        with pytest.raises(ValueError, match="hnsw"):
+            create_index("faiss", dim=DIM, method="lsh")
+
+
+@pytest.mark.skipif("faiss" not in AVAILABLE, reason="faiss not installed")
+def test_faiss_ivf_buffers_until_trained(data: dict[str, np.ndarray]) -> None:
+    """IVF searches its buffer exactly until nlist * 39 vectors arrive, then trains and keeps working."""
+    index = create_index("faiss", dim=DIM, method="ivf", nlist=20, nprobe=20)
+    index.add(data["ids"][:500], data["vectors"][:500])  # 500 < 20 * 39 = 780
+    assert getattr(index, "_buffer", None) is not None
+    index.add(data["ids"][500:], data["vectors"][500:])
+    assert getattr(index, "_buffer", None) is None and len(index) == N
+    ids, _ = index.search(data["queries"], K)
+    assert recall(ids, data["gt_ids"]) >= 0.99  # nprobe == nlist: exhaustive
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+@pytest.mark.parametrize("backend", sorted(AVAILABLE - {"exact"}))
+def test_inner_product_metric(backend: str, metric: str, data: dict[str, np.ndarray]) -> None:
+    """Un-normalised vectors: ``ip`` ranks by raw inner product, ``cosine`` by angle."""
+    rng = np.random.default_rng(7)
+    vectors = data["vectors"][:300] * rng.uniform(0.5, 2.0, size=(300, 1)).astype(np.float32)
+    exact = ExactIndex(dim=DIM, metric=metric)
+    exact.add(np.arange(300), vectors)
+    index = create_index(backend, dim=DIM, metric=metric)
+    index.add(np.arange(300), vectors)
+    gt, gt_scores = exact.search(data["queries"][:20], 5)
+    ids, scores = index.search(data["queries"][:20], 5)
+    assert recall(ids[:, :1], gt[:, :1]) >= 0.9
+    np.testing.assert_allclose(scores[:, 0], gt_scores[:, 0], atol=0.02)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("faiss" not in AVAILABLE, reason="faiss not installed")
+def test_faiss_gpu_matches_cpu(data: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """Unverified on the project's CPU-only machines: runs only where faiss sees a GPU."""
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        pytest.skip("no GPU build of faiss / no CUDA device")
+    for method in ("flat", "ivf"):
+        gpu = create_index("faiss", dim=DIM, gpu=True, method=method, nlist=32, nprobe=8)
+        gpu.add(data["ids"], data["vectors"])
+        ids, _ = gpu.search(data["queries"], K)
+        assert recall(ids, data["gt_ids"]) >= 0.9
+        gpu.save(tmp_path / method)
+        cpu = load_index("faiss", tmp_path / method)
+        assert recall(cpu.search(data["queries"], K)[0], data["gt_ids"]) >= 0.9
+
+
+@pytest.mark.qdrant_server
+@pytest.mark.skipif("qdrant" not in AVAILABLE, reason="qdrant-client not installed")
+def test_qdrant_server(data: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """Unverified on the project's machines: set QDRANT_URL (and QDRANT_API_KEY) to a running server."""
+    url = os.environ.get("QDRANT_URL")
+    if not url:
+        pytest.skip("QDRANT_URL not set")
+    key = os.environ.get("QDRANT_API_KEY")
+    index = create_index("qdrant", dim=DIM, url=url, api_key=key, collection="img_search_conformance", recreate=True)
+    index.add(data["ids"], data["vectors"])
+    ids, _ = index.search(data["queries"], K)
+    assert recall(ids, data["gt_ids"]) >= 0.95
+    index.save(tmp_path / "q")
+    again = load_index("qdrant", tmp_path / "q", api_key=key)
+    np.testing.assert_array_equal(again.search(data["queries"], K)[0], ids)
+
+
+@pytest.mark.skipif("faiss" not in AVAILABLE, reason="faiss not installed")
+@pytest.mark.parametrize("params", [{"method": "hnsw"}, {"method": "ivf_pq", "nlist": 32, "m": 16, "nbits": 4,
+                                                         "rerank": 10}], ids=["hnsw", "ivf_pq-rerank"])
+def test_faiss_tombstones_then_compact(params: dict[str, Any], data: dict[str, np.ndarray]) -> None:
+    """HNSW (and refined IVF-PQ) cannot delete: removed ids are filtered by a selector, then compacted away."""
+    index = create_index("faiss", dim=DIM, **params)
+    index.add(data["ids"], data["vectors"])
+    drop = data["ids"][::3]
+    index.remove(drop)
+    assert getattr(index, "_n_tombstones", 0) == drop.size and len(index) == N - drop.size
+    ids, _ = index.search(data["queries"], K)
+    assert not np.isin(ids, drop).any() and (ids >= 0).all()
+    index.compact()  # type: ignore[attr-defined]
+    assert getattr(index, "_n_tombstones", 1) == 0 and len(index) == N - drop.size
+    ids_after, _ = index.search(data["queries"], K)
+    assert not np.isin(ids_after, drop).any()
+    keep = ~np.isin(data["ids"], drop)
+    exact = ExactIndex(dim=DIM)
+    exact.add(data["ids"][keep], data["vectors"][keep])
+    assert recall(ids_after, exact.search(data["queries"], K)[0]) >= (0.95 if params["method"] == "hnsw" else 0.6)
