@@ -1,0 +1,405 @@
+"""ANN backend benchmark: recall@10 vs queries/s, build time, memory, and our wrapper's overhead over the raw library.
+
+    python bench/ann_backends.py run --n 100000                      # every 100k config, one subprocess each
+    python bench/ann_backends.py run --n 1000000 --configs faiss-hnsw,faiss-ivf,hnswlib,usearch-f32,qdrant_edge
+    python bench/ann_backends.py report                              # table + plot into docs/PERFORMANCE.md
+
+Per config: build the index through our wrapper (``create_index`` + ``add`` in 100k-vector chunks; lazy work such as
+IVF training, ScaNN's build or Qdrant's optimizer is forced by one search and counted in the build time), then sweep
+the backend's search parameter (``set_search_params`` on the one built index) and measure recall@10 against exact
+ground truth and batch throughput (all queries in one ``search`` call, best of several runs). The reported setting
+is the fastest one with recall@10 >= 0.95 ("not reached" otherwise). At that setting the wrapper's ``search`` and
+the raw library call (same built index, same queries already in the form the library wants, e.g. normalised for
+faiss) are timed alternately in the same process (best of 3-7 runs each), and the throughput ratio is reported.
+
+Each config runs in its own subprocess (a crash or a memory-hungry library cannot spoil the others), writing
+``bench/results/ann_<n>_<config>.json``. Numbers are from a shared 2-core machine: absolute figures are noisy;
+compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import ann_data
+
+from img_search.index import create_index
+
+logger = logging.getLogger("bench.ann_backends")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "PERFORMANCE.md"
+PLOT = ROOT / "docs" / "ann_backends_recall_qps.png"
+K = 10
+TARGET = 0.95
+CHUNK = 100_000
+
+EF = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+NPROBE = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+@dataclass
+class Config:
+    backend: str
+    params: dict[str, Any]
+    sweep: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    raw: str | None = None  # key into RAW
+    max_queries: int | None = None
+    note: str = ""
+
+
+def _scaled(n: int) -> dict[str, Any]:
+    """Size-dependent parameters: IVF lists and ScaNN leaves grow with the collection."""
+    return {"nlist": 1024 if n <= 200_000 else 2048, "leaves": 400 if n <= 200_000 else 2000}
+
+
+def configs(n: int) -> dict[str, Config]:
+    s = _scaled(n)
+    hnsw = {"M": 16, "ef_construction": 100}  # the seed's Qdrant HNSW settings, used for every graph index
+    return {
+        "exact": Config("exact", {}, note="numpy matmul + argpartition (our ExactIndex); the ground truth"),
+        "faiss-flat": Config("faiss", {"method": "flat"}, raw="faiss", note="brute force, BLAS"),
+        "faiss-ivf": Config("faiss", {"method": "ivf", "nlist": s["nlist"]}, [{"nprobe": p} for p in NPROBE],
+                            raw="faiss", note=f"IVF{s['nlist']},Flat; trained on the first 100k-vector add"),
+        "faiss-ivf_pq": Config(
+            "faiss", {"method": "ivf_pq", "nlist": s["nlist"], "m": 96, "nbits": 8, "rerank": 10},
+            [{"nprobe": p, "rerank": 10} for p in NPROBE] + [{"nprobe": p, "rerank": 1, "series": "no rerank"}
+                                                              for p in NPROBE],
+            raw="faiss", note=f"IVF{s['nlist']},PQ96x8 + exact re-rank of 10k candidates (IndexRefineFlat)",
+        ),
+        "faiss-hnsw": Config("faiss", {"method": "hnsw", **hnsw}, [{"ef_search": e} for e in EF], raw="faiss",
+                             note="HNSW16,Flat, efConstruction 100"),
+        "hnswlib": Config("hnswlib", dict(hnsw), [{"ef": e} for e in EF], raw="hnswlib",
+                          note="M 16, ef_construction 100"),
+        "usearch-f32": Config("usearch", {"M": 16, "expansion_add": 100, "dtype": "f32"},
+                              [{"expansion": e} for e in EF], raw="usearch", note="M 16, expansion_add 100, f32"),
+        "usearch-i8": Config("usearch", {"M": 16, "expansion_add": 100, "dtype": "i8"},
+                             [{"expansion": e} for e in EF], raw="usearch", note="M 16, expansion_add 100, i8"),
+        "scann": Config("scann", {"leaves": s["leaves"], "reorder": 200},
+                        [{"leaves_to_search": v} for v in (2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)],
+                        raw="scann", note=f"{s['leaves']} leaves, AH 2-dim blocks, reorder 200"),
+        "qdrant_edge": Config(
+            "qdrant_edge", {"m": 16, "ef_construct": 100, "quantization": "int8", "always_ram": True},
+            [{"hnsw_ef": e, "oversampling": o, "series": f"oversampling {o:g}"}
+             for o in (1.0, 2.0, 4.0) for e in (16, 32, 64, 128, 256, 512)],
+            raw="qdrant_edge", note="seed settings: m 16, ef_construct 100, INT8 in RAM, rescore",
+        ),
+        "qdrant_edge-float": Config(
+            "qdrant_edge", {"m": 16, "ef_construct": 100, "quantization": None},
+            [{"hnsw_ef": e} for e in (16, 32, 64, 128, 256, 512)], raw="qdrant_edge",
+            note="m 16, ef_construct 100, no quantization",
+        ),
+        "qdrant-local": Config("qdrant", {"location": ":memory:"}, raw="qdrant", max_queries=100,
+                               note="qdrant-client local mode (Python brute force; search params ignored)"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- raw library calls
+def _unit(q: np.ndarray) -> np.ndarray:
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _raw_faiss(index: Any, q: np.ndarray) -> Callable[[], Any]:
+    raw, qn = index.raw_index, _unit(q)
+    return lambda: raw.search(qn, K)
+
+
+def _raw_hnswlib(index: Any, q: np.ndarray) -> Callable[[], Any]:
+    raw = index.raw_index
+    return lambda: raw.knn_query(q, k=K)
+
+
+def _raw_usearch(index: Any, q: np.ndarray) -> Callable[[], Any]:
+    raw = index.raw_index
+    return lambda: raw.search(q, K, threads=0)
+
+
+def _raw_scann(index: Any, q: np.ndarray) -> Callable[[], Any]:
+    searcher, qn = index.raw_index, _unit(q)
+    kwargs = {"final_num_neighbors": K, "leaves_to_search": index.leaves_to_search,
+              "pre_reorder_num_neighbors": max(index.reorder, K)}
+    return lambda: searcher.search_batched_parallel(qn, **kwargs)
+
+
+def _raw_qdrant_edge(index: Any, q: np.ndarray) -> Callable[[], Any]:
+    import qdrant_edge as qe
+
+    shard, params = index.raw_index, index._params
+    rows = list(q)
+    return lambda: shard.query_batch(
+        qe.QueryBatchRequest([qe.QueryRequest(query=qe.Query.Nearest(r), limit=K, params=params) for r in rows])
+    )
+
+
+def _raw_qdrant(index: Any, q: np.ndarray) -> Callable[[], Any]:
+    from qdrant_client import models
+
+    client, collection = index.raw_index, index.collection
+    return lambda: client.query_batch_points(
+        collection, requests=[models.QueryRequest(query=r.tolist(), limit=K) for r in q]
+    )
+
+
+RAW: dict[str, Callable[[Any, np.ndarray], Callable[[], Any]]] = {
+    "faiss": _raw_faiss, "hnswlib": _raw_hnswlib, "usearch": _raw_usearch, "scann": _raw_scann,
+    "qdrant_edge": _raw_qdrant_edge, "qdrant": _raw_qdrant,
+}
+
+
+# ---------------------------------------------------------------------------------------------- measurement
+def _rss_anon() -> int:
+    """Anonymous resident memory of this process (excludes the memory-mapped dataset's file pages)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = (found[:, :, None] == truth[:, None, :K]).any(axis=2).sum(axis=1)
+    return float(hits.mean() / K)
+
+
+def _time(fn: Callable[[], Any], reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def run_one(name: str, n: int, n_queries: int, cache: Path) -> dict[str, Any]:
+    cfg = configs(n)[name]
+    data = ann_data.load(ann_data.Spec(n=n, n_queries=n_queries), cache)
+    base, queries, gt = data["base"], data["queries"], data["gt_ids"]
+    if cfg.max_queries:
+        queries, gt = queries[: cfg.max_queries], gt[: cfg.max_queries]
+    nq = queries.shape[0]
+    logger.info("%s: building over %d x %d", name, n, base.shape[1])
+    rss0 = _rss_anon()
+    t0 = time.perf_counter()
+    index = create_index(cfg.backend, dim=base.shape[1], metric="cosine", **cfg.params)
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
+        index.add(np.arange(start, stop, dtype=np.int64), np.asarray(base[start:stop]))
+    index.search(queries[:1], K)  # force lazy work (IVF training, ScaNN build, Qdrant optimizer)
+    build_s = time.perf_counter() - t0
+    rss_delta = _rss_anon() - rss0
+    memory = index.memory_bytes()
+    logger.info("%s: built in %.1fs, memory_bytes %.1f MB", name, build_s, memory / 1e6)
+
+    sweep = []
+    for point in cfg.sweep:
+        params = {k: v for k, v in point.items() if k != "series"}
+        if params:
+            index.set_search_params(**params)
+        ids, _ = index.search(queries, K)  # warm-up, and the recall measurement
+        first = _time(lambda: index.search(queries, K), 1)[0]
+        reps = 1 if first > 5 else (3 if first > 0.5 else 5)
+        times = [first, *_time(lambda: index.search(queries, K), reps - 1)]
+        qps = nq / min(times)  # best of the runs: on a shared machine, load only ever adds time
+        rec = recall_at_k(ids, gt)
+        sweep.append({"params": params, "series": point.get("series", ""), "recall": rec, "qps": qps})
+        logger.info("%s %s: recall@10 %.4f  %.0f q/s", name, params, rec, qps)
+
+    main = [p for p in sweep if p["series"] != "no rerank"]  # the PQ-only curve is shown, never chosen
+    reached = [p for p in main if p["recall"] >= TARGET]
+    chosen = max(reached, key=lambda p: p["qps"]) if reached else max(main, key=lambda p: p["recall"])
+
+    overhead = None
+    if cfg.raw and getattr(index, "raw_index", None) is not None:
+        if chosen["params"]:
+            index.set_search_params(**chosen["params"])
+        raw_fn = RAW[cfg.raw](index, queries)
+        raw_fn()
+        index.search(queries, K)
+        w_times, r_times = [], []
+        reps = 7 if nq / chosen["qps"] < 1.0 else 3
+        for _ in range(reps):  # alternate, so both see the same machine load
+            w_times += _time(lambda: index.search(queries, K), 1)
+            r_times += _time(raw_fn, 1)
+        w_qps, r_qps = nq / min(w_times), nq / min(r_times)
+        overhead = {"wrapper_qps": w_qps, "raw_qps": r_qps, "ratio": w_qps / r_qps,
+                    "wrapper_times": w_times, "raw_times": r_times}
+        logger.info("%s: wrapper %.0f q/s, raw %.0f q/s, ratio %.3f", name, w_qps, r_qps, w_qps / r_qps)
+
+    return {
+        "config": name, "backend": cfg.backend, "params": cfg.params, "note": cfg.note, "n": n,
+        "dim": int(base.shape[1]), "n_queries": nq, "build_s": build_s, "memory_bytes": memory,
+        "rss_anon_delta": rss_delta, "sweep": sweep, "reached": bool(reached), "chosen": chosen,
+        "overhead": overhead, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _result_path(folder: Path, n: int, name: str) -> Path:
+    return folder / f"ann_{n}_{name}.json"
+
+
+def cmd_one(args: argparse.Namespace) -> None:
+    result = run_one(args.config, args.n, args.queries, args.cache)
+    args.results.mkdir(parents=True, exist_ok=True)
+    _result_path(args.results, args.n, args.config).write_text(json.dumps(result, indent=1))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    names = list(configs(args.n)) if args.configs == "all" else args.configs.split(",")
+    unknown = set(names) - set(configs(args.n))
+    if unknown:
+        raise SystemExit(f"unknown config(s) {sorted(unknown)}; valid: {', '.join(configs(args.n))}")
+    ann_data.load(ann_data.Spec(n=args.n, n_queries=args.queries), args.cache)  # generate + ground truth once
+    for name in names:
+        cmd = [sys.executable, __file__, "one", "--config", name, "--n", str(args.n), "--queries",
+               str(args.queries), "--cache", str(args.cache), "--results", str(args.results)]
+        logger.info("running %s", " ".join(cmd[1:]))
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, timeout=args.timeout, check=False)
+            status = "ok" if proc.returncode == 0 else f"exit code {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {args.timeout}s"
+        logger.info("%s: %s in %.0fs", name, status, time.perf_counter() - t0)
+        if status != "ok":
+            args.results.mkdir(parents=True, exist_ok=True)
+            _result_path(args.results, args.n, name).write_text(
+                json.dumps({"config": name, "n": args.n, "failed": status})
+            )
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt_n(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "-"
+
+
+def _table(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| config | build (s) | memory (MB) | setting reaching recall@10 >= 0.95 | recall@10 | queries/s "
+        "| wrapper / raw q/s |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in results:
+        if "failed" in r:
+            lines.append(f"| {r['config']} | - | - | did not run: {r['failed']} | - | - | - |")
+            continue
+        c = r["chosen"]
+        setting = _fmt_params(c["params"]) if r["reached"] else f"**not reached** (best: {_fmt_params(c['params'])})"
+        ov = r["overhead"]
+        ratio = f"{ov['ratio']:.3f} ({ov['wrapper_qps']:.0f} / {ov['raw_qps']:.0f})" if ov else "-"
+        lines.append(
+            f"| {r['config']} | {r['build_s']:.1f} | {r['memory_bytes'] / 1e6:.0f} | {setting} | {c['recall']:.3f} "
+            f"| {c['qps']:.0f} | {ratio} |"
+        )
+    return lines
+
+
+def _plot(by_n: dict[int, list[dict[str, Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(by_n)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5.5), squeeze=False)
+    for ax, n in zip(axes[0], sizes, strict=True):
+        for r in by_n[n]:
+            if "failed" in r or len(r["sweep"]) < 2:
+                if "failed" not in r:
+                    p = r["sweep"][0]
+                    ax.scatter([p["recall"]], [p["qps"]], marker="x", label=r["config"])
+                continue
+            series = sorted({p["series"] for p in r["sweep"]})
+            for s in series:
+                pts = [p for p in r["sweep"] if p["series"] == s]
+                label = r["config"] + (f" ({s})" if s else "")
+                ax.plot([p["recall"] for p in pts], [p["qps"] for p in pts], marker="o", markersize=3, label=label)
+        ax.axvline(TARGET, color="grey", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("recall@10")
+        ax.set_ylabel("queries/s (batch, 2 cores)")
+        ax.set_title(f"{_fmt_n(n)} x 768, clustered synthetic")
+        ax.set_xlim(left=max(0.0, min(p["recall"] for r in by_n[n] if "sweep" in r for p in r["sweep"]) - 0.02),
+                    right=1.005)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+
+
+TABLE_START, TABLE_END = "<!-- ann-backends:table:start -->", "<!-- ann-backends:table:end -->"
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    results = [json.loads(p.read_text()) for p in sorted(args.results.glob("ann_*.json"))]
+    by_n: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        by_n.setdefault(int(r["n"]), []).append(r)
+    order = list(configs(100_000))
+    lines = [TABLE_START, ""]
+    for n in sorted(by_n):
+        rows = sorted(by_n[n], key=lambda r: order.index(r["config"]) if r["config"] in order else 99)
+        by_n[n] = rows
+        nq = next((r["n_queries"] for r in rows if "n_queries" in r), 0)
+        lines += [f"**{_fmt_n(n)} vectors x 768** ({nq} queries, k = 10; generated by `bench/ann_backends.py report`)",
+                  "", *_table(rows), ""]
+    lines += ["![recall@10 vs queries/s](ann_backends_recall_qps.png)", "", TABLE_END]
+    _plot(by_n)
+    text = DOC.read_text() if DOC.exists() else "# Performance\n"
+    block = "\n".join(lines)
+    if TABLE_START in text and TABLE_END in text:
+        head, rest = text.split(TABLE_START, 1)
+        text = head + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## ANN backends\n\n" + block + "\n"
+    DOC.write_text(text)
+    print(block)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    report = sub.add_parser("report")
+    report.add_argument("--results", type=Path, default=RESULTS)
+    for name in ("run", "one"):
+        p = sub.add_parser(name)
+        p.add_argument("--results", type=Path, default=RESULTS)
+        p.add_argument("--n", type=int, default=100_000)
+        p.add_argument("--queries", type=int, default=1_000)
+        p.add_argument("--cache", type=Path, default=ann_data.DEFAULT_CACHE)
+        if name == "run":
+            p.add_argument("--configs", default="all", help="comma-separated config names, or 'all'")
+            p.add_argument("--timeout", type=int, default=3600, help="seconds per config")
+        else:
+            p.add_argument("--config", required=True)
+    args = parser.parse_args()
+    {"run": cmd_run, "one": cmd_one, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
