@@ -57,7 +57,17 @@ class TinySpec:
     projection_dim: int = 32  # CLIP only; SigLIP's embedding size is its hidden size
     vocab_size: int = 256
     max_text_length: int = 16
+    model_vocab_size: int | None = None  # text embedding rows; default: the tokenizer's size
     seed: int = 0
+
+
+# Random-weight stand-ins with a published checkpoint's exact architecture (same FLOPs), for benchmarks.
+ARCHITECTURES: dict[str, TinySpec] = {
+    "google/siglip-base-patch16-224": TinySpec(
+        family="siglip", image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_layers=12,
+        num_heads=12, vocab_size=1000, max_text_length=64, model_vocab_size=32000,
+    ),
+}
 
 
 def _train_sentencepiece(work: Path, vocab_size: int) -> Path:
@@ -162,7 +172,8 @@ def _vision_text_kwargs(spec: TinySpec) -> tuple[dict[str, int], dict[str, int]]
         num_attention_heads=spec.num_heads,
     )
     vision = dict(common, image_size=spec.image_size, patch_size=spec.patch_size, num_channels=3)
-    text = dict(common, vocab_size=spec.vocab_size + 8, max_position_embeddings=spec.max_text_length)
+    text = dict(common, vocab_size=spec.model_vocab_size or spec.vocab_size + 8,
+                max_position_embeddings=spec.max_text_length)
     return vision, text
 
 

@@ -1,25 +1,37 @@
-"""Reader stage: file paths -> decoded, preprocessed pixel arrays, in parallel worker processes.
+"""Reader stage: sources -> decoded, preprocessed pixel arrays, in parallel worker processes.
 
-A torch ``DataLoader`` runs ``ImageFileDataset.__getitem__`` (read bytes, hash, decode, preprocess) in
-``workers`` processes and ``collate`` turns each chunk into a ``ReadBatch``: the model never waits for
-JPEG decoding, and a file that fails is carried along as a failure, never an exception.
+A torch ``DataLoader`` runs ``SourceDataset.__getitem__`` (load -> RGB image -> the encoder's
+preprocessor) in ``workers`` processes and ``collate`` turns each chunk into a ``ReadBatch``: the
+model never waits for JPEG decoding, and a source that fails is carried along as a failure, never an
+exception. What a source is depends on the caller: a ``FileEntry`` for folders (loaded by
+``load_file``), a dataset row for the dataset pipelines; the loader is a picklable callable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from img_search.data.folder import FileEntry
 from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, content_hash, decode_image, read_file
 from img_search.embedding.base import ImagePreprocessor, PixelBatch, collate_pixels
 from img_search.errors import ImageDecodeError
 
+S = TypeVar("S")
+
 
 @dataclass(frozen=True, slots=True)
-class ReadItem:
-    entry: FileEntry
+class Loaded:
+    """What a loader returns for one source: the RGB image and, where known, a content hash."""
+
+    image: Any
+    content_hash: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadItem(Generic[S]):
+    source: S
     content_hash: bytes | None = None
     width: int | None = None
     height: int | None = None
@@ -28,58 +40,67 @@ class ReadItem:
 
 
 @dataclass
-class ReadBatch:
-    ok: list[ReadItem] = field(default_factory=list)
-    failed: list[ReadItem] = field(default_factory=list)
+class ReadBatch(Generic[S]):
+    ok: list[ReadItem[S]] = field(default_factory=list)
+    failed: list[ReadItem[S]] = field(default_factory=list)
     pixels: PixelBatch = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ok) + len(self.failed)
 
 
-def read_one(entry: FileEntry, preprocess: ImagePreprocessor, max_image_pixels: int) -> ReadItem:
-    try:
-        data = read_file(entry.path)
-        digest = content_hash(data)
-        image = decode_image(data, max_image_pixels=max_image_pixels)
-        pixels = preprocess(image)
-    except ImageDecodeError as exc:
-        return ReadItem(entry, error=str(exc))
-    except Exception as exc:  # a processor bug on one odd file must not end the run
-        return ReadItem(entry, error=f"preprocessing failed: {type(exc).__name__}: {exc}")
-    return ReadItem(entry, digest, image.width, image.height, pixels)
+class FileLoader:
+    """Loads a FileEntry: read bytes once, hash them, decode from memory."""
 
-
-class ImageFileDataset:
-    """Map-style dataset (torch's protocol: ``__len__`` / ``__getitem__``) over the files to embed."""
-
-    def __init__(self, entries: Sequence[FileEntry], preprocess: ImagePreprocessor,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
-        self.entries = list(entries)
-        self.preprocess = preprocess
+    def __init__(self, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.max_image_pixels = max_image_pixels
 
+    def __call__(self, entry: FileEntry) -> Loaded:
+        data = read_file(entry.path)
+        return Loaded(decode_image(data, max_image_pixels=self.max_image_pixels), content_hash(data))
+
+
+def read_one(source: S, load: Callable[[S], Loaded], preprocess: ImagePreprocessor) -> ReadItem[S]:
+    try:
+        loaded = load(source)
+        pixels = preprocess(loaded.image)
+    except ImageDecodeError as exc:
+        return ReadItem(source, error=str(exc))
+    except Exception as exc:  # one odd input must not end the run
+        return ReadItem(source, error=f"{type(exc).__name__}: {exc}")
+    image = loaded.image
+    return ReadItem(source, loaded.content_hash, image.width, image.height, pixels)
+
+
+class SourceDataset(Generic[S]):
+    """Map-style dataset (torch's protocol: ``__len__`` / ``__getitem__``) over the sources to embed."""
+
+    def __init__(self, sources: Sequence[S], load: Callable[[S], Loaded], preprocess: ImagePreprocessor) -> None:
+        self.sources = sources
+        self.load = load
+        self.preprocess = preprocess
+
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.sources)
 
-    def __getitem__(self, index: int) -> ReadItem:
-        return read_one(self.entries[index], self.preprocess, self.max_image_pixels)
+    def __getitem__(self, index: int) -> ReadItem[S]:
+        return read_one(self.sources[index], self.load, self.preprocess)
 
 
-def collate(items: list[ReadItem]) -> ReadBatch:
-    batch = ReadBatch()
+def collate(items: list[ReadItem[Any]]) -> ReadBatch[Any]:
+    batch: ReadBatch[Any] = ReadBatch()
     for item in items:
         (batch.ok if item.error is None else batch.failed).append(item)
     batch.pixels = collate_pixels([i.pixels for i in batch.ok if i.pixels is not None])
     # the arrays now live in the batch; drop per-item copies so they are not pickled twice
-    batch.ok = [ReadItem(i.entry, i.content_hash, i.width, i.height) for i in batch.ok]
+    batch.ok = [ReadItem(i.source, i.content_hash, i.width, i.height) for i in batch.ok]
     return batch
 
 
 def read_batches(
-    dataset: ImageFileDataset, *, batch_size: int, workers: int, prefetch_batches: int = 2
-) -> Iterator[ReadBatch]:
-    """An iterator of ReadBatches in file order; ``workers=0`` decodes in the calling process.
+    dataset: SourceDataset[Any], *, batch_size: int, workers: int, prefetch_batches: int = 2
+) -> Iterator[ReadBatch[Any]]:
+    """An iterator of ReadBatches in source order; ``workers=0`` decodes in the calling process.
 
     The worker processes are forked here, eagerly, so callers can start their own threads afterwards.
     """
@@ -88,7 +109,7 @@ def read_batches(
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs.update(prefetch_factor=prefetch_batches, persistent_workers=False, multiprocessing_context="fork")
-    loader: DataLoader[ReadItem] = DataLoader(
+    loader: DataLoader[ReadItem[Any]] = DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,

@@ -231,28 +231,12 @@ def index_folders(
 
 def _embed(todo: list[FileEntry], encoder: Encoder, catalog_path: Path, model_id: int, options: IndexOptions,
            summary: IndexSummary, progress: Progress) -> None:
-    from img_search.pipeline.reader import ImageFileDataset, read_batches
+    from img_search.pipeline.loop import run_loop
+    from img_search.pipeline.reader import FileLoader
     from img_search.pipeline.writer import CatalogWriter
 
-    dataset = ImageFileDataset(todo, encoder.image_preprocessor(), options.max_image_pixels)
-    workers = min(options.workers, max(1, len(todo) // options.batch_size)) if options.workers else 0
-    batches = read_batches(dataset, batch_size=options.batch_size, workers=workers)  # forks before the thread
-    writer = CatalogWriter(catalog_path, model_id)
-    progress.start(len(todo), "embedding")
-    t0 = time.monotonic()
-    try:
-        for batch in batches:
-            vectors = encoder.encode_batch(batch.pixels) if batch.ok else None
-            records = [ImageRecord(i.entry.path, i.entry.size, i.entry.mtime_ns, i.content_hash, i.width, i.height)
-                       for i in batch.ok]
-            records += [ImageRecord(i.entry.path, i.entry.size, i.entry.mtime_ns, error=i.error)
-                        for i in batch.failed]
-            writer.put(records, vectors)
-            summary.embedded += len(batch.ok)
-            summary.failed.extend(Failure(i.entry.path, i.error or "") for i in batch.failed)
-            progress.advance(len(batch))
-    finally:
-        # commit everything already encoded, even when interrupted: a re-run then starts after it
-        writer.close()
-        summary.embed_seconds = time.monotonic() - t0
-        progress.stop()
+    stats = run_loop(todo, FileLoader(options.max_image_pixels), encoder, lambda: CatalogWriter(catalog_path, model_id),
+                     batch_size=options.batch_size, workers=options.workers, progress=progress)
+    summary.embedded += stats.embedded
+    summary.failed.extend(Failure(i.source.path, i.error or "") for i in stats.failed)
+    summary.embed_seconds = stats.seconds

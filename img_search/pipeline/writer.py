@@ -1,4 +1,4 @@
-"""Writer stage: a background thread that commits each encoded batch to the catalog in one transaction.
+"""Catalog sink: a background thread that commits each encoded batch to the catalog in one transaction.
 
 Encoding the next batch overlaps with committing this one. Errors in the thread are re-raised in the
 caller at the next ``put`` or at ``close``, so a failing disk never goes unnoticed.
@@ -16,6 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.catalog import Catalog, ImageRecord
+from img_search.data.folder import FileEntry
+from img_search.pipeline.reader import ReadBatch
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +62,17 @@ class CatalogWriter:
         if self._error is not None:
             raise self._error
 
-    def put(self, records: Sequence[ImageRecord], vectors: NDArray[np.float32] | None) -> None:
+    def put_records(self, records: Sequence[ImageRecord], vectors: NDArray[np.float32] | None) -> None:
         self._check()
         self._queue.put((list(records), vectors))
+
+    def put(self, batch: ReadBatch[FileEntry], vectors: NDArray[np.float32] | None) -> None:
+        """Sink protocol: ok files (with their vectors, in order) and failures of one batch."""
+        records = [ImageRecord(i.source.path, i.source.size, i.source.mtime_ns, i.content_hash, i.width, i.height)
+                   for i in batch.ok]
+        records += [ImageRecord(i.source.path, i.source.size, i.source.mtime_ns, error=i.error)
+                    for i in batch.failed]
+        self.put_records(records, vectors)
 
     def close(self) -> None:
         """Wait until everything queued is committed."""
