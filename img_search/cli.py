@@ -66,6 +66,16 @@ ThresholdOpt = Annotated[
                  help="Drop hits below this calibrated probability (or below this cosine where the model has no "
                       "calibrated probability: CLIP, and image -> image)."),
 ]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option("--backend", help="Vector index for this search: exact, faiss, hnswlib, usearch, scann, qdrant, "
+                                   "qdrant_edge [default: exact below --ann-threshold vectors, else config.toml's]."),
+]
+AnnThresholdOpt = Annotated[
+    int | None,
+    typer.Option("--ann-threshold", min=0, help="Use the ANN backend from this many vectors on [default: 20000, "
+                                                "or config.toml's search.ann_threshold]."),
+]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-image-pixels", min=1, help="Skip images with more pixels than this.")]
 
 
@@ -199,13 +209,17 @@ def _print_summary(summary: Any) -> None:
                       "(`img-search info` lists them)", markup=False)
 
 
-def _open_searcher(index_dir: Path | None, model: str | None, device: str, dtype: str) -> Any:
+def _open_searcher(index_dir: Path | None, model: str | None, device: str, dtype: str,
+                   backend: str | None = None, ann_threshold: int | None = None) -> Any:
     from img_search.catalog import Catalog
     from img_search.search.collection import Collection, Searcher, resolve_model
+    from img_search.search.store import SearchConfig
 
-    catalog = Catalog.in_dir(_index_dir(index_dir), readonly=True)
+    directory = _index_dir(index_dir)
+    catalog = Catalog.in_dir(directory, readonly=True)
     row = resolve_model(catalog, model)
-    collection = Collection(catalog, row)
+    config = SearchConfig.load(directory).with_overrides(backend=backend, threshold=ann_threshold)
+    collection = Collection(catalog, row, config=config)
     return Searcher(collection, _encoder_factory(row.name, device, dtype))
 
 
@@ -231,6 +245,8 @@ def search(
     index_dir: IndexDirOpt = None,
     limit: LimitOpt = 10,
     threshold: ThresholdOpt = None,
+    backend: BackendOpt = None,
+    ann_threshold: AnnThresholdOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
@@ -239,7 +255,8 @@ def search(
     """Text -> image: the indexed images that best match QUERY."""
     _setup_logging(verbose)
     try:
-        hits = _open_searcher(index_dir, model, device, dtype).search_text(query, limit=limit, threshold=threshold)
+        searcher = _open_searcher(index_dir, model, device, dtype, backend, ann_threshold)
+        hits = searcher.search_text(query, limit=limit, threshold=threshold)
     except (ImgSearchError, ValueError) as exc:
         _fail(str(exc))
     _print_hits(hits, as_json, repr(query))
@@ -252,6 +269,8 @@ def similar(
     index_dir: IndexDirOpt = None,
     limit: LimitOpt = 10,
     threshold: ThresholdOpt = None,
+    backend: BackendOpt = None,
+    ann_threshold: AnnThresholdOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     max_image_pixels: MaxPixelsOpt = 178_956_970,
@@ -261,7 +280,7 @@ def similar(
     """Image -> image: the indexed images most similar to IMAGE (cosine; the file itself is left out)."""
     _setup_logging(verbose)
     try:
-        searcher = _open_searcher(index_dir, model, device, dtype)
+        searcher = _open_searcher(index_dir, model, device, dtype, backend, ann_threshold)
         hits = searcher.search_image(str(image), limit=limit, threshold=threshold, max_image_pixels=max_image_pixels)
     except (ImgSearchError, ValueError) as exc:
         _fail(f"{_safe(str(image))}: {exc}" if "image" in type(exc).__name__.lower() else str(exc))
@@ -296,6 +315,10 @@ def info(
             f"calibration sigmoid(exp({m['logit_scale']:.4f})*cos {m['logit_bias']:+.4f})"
         console.print(f"model {m['name']} ({m['family']}, {m['dim']} dims): {m['images']} images; {calib}",
                       markup=False)
+        saved = m["search_index"]
+        if saved:
+            console.print(f"  search index: {saved['backend']}, {saved['vectors']} vectors, "
+                          f"{_human_bytes(saved['size_on_disk_bytes'])}", markup=False)
     for root in data["folders"]:
         console.print(f"folder {_safe(root['path'])} (last indexed {root['last_indexed']})", markup=False)
     if data["last_run"]:

@@ -102,3 +102,14 @@ def test_offline_model_error(tmp_path: Path) -> None:
                env={"IMG_SEARCH_MODEL": ""})
     assert proc.returncode == 1
     assert "google/siglip-base-patch16-224" in proc.stderr and "--model DIR" in proc.stderr
+
+
+def test_backend_override_and_saved_index(indexed: dict[str, str]) -> None:
+    exact = json.loads(cli("search", "a boat", "--json", "--backend", "exact", env=indexed).stdout)
+    ann = json.loads(cli("search", "a boat", "--json", "--backend", "hnswlib", env=indexed).stdout)
+    assert [h["path"] for h in ann] == [h["path"] for h in exact]  # 13 vectors: HNSW is exact here
+    info = json.loads(cli("info", "--json", env=indexed).stdout)
+    assert info["models"][0]["search_index"]["backend"] == "exact"
+    assert info["models"][0]["search_index"]["vectors"] == 13
+    bad = cli("search", "a boat", "--backend", "annoy", env=indexed, check=False)
+    assert bad.returncode == 1 and "valid:" in bad.stderr

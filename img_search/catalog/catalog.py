@@ -26,6 +26,7 @@ from img_search.errors import CatalogError, DimensionMismatchError
 logger = logging.getLogger(__name__)
 
 CATALOG_FILENAME = "catalog.sqlite3"
+HASH_BYTES = 16
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -292,6 +293,37 @@ class Catalog:
         if not rows:
             return ids, np.empty((0, dim), np.float32)
         return ids, np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
+
+    def live_entries(self, model_id: int) -> tuple[NDArray[np.int64], NDArray[np.bytes_]]:
+        """(image id, content hash) of every live image with a vector for the model, in id order."""
+        rows = self.db.execute(
+            "SELECT i.id, i.content_hash FROM images i JOIN embeddings e "
+            "ON e.content_hash = i.content_hash AND e.model_id = ? WHERE i.status = 'ok' ORDER BY i.id",
+            (model_id,),
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        hashes = np.array([r[1] for r in rows], dtype=f"S{HASH_BYTES}") if rows else np.empty(0, f"S{HASH_BYTES}")
+        return ids, hashes
+
+    def vectors_for_ids(self, model_id: int, dim: int, ids: Iterable[int]) -> NDArray[np.float32]:
+        """Vectors of the given image ids, in the given order."""
+        id_list = [int(i) for i in ids]
+        found: dict[int, bytes] = {}
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.content_hash = i.content_hash "
+                f"AND e.model_id = ? WHERE i.id IN ({marks})",
+                [model_id, *chunk],
+            )
+            found.update(rows)
+        missing = [i for i in id_list if i not in found]
+        if missing:
+            raise CatalogError(f"{len(missing)} images lost their vectors while being read (e.g. id {missing[0]})")
+        if not id_list:
+            return np.empty((0, dim), np.float32)
+        return np.frombuffer(b"".join(found[i] for i in id_list), dtype=np.float32).reshape(len(id_list), dim)
 
     def vector_for(self, model_id: int, content_hash: bytes) -> NDArray[np.float32] | None:
         r = self.db.execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,18 @@ from img_search.catalog.catalog import CATALOG_FILENAME, Catalog
 
 def _when(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts).isoformat(timespec="seconds") if ts else None
+
+
+def _saved_index(index_dir: Path, model_id: int) -> dict[str, Any] | None:
+    for state in sorted((index_dir / "vectors" / f"model-{model_id}").glob("*/state.json")):
+        try:
+            data = json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        size = sum(p.stat().st_size for p in state.parent.rglob("*") if p.is_file())
+        return {"backend": data.get("backend"), "vectors": data.get("count"), "params": data.get("params"),
+                "size_on_disk_bytes": size}
+    return None
 
 
 def catalog_info(index_dir: Path, *, failures: int = 20) -> dict[str, Any]:
@@ -26,7 +39,8 @@ def catalog_info(index_dir: Path, *, failures: int = 20) -> dict[str, Any]:
             "images": catalog.status_counts(),
             "models": [
                 {"name": m.name, "family": m.family, "dim": m.dim, "logit_scale": m.logit_scale,
-                 "logit_bias": m.logit_bias, "images": counts.get(m.id, 0)}
+                 "logit_bias": m.logit_bias, "images": counts.get(m.id, 0),
+                 "search_index": _saved_index(index_dir, m.id)}
                 for m in catalog.models()
             ],
             "folders": [{"path": p, "last_indexed": _when(t)} for p, t in catalog.roots()],

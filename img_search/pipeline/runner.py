@@ -217,6 +217,8 @@ def index_folders(
                 _embed(plan.todo, encoder, catalog.path, model_id, options, summary, progress or LogProgress())
             for root in roots:
                 catalog.touch_root(root)
+            if model_id is not None:
+                _sync_vector_index(index_dir, catalog, model_name)
         except KeyboardInterrupt:
             status, summary.interrupted = "interrupted", True
             raise
@@ -227,6 +229,15 @@ def index_folders(
             summary.seconds = time.monotonic() - t0
             catalog.finish_run(run_id, status=status, stats=summary.to_dict(), model_id=model_id)
     return summary
+
+
+def _sync_vector_index(index_dir: Path, catalog: Catalog, model_name: str) -> None:
+    """Keep the saved search index of this model in step with the catalog (incremental where it can be)."""
+    from img_search.search.store import SearchConfig, VectorStore
+
+    model = catalog.get_model(model_name)
+    if model is not None and model.dim is not None:
+        VectorStore(index_dir, catalog, model, SearchConfig.load(index_dir)).sync()
 
 
 def _embed(todo: list[FileEntry], encoder: Encoder, catalog_path: Path, model_id: int, options: IndexOptions,

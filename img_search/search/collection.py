@@ -18,9 +18,9 @@ from numpy.typing import NDArray
 from img_search.catalog import Catalog, ModelRow
 from img_search.embedding.base import Encoder
 from img_search.errors import CatalogError, DimensionMismatchError, EmptyCollectionError
-from img_search.index import create_index
 from img_search.index.base import VectorIndex
 from img_search.search.calibration import Calibration
+from img_search.search.store import SearchConfig, VectorStore
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +63,26 @@ def resolve_model(catalog: Catalog, model: str | None) -> ModelRow:
 
 
 class Collection:
-    """The live vectors of one model, behind a VectorIndex."""
+    """The live vectors of one model, behind a VectorIndex.
 
-    def __init__(self, catalog: Catalog, model: ModelRow, *, backend: str = "exact",
-                 index_factory: Callable[..., VectorIndex] = create_index, **backend_params: Any) -> None:
+    By default the index is the one saved in the index directory (exact below the ANN threshold, the
+    configured ANN backend above it), brought up to date with the catalog; pass ``index`` to inject one.
+    """
+
+    def __init__(self, catalog: Catalog, model: ModelRow, *, config: SearchConfig | None = None,
+                 index: VectorIndex | None = None) -> None:
         if model.dim is None:
             raise CatalogError(f"model {model.name!r} has no recorded dimension; re-run `img-search index`")
         self.catalog = catalog
         self.model = model
-        ids, vectors = catalog.load_vectors(model.id, model.dim)
-        self.index = index_factory(backend, dim=model.dim, metric="cosine", **backend_params)
-        if len(ids):
-            self.index.add(ids, vectors)
+        if index is None:
+            index_dir = catalog.path.parent
+            store = VectorStore(index_dir, catalog, model, config or SearchConfig.load(index_dir))
+            index = store.open()
+            self.backend = store.backend
+        else:
+            self.backend = index.name
+        self.index = index
         self.calibration = Calibration.maybe(model.logit_scale, model.logit_bias)
 
     def __len__(self) -> int:
