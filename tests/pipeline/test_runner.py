@@ -192,3 +192,36 @@ def test_writer_in_another_process_is_refused(tmp_path: Path, photo_dir: Path, t
         holder.wait()
     s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)  # the lock died with its holder
     assert s.embedded == 12
+
+
+def test_file_vanishing_after_the_scan_is_recorded_not_fatal(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                                             siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    victim = photo_dir / "a" / "img05.jpg"
+
+    def factory():  # type: ignore[no-untyped-def]
+        victim.unlink()  # planning is over: the reader will find the file gone
+        return siglip_encoder
+
+    s = _run(photo_dir, tmp_path / "idx", tiny_siglip, factory)
+    assert s.embedded == 11
+    assert [(f.path, f.reason) for f in s.failed] == [
+        (str(victim), "cannot read the file: No such file or directory")]
+
+
+def test_permission_denied_is_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from img_search.data.images import read_file
+    from img_search.errors import ImageDecodeError
+
+    real_open = builtins.open
+
+    def deny(path, *a, **kw):  # type: ignore[no-untyped-def]
+        if str(path).endswith("secret.jpg"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+
+    make_jpeg(tmp_path / "secret.jpg")
+    monkeypatch.setattr(builtins, "open", deny)
+    with pytest.raises(ImageDecodeError, match="permission denied"):
+        read_file(str(tmp_path / "secret.jpg"))
