@@ -97,6 +97,26 @@ def collate(items: list[ReadItem[Any]]) -> ReadBatch[Any]:
     return batch
 
 
+def _die_with_parent(worker_id: int) -> None:
+    """Decode workers must not outlive a killed parent (a SIGKILLed `index` would leave them blocked forever
+    on a full result pipe): ask Linux to SIGKILL them when the parent dies."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def read_batches(
     dataset: SourceDataset[Any], *, batch_size: int, workers: int, prefetch_batches: int = 2
 ) -> Iterator[ReadBatch[Any]]:
@@ -108,7 +128,8 @@ def read_batches(
 
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs.update(prefetch_factor=prefetch_batches, persistent_workers=False, multiprocessing_context="fork")
+        kwargs.update(prefetch_factor=prefetch_batches, persistent_workers=False, multiprocessing_context="fork",
+                      worker_init_fn=_die_with_parent)
     loader: DataLoader[ReadItem[Any]] = DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,

@@ -157,9 +157,15 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path: Path, tiny_sigli
                 break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; make the folder bigger"
+    import psutil
+
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "expected decode worker processes"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 0 < committed < n
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive, f"decode workers outlived the killed run: {[p.pid for p in alive]}"
 
     done = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
