@@ -113,3 +113,13 @@ def test_backend_override_and_saved_index(indexed: dict[str, str]) -> None:
     assert info["models"][0]["search_index"]["vectors"] == 13
     bad = cli("search", "a boat", "--backend", "annoy", env=indexed, check=False)
     assert bad.returncode == 1 and "valid:" in bad.stderr
+
+
+def test_clip_end_to_end_has_cosine_thresholds(photo_dir: Path, tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    env = {"IMG_SEARCH_INDEX_DIR": str(tmp_path / "clip-idx"), "IMG_SEARCH_MODEL": str(tiny_models["clip"])}
+    assert json.loads(cli("index", str(photo_dir), "--json", env=env).stdout)["embedded"] == 12
+    hits = json.loads(cli("search", "a red car", "--json", "-n", "12", env=env).stdout)
+    assert len(hits) == 12 and all(h["probability"] is None for h in hits)
+    cut = sorted(h["cosine"] for h in hits)[6]
+    kept = json.loads(cli("search", "a red car", "--json", "-n", "12", "--threshold", str(cut), env=env).stdout)
+    assert kept and all(h["cosine"] >= cut for h in kept) and len(kept) < 12
