@@ -36,3 +36,11 @@ class DimensionMismatchError(ImgSearchError):
 
 class EmptyCollectionError(ImgSearchError):
     """A search was asked of a collection that holds no vectors for the model."""
+
+
+class DatasetError(ImgSearchError):
+    """A dataset could not be opened or read (missing files or columns, bad rows, Hub unreachable)."""
+
+
+class HubPushError(ImgSearchError):
+    """Uploading to the Hugging Face Hub failed; the local files it was given are left as they were."""

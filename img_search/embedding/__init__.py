@@ -31,6 +31,16 @@ for _family in ("siglip", "siglip2", "clip"):
     ENCODERS.add(_family, _hf_factory(_family))
 
 
+def _jina_v4_factory(model: str, **kwargs: Any) -> Encoder:
+    from img_search.embedding.jina_v4 import load_jina_v4
+
+    return load_jina_v4(model, **kwargs)
+
+
+# Jina v4 runs its own code from the Hub (trust_remote_code); it is never auto-detected, only named
+ENCODERS.add("jina_v4", _jina_v4_factory)
+
+
 def load_encoder(model: str = DEFAULT_MODEL, *, encoder: str = "auto", **kwargs: Any) -> Encoder:
     """Load ``model`` (Hub id or local dir) with the named encoder ("auto" detects the family)."""
     return ENCODERS.get(encoder)(model, **kwargs)

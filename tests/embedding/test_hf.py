@@ -109,5 +109,5 @@ def test_missing_and_incomplete_directories(tmp_path: Path) -> None:
 
 
 def test_unknown_encoder_lists_valid_names() -> None:
-    with pytest.raises(UnknownNameError, match="valid names: auto, clip, siglip, siglip2"):
+    with pytest.raises(UnknownNameError, match="valid names: auto, clip, jina_v4, siglip, siglip2"):
         ENCODERS.get("sigclip")
