@@ -338,6 +338,35 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="Output format: parquet (id, model_name, dataset_name, "
+                                                      "embedding; the evaluation harness's gallery layout).")]
+    = "parquet",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Export only this model's vectors "
+                                                                    "[default: every model in the catalog].")] = None,
+    dataset_name: Annotated[str | None, typer.Option("--dataset-name", help="The dataset_name column "
+                                                     "[default: the index directory's name].")] = None,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Write the indexed vectors to a file, one row per image and model (id = the image's path)."""
+    from img_search.export import export_catalog
+
+    _setup_logging(verbose)
+    try:
+        summary = export_catalog(_index_dir(index_dir), output, fmt=fmt, model=model, dataset_name=dataset_name)
+    except ImgSearchError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    models = ", ".join(f"{m['name']} ({m['rows']} x {m['dim']})" for m in summary.models)
+    _stdout_console().print(f"wrote {summary.rows} vectors to {_safe(str(output))}: {models}", markup=False)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"img-search {__version__}")

@@ -95,5 +95,5 @@ class CountingFactory:
                 raise KeyboardInterrupt
             return inner(batch)
 
-        encoder.encode_batch = encode_batch
+        encoder.encode_batch = encode_batch  # type: ignore[method-assign]
         return encoder
