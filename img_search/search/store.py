@@ -118,8 +118,9 @@ class VectorStore:
         if index is None:
             self.changed = True
             return self._build(backend, ids)
-        old_ids, old_hashes = index_state = self._saved_state(backend)
-        del index_state
+        old_ids, old_hashes = self._saved_state(backend)
+        if np.array_equal(old_ids, ids) and np.array_equal(old_hashes, hashes):
+            return index  # the common case (a no-op re-run, a search): no per-image work
         old = dict(zip(old_ids.tolist(), old_hashes.tolist(), strict=True))
         new = dict(zip(ids.tolist(), hashes.tolist(), strict=True))
         removed = [i for i, h in old.items() if new.get(i) != h]
