@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from img_search.data import ImageDataset, ImageRef, create_dataset
 from img_search.embedding.base import Encoder
-from img_search.errors import ImgSearchError, UnknownNameError
+from img_search.errors import ImgSearchError, ModelNotFoundError, UnknownNameError
 from img_search.pipeline.distributed import (
     AUTO,
     DEFAULT_BUILD_ATTEMPTS,
@@ -223,7 +223,10 @@ def load_model(spec: ModelSpec, ctx: DistContext) -> Encoder:
     kwargs = dict(spec.kwargs)
     if ctx.device and str(kwargs.get("device", "auto")) == "auto" and ctx.world_size > 1:
         kwargs["device"] = ctx.device
-    return load_encoder(spec.name, encoder=spec.encoder, **kwargs)
+    try:
+        return load_encoder(spec.name, encoder=spec.encoder, **kwargs)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{exc} (In this pipeline, name a local checkpoint with models.N.name=DIR.)") from exc
 
 
 @dataclass
