@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import make_jpeg  # noqa: E402
+from helpers import make_jpeg
 
 
 @pytest.fixture(scope="session")
