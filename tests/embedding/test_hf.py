@@ -82,7 +82,7 @@ def test_calibration_equals_siglip_sigmoid(tiny_siglip: Path) -> None:
                                   return_tensors="pt")
         expected = torch.sigmoid(model(input_ids=tok["input_ids"], pixel_values=pix["pixel_values"]).logits_per_text)
     cos = enc.encode_texts(TEXTS) @ enc.encode_images(images).T
-    calib = Calibration(float(model.logit_scale), float(model.logit_bias))
+    calib = Calibration(float(model.logit_scale.detach()), float(model.logit_bias.detach()))
     np.testing.assert_allclose(calib.probability(cos), expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(calib.probability(calib.cosine_for(0.3)), 0.3, atol=1e-9)
 
