@@ -157,11 +157,12 @@ class HnswlibIndex:
         return index
 
     def memory_bytes(self) -> int:
-        """hnswlib's own figure (``index_file_size``: vectors, links, labels of the stored elements) plus the
-        level-0 blocks hnswlib has already allocated for unused capacity."""
-        spare = int(self._index.get_max_elements()) - int(self._index.element_count)
-        level0 = self.dim * 4 + (2 * self.M + 1) * 4 + 8  # vector, 2M links + count, label
-        return int(self._index.index_file_size()) + max(0, spare) * level0
+        """hnswlib's own figure, ``index_file_size``: vectors, links and labels of the stored elements.
+
+        Spare capacity (up to 2x after a doubling) is reserved address space that only becomes resident as it
+        fills, so it is not counted (measured: 1M x 768 after doublings, RSS grew 3.35 GB for 3.2 GB reported).
+        """
+        return int(self._index.index_file_size())
 
     @property
     def raw_index(self) -> Any:

