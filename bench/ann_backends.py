@@ -270,6 +270,155 @@ def run_one(name: str, n: int, n_queries: int, cache: Path) -> dict[str, Any]:
     }
 
 
+def run_contention(name: str, n: int, n_queries: int, cache: Path, results: Path, rounds: int = 3) -> dict[str, Any]:
+    """Throughput and single-query latency at the reported setting, alone vs beside one busy CPU-bound process.
+
+    A desktop search shares its 2 cores with other work (the embedding pipeline, a browser); thread pools that
+    spin-wait for all their threads suffer when one core is taken. Alone / busy are alternated ``rounds`` times.
+    """
+    cfg = configs(n)[name]
+    previous = json.loads(_result_path(results, n, name).read_text())
+    data = ann_data.load(ann_data.Spec(n=n, n_queries=n_queries), cache)
+    base, queries = data["base"], data["queries"]
+    index = create_index(cfg.backend, dim=base.shape[1], metric="cosine", **cfg.params)
+    for start in range(0, n, CHUNK):
+        index.add(np.arange(start, min(n, start + CHUNK), dtype=np.int64), np.asarray(base[start : start + CHUNK]))
+    if previous["chosen"]["params"]:
+        index.set_search_params(**previous["chosen"]["params"])
+    index.search(queries, K)
+    n_single = min(len(queries), 300)
+    out: dict[str, list[dict[str, float]]] = {"alone": [], "busy": []}
+    for _ in range(rounds):
+        for state in ("alone", "busy"):
+            burner = None
+            if state == "busy":
+                burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                time.sleep(0.5)
+            try:
+                qps = len(queries) / min(_time(lambda: index.search(queries, K), 3))
+                lat = np.array(_time_each(lambda i: index.search(queries[i : i + 1], K), n_single)) * 1e3
+            finally:
+                if burner is not None:
+                    burner.kill()
+                    burner.wait()
+            out[state].append({"qps": qps, "p50_ms": float(np.percentile(lat, 50))})
+            logger.info("%s %s: %.0f q/s, 1-query p50 %.3f ms", name, state, qps, out[state][-1]["p50_ms"])
+    summary = {state: {"qps": max(r["qps"] for r in rows), "p50_ms": min(r["p50_ms"] for r in rows)}
+               for state, rows in out.items()}
+    return {"config": name, "n": n, "params": previous["chosen"]["params"], "rounds": out, "summary": summary,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+
+
+def cmd_contention(args: argparse.Namespace) -> None:
+    rows = []
+    for name in args.configs.split(","):
+        for policy in ("", "PASSIVE") if name.startswith("faiss") else ("",):
+            env = dict(os.environ)
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            out = args.results / f"contention_{args.n}_{name}{'_' + policy.lower() if policy else ''}.json"
+            cmd = [sys.executable, __file__, "contention-one", "--config", name, "--n", str(args.n), "--queries",
+                   str(args.queries), "--cache", str(args.cache), "--results", str(args.results), "--out", str(out)]
+            subprocess.run(cmd, env=env, check=True)
+            rows.append(json.loads(out.read_text()))
+    for r in rows:
+        a, b = r["summary"]["alone"], r["summary"]["busy"]
+        policy = f" (OMP_WAIT_POLICY={r['omp_wait_policy']})" if r["omp_wait_policy"] else ""
+        print(f"| {r['config']}{policy} | {_fmt_params(r['params'])} | {a['qps']:.0f} | {b['qps']:.0f} "
+              f"| {b['qps'] / a['qps']:.2f} | {a['p50_ms']:.3f} | {b['p50_ms']:.3f} |")
+
+
+def cmd_contention_one(args: argparse.Namespace) -> None:
+    result = run_contention(args.config, args.n, args.queries, args.cache, args.results)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+def run_updates(name: str, n: int, n_queries: int, cache: Path, results: Path, batch: int = 1_000) -> dict[str, Any]:
+    """What a collection's incremental life costs: build on n - batch vectors, then time ``add`` of ``batch`` new
+    vectors plus the next search (lazy work lands there), ``remove`` of ``batch`` plus the next search, ``save``
+    (and the bytes on disk), ``load`` plus the first search, and one more small add after the load (copy-on-write
+    for memory-mapped faiss / usearch loads)."""
+    import shutil
+    import tempfile
+
+    cfg = configs(n)[name]
+    previous = json.loads(_result_path(results, n, name).read_text())
+    data = ann_data.load(ann_data.Spec(n=n, n_queries=n_queries), cache)
+    base, q1 = data["base"], data["queries"][:1]
+    tmp = Path(tempfile.mkdtemp(prefix="ann_updates_"))
+    params = dict(cfg.params)
+    if cfg.backend == "qdrant_edge":
+        params["path"] = tmp / "live"  # the shard lives in the index directory, as the collection would use it
+    index = create_index(cfg.backend, dim=base.shape[1], metric="cosine", **params)
+    first = n - batch
+    for start in range(0, first, CHUNK):
+        stop = min(first, start + CHUNK)
+        index.add(np.arange(start, stop, dtype=np.int64), np.asarray(base[start:stop]))
+    if previous["chosen"]["params"]:
+        index.set_search_params(**previous["chosen"]["params"])
+    index.search(q1, K)
+    timings: dict[str, float] = {}
+
+    def timed(key: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        timings[key] = time.perf_counter() - t0
+        logger.info("%s %s: %.3f s", name, key, timings[key])
+        return out
+
+    new = np.arange(first, n, dtype=np.int64)
+
+    def add_then_search() -> None:
+        index.add(new, np.asarray(base[first:n]))
+        index.search(q1, K)
+
+    def remove_then_search() -> None:
+        index.remove(new[: batch // 2])
+        index.search(q1, K)
+
+    timed("add_then_search", add_then_search)
+    timed("remove_then_search", remove_then_search)
+    save_dir = tmp / "live" if cfg.backend == "qdrant_edge" else tmp / "saved"
+    timed("save", lambda: index.save(save_dir))
+    disk = sum(f.stat().st_blocks * 512 for f in save_dir.rglob("*") if f.is_file())
+    if hasattr(index, "close"):
+        index.close()  # qdrant_edge: one open shard per directory
+    from img_search.index import load_index
+
+    loaded = timed("load", lambda: load_index(cfg.backend, save_dir))
+    timed("first_search_after_load", lambda: loaded.search(q1, K))
+
+    def add_after_load() -> None:
+        loaded.add(new[:100], np.asarray(base[first : first + 100]))
+        loaded.search(q1, K)
+
+    timed("add_100_after_load_then_search", add_after_load)
+    if hasattr(loaded, "close"):
+        loaded.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"config": name, "n": n, "batch": batch, "timings": timings, "saved_bytes": disk}
+
+
+def cmd_updates(args: argparse.Namespace) -> None:
+    rows = []
+    for name in args.configs.split(","):
+        out = args.results / f"updates_{args.n}_{name}.json"
+        cmd = [sys.executable, __file__, "updates-one", "--config", name, "--n", str(args.n), "--queries",
+               str(args.queries), "--cache", str(args.cache), "--results", str(args.results), "--out", str(out)]
+        subprocess.run(cmd, check=True)
+        rows.append(json.loads(out.read_text()))
+    for r in rows:
+        t = r["timings"]
+        print(f"| {r['config']} | {t['add_then_search']:.2f} | {t['remove_then_search']:.2f} | {t['save']:.2f} "
+              f"| {r['saved_bytes'] / 1e6:.0f} | {t['load']:.2f} | {t['first_search_after_load'] * 1e3:.1f} ms "
+              f"| {t['add_100_after_load_then_search']:.2f} |")
+
+
+def cmd_updates_one(args: argparse.Namespace) -> None:
+    result = run_updates(args.config, args.n, args.queries, args.cache, args.results)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
 def _result_path(folder: Path, n: int, name: str) -> Path:
     return folder / f"ann_{n}_{name}.json"
 
@@ -409,7 +558,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     report = sub.add_parser("report")
     report.add_argument("--results", type=Path, default=RESULTS)
-    for name in ("run", "one"):
+    for name in ("run", "one", "contention", "contention-one", "updates", "updates-one"):
         p = sub.add_parser(name)
         p.add_argument("--results", type=Path, default=RESULTS)
         p.add_argument("--n", type=int, default=100_000)
@@ -418,10 +567,16 @@ def main() -> None:
         if name == "run":
             p.add_argument("--configs", default="all", help="comma-separated config names, or 'all'")
             p.add_argument("--timeout", type=int, default=3600, help="seconds per config")
+        elif name in ("contention", "updates"):
+            p.add_argument("--configs", default="faiss-hnsw,hnswlib,usearch-f32,scann,qdrant_edge")
         else:
             p.add_argument("--config", required=True)
+        if name.endswith("-one") and name != "one":
+            p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    {"run": cmd_run, "one": cmd_one, "report": cmd_report}[args.cmd](args)
+    commands = {"run": cmd_run, "one": cmd_one, "report": cmd_report, "contention": cmd_contention,
+                "contention-one": cmd_contention_one, "updates": cmd_updates, "updates-one": cmd_updates_one}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":
