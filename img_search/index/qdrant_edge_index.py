@@ -13,8 +13,10 @@ INT8 scores alone and recall stalls near 0.95). ``quantization="pq"`` uses produ
   lands there. Segments under ``full_scan_threshold`` KB are searched exactly.
 * The write-ahead log is off by default (``wal=False``): the catalog, not this index, is the source of truth, and
   ``save`` flushes.
-* ``save(path)`` flushes and copies the shard directory (sparse-aware) to ``path / "shard"``; ``load(path)`` opens
-  that directory *in place*: Qdrant memory-maps its segments, and later changes write through to it.
+* ``save(path)`` flushes and copies the shard directory (sparse-aware) to ``path / "shard"`` -- or, when ``path`` is
+  the shard's own directory (``path=`` given at construction), only flushes and writes ``meta.json`` beside it,
+  which is how an index directory that updates incrementally should use it. ``load(path)`` opens the shard *in
+  place*: Qdrant memory-maps its segments, and later changes write through to it.
 * ``memory_bytes()`` is the space the shard's segment files occupy (allocated blocks, so sparse files count only
   what they hold); Qdrant Edge reports no memory figure of its own.
 """
@@ -281,13 +283,16 @@ class QdrantEdgeIndex:
         }
 
     def save(self, path: Path) -> None:
+        """Flush; then, unless ``path`` is the shard's own directory (or its parent holding it as ``shard/``),
+        copy the shard to ``path / "shard"``. Settings go to ``path / "meta.json"``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self._dirty:
             self.optimize()
         self._shard.flush()
-        target = path / _SHARD_DIR
-        if target.resolve() != self._path.resolve():
+        here = self._path.resolve()
+        if path.resolve() != here and (path / _SHARD_DIR).resolve() != here:
+            target = path / _SHARD_DIR
             if target.exists():
                 shutil.rmtree(target)
             _copy_tree_sparse(self._path, target)
@@ -298,7 +303,8 @@ class QdrantEdgeIndex:
         """Open the saved shard in place (memory-mapped by Qdrant; later changes write to it)."""
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
-        return cls(**{k: v for k, v in meta.items() if k != "backend"}, _open=path / _SHARD_DIR)
+        shard_dir = path / _SHARD_DIR if (path / _SHARD_DIR).is_dir() else path
+        return cls(**{k: v for k, v in meta.items() if k != "backend"}, _open=shard_dir)
 
     def close(self) -> None:
         """Flush and release the shard (and its temporary directory, if it has one)."""

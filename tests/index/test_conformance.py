@@ -348,3 +348,19 @@ def test_faiss_tombstones_then_compact(params: dict[str, Any], data: dict[str, n
     exact = ExactIndex(dim=DIM)
     exact.add(data["ids"][keep], data["vectors"][keep])
     assert recall(ids_after, exact.search(data["queries"], K)[0]) >= (0.95 if params["method"] == "hnsw" else 0.6)
+
+
+@pytest.mark.skipif("qdrant_edge" not in AVAILABLE, reason="qdrant-edge-py not installed")
+def test_qdrant_edge_saves_in_place(data: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """A shard created in the index directory saves there (a flush, no copy) and loads from there."""
+    live = tmp_path / "index"
+    index = create_index("qdrant_edge", dim=DIM, path=live)
+    index.add(data["ids"][:500], data["vectors"][:500])
+    before = index.search(data["queries"][:5], K)
+    index.save(live)
+    assert not (live / "shard").exists() and (live / "meta.json").exists()
+    index.close()  # type: ignore[attr-defined]  # one open shard per directory
+    again = load_index("qdrant_edge", live)
+    np.testing.assert_array_equal(again.search(data["queries"][:5], K)[0], before[0])
+    again.remove(data["ids"][:10])
+    assert len(again) == 490
