@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -77,8 +78,8 @@ def build_model(path: Path) -> Path:
     return path
 
 
-def model_only(model_dir: Path, batch_size: int, batches: int) -> float:
-    """images/s of get_image_features on pre-made tensors (no decode, no resize), same threads as the CLI."""
+def model_only(model_dir: Path, batch_size: int, batches: int) -> tuple[float, float]:
+    """(images/s, CPU seconds per image) of the model on pre-made tensors (no decode, no resize)."""
     import torch
 
     from img_search.embedding import load_encoder
@@ -88,22 +89,28 @@ def model_only(model_dir: Path, batch_size: int, batches: int) -> float:
     pixels = np.random.default_rng(0).standard_normal((batch_size, 3, size["height"], size["width"])).astype(
         np.float32)
     enc.encode_batch({"pixel_values": pixels})  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(batches):
         enc.encode_batch({"pixel_values": pixels})
-    rate = batches * batch_size / (time.perf_counter() - t0)
+    n = batches * batch_size
+    rate, cpu = n / (time.perf_counter() - t0), (time.process_time() - c0) / n
     del enc
     torch.set_num_threads(torch.get_num_threads())
-    return rate
+    return rate, cpu
 
 
 def run_index(folder: Path, model_dir: Path, index_dir: Path, batch_size: int, extra: list[str] | None = None
-              ) -> tuple[dict, float]:
+              ) -> tuple[dict, float, float]:
+    """(JSON summary, wall seconds, CPU seconds of the whole process tree: CLI, decode workers, writer)."""
     cmd = [str(ROOT / ".venv" / "bin" / "img-search"), "index", str(folder), "--model", str(model_dir),
            "--index-dir", str(index_dir), "--batch-size", str(batch_size), "--json", "--quiet", *(extra or [])]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout), time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return json.loads(proc.stdout), wall, cpu
 
 
 def noop_rerun(n_files: int) -> tuple[float, float, dict]:
@@ -120,10 +127,10 @@ def noop_rerun(n_files: int) -> tuple[float, float, dict]:
     tiny = build_tiny_model(CACHE / "tiny-siglip", TinySpec()) if not (CACHE / "tiny-siglip" / "config.json").exists() \
         else CACHE / "tiny-siglip"
     with tempfile.TemporaryDirectory() as tmp:
-        first, first_s = run_index(folder, tiny, Path(tmp), 64)
+        _, first_s, _ = run_index(folder, tiny, Path(tmp), 64)
         times = []
         for _ in range(3):
-            summary, secs = run_index(folder, tiny, Path(tmp), 64)
+            summary, secs, _ = run_index(folder, tiny, Path(tmp), 64)
             assert summary["embedded"] == 0 and summary["unchanged"] == n_files, summary
             times.append(secs)
     return first_s, float(np.median(times)), summary
@@ -150,15 +157,21 @@ def main() -> None:
                     os.link(f, sub / f.name)
             folder = sub
         model_dir = build_model(CACHE / "siglip-base-random")
-        before = model_only(model_dir, args.batch_size, args.model_batches)
+        before, cpu_before = model_only(model_dir, args.batch_size, args.model_batches)
         with tempfile.TemporaryDirectory() as tmp:
-            summary, wall = run_index(folder, model_dir, Path(tmp), args.batch_size)
-        after = model_only(model_dir, args.batch_size, args.model_batches)
+            summary, wall, cpu = run_index(folder, model_dir, Path(tmp), args.batch_size)
+        after, cpu_after = model_only(model_dir, args.batch_size, args.model_batches)
         model_rate = (before + after) / 2
+        model_cpu = (cpu_before + cpu_after) / 2
         loop_rate = summary["images_per_second"]
         rows += [
             ("model only, pre-made tensors (mean of before/after)", f"{model_rate:.2f} images/s",
              f"before {before:.2f}, after {after:.2f}"),
+            ("model only, CPU time per image", f"{model_cpu:.3f} s", ""),
+            ("`img-search index`, CPU time per image (whole process tree: start-up, model load, decode workers)",
+             f"{cpu / summary['embedded']:.3f} s", f"{cpu:.0f} CPU-s"),
+            ("ratio of CPU cost per image, model only / index (insensitive to other load on the machine)",
+             f"{model_cpu / (cpu / summary['embedded']):.3f}", ""),
             ("`img-search index`, embed loop (decode workers + model + writer)", f"{loop_rate:.2f} images/s",
              f"{summary['embedded']} images, batch {args.batch_size}"),
             ("`img-search index`, whole process (start-up, scan, model load)",
