@@ -7,12 +7,15 @@
 * hnswlib scores are distances (``1 - <q, x>`` for both spaces; ``cosine`` normalises inside hnswlib); they are
   turned back into similarities here.
 * ``save`` / ``load`` use hnswlib's own file; hnswlib has no memory-mapped load, so ``load`` reads it into RAM.
+* ``num_threads <= 0`` means one thread per CPU, resolved here: hnswlib 0.8's own ``-1`` runs batches on one
+  thread (measured: 9.6k vs 18k queries/s on 2 cores).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,13 +61,14 @@ class HnswlibIndex:
         self.ef_construction = int(ef_construction)
         self.ef = int(ef)
         self.num_threads = int(num_threads)
+        self._threads = self.num_threads if self.num_threads > 0 else (os.cpu_count() or 1)
         self.seed = int(seed)
         self._index = hnswlib.Index(space="cosine" if self.metric == "cosine" else "ip", dim=self.dim)
         self._index.init_index(
             max_elements=max(1, int(capacity)), ef_construction=self.ef_construction, M=self.M, random_seed=self.seed
         )
         self._index.set_ef(self.ef)
-        self._index.set_num_threads(self.num_threads)
+        self._index.set_num_threads(self._threads)
         self._deleted: set[int] = set()
 
     def __len__(self) -> int:
@@ -81,7 +85,7 @@ class HnswlibIndex:
             new_capacity = max(needed, 2 * capacity)
             logger.debug("hnswlib: resizing %d -> %d", capacity, new_capacity)
             self._index.resize_index(new_capacity)
-        self._index.add_items(vecs, new_ids, num_threads=self.num_threads)
+        self._index.add_items(vecs, new_ids, num_threads=self._threads)
         if self._deleted:
             self._deleted.difference_update(new_ids.tolist())
 
@@ -107,7 +111,7 @@ class HnswlibIndex:
         if kk <= 0:
             return pad_results(np.empty((q.shape[0], 0), np.int64), np.empty((q.shape[0], 0), np.float32), k)
         try:
-            labels, distances = self._index.knn_query(q, k=kk, num_threads=self.num_threads)
+            labels, distances = self._index.knn_query(q, k=kk, num_threads=self._threads)
         except RuntimeError:
             # hnswlib refuses a 2-D answer when some query finds fewer than kk live neighbours
             # (small ef on a graph with many deletions); answer per query with what each one finds.
@@ -152,7 +156,7 @@ class HnswlibIndex:
         index._index = hnswlib.Index(space="cosine" if index.metric == "cosine" else "ip", dim=index.dim)
         index._index.load_index(str(path / _FILE))
         index._index.set_ef(index.ef)
-        index._index.set_num_threads(index.num_threads)
+        index._index.set_num_threads(index._threads)
         index._deleted = set(np.load(path / "deleted.npy").tolist())
         return index
 
