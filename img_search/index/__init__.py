@@ -55,6 +55,11 @@ def _resolve(name: str) -> type[VectorIndex]:
     return getattr(module, cls_name)  # type: ignore[no-any-return]
 
 
+def resolve_backend(name: str) -> type[VectorIndex]:
+    """The backend class for ``name``; UnknownNameError or BackendUnavailableError (with an install hint)."""
+    return _resolve(name)
+
+
 def create_index(name: str, *, dim: int, metric: str = "cosine", **params: Any) -> VectorIndex:
     return _resolve(name)(dim=dim, metric=metric, **params)  # type: ignore[call-arg]
 
@@ -74,4 +79,12 @@ def available_backends() -> list[str]:
     return names
 
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "VectorIndex", "available_backends", "create_index", "load_index"]
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "VectorIndex",
+    "available_backends",
+    "create_index",
+    "load_index",
+    "resolve_backend",
+]

@@ -24,14 +24,23 @@ import numpy as np
 
 from img_search.catalog import Catalog, ModelRow
 from img_search.errors import CatalogError, ImgSearchError
-from img_search.index import BACKENDS, create_index, load_index
+from img_search.index import BACKENDS, BackendUnavailableError, create_index, load_index, resolve_backend
 from img_search.index.base import VectorIndex
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "config.toml"
-DEFAULT_ANN_BACKEND = "hnswlib"
+# The default ANN backend and its settings come from bench/ann_backends.py (docs/PERFORMANCE.md, "Recommendation"):
+# Qdrant Edge updates and persists incrementally, matches the fastest single-query latency at recall >= 0.95 and
+# pins the least RAM; hnswlib is the fallback where qdrant-edge-py is not installed.
+DEFAULT_ANN_BACKEND = "qdrant_edge"
+FALLBACK_ANN_BACKEND = "hnswlib"
 DEFAULT_ANN_THRESHOLD = 20_000
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "qdrant_edge": {"m": 16, "ef_construct": 100, "hnsw_ef": 128},
+    "hnswlib": {"M": 16, "ef_construction": 100, "ef": 128},
+    "faiss": {"method": "hnsw", "M": 16, "ef_construction": 100, "ef_search": 128},
+}
 _STATE = "state.json"
 _IDS = "ids.npy"
 _HASHES = "hashes.npy"
@@ -43,7 +52,7 @@ class ConfigError(ImgSearchError):
 
 @dataclass(frozen=True)
 class SearchConfig:
-    ann_backend: str = DEFAULT_ANN_BACKEND
+    ann_backend: str | None = None  # None: DEFAULT_ANN_BACKEND, falling back to FALLBACK_ANN_BACKEND if missing
     ann_threshold: int = DEFAULT_ANN_THRESHOLD
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # backend name -> constructor params
 
@@ -64,14 +73,14 @@ class SearchConfig:
                 f"{path}: unknown [search] key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
             )
         cfg = cls(
-            ann_backend=str(table.get("ann_backend", DEFAULT_ANN_BACKEND)),
+            ann_backend=str(table["ann_backend"]) if "ann_backend" in table else None,
             ann_threshold=int(table.get("ann_threshold", DEFAULT_ANN_THRESHOLD)),
             params={str(k): dict(v) for k, v in table.get("params", {}).items()},
         )
         return cfg.validated(str(path))
 
     def validated(self, where: str = "search config") -> SearchConfig:
-        for name in (self.ann_backend, *self.params):
+        for name in (self.ann_backend or DEFAULT_ANN_BACKEND, *self.params):
             if name not in BACKENDS:
                 raise ConfigError(f"{where}: unknown index backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
         if self.ann_threshold < 0:
@@ -88,7 +97,16 @@ class SearchConfig:
         return cfg.validated("command line")
 
     def backend_for(self, n_vectors: int) -> str:
-        return self.ann_backend if n_vectors >= self.ann_threshold else "exact"
+        if n_vectors < self.ann_threshold:
+            return "exact"
+        if self.ann_backend is not None:
+            return self.ann_backend
+        try:
+            resolve_backend(DEFAULT_ANN_BACKEND)
+        except BackendUnavailableError as exc:
+            logger.warning("%s; using %s instead", exc, FALLBACK_ANN_BACKEND)
+            return FALLBACK_ANN_BACKEND
+        return DEFAULT_ANN_BACKEND
 
 
 class VectorStore:
@@ -106,7 +124,7 @@ class VectorStore:
         return self.root / backend
 
     def _params(self, backend: str) -> dict[str, Any]:
-        return dict(self.config.params.get(backend, {}))
+        return {**DEFAULT_PARAMS.get(backend, {}), **self.config.params.get(backend, {})}
 
     def open(self) -> VectorIndex:
         """The model's index, brought up to date with the catalog (in memory; ``save`` persists it)."""

@@ -25,7 +25,7 @@ def _exact_top(cat: Catalog, mid: int, q: np.ndarray, k: int) -> list[int]:
     return ids[np.argsort(-(vecs @ q))[:k]].tolist()
 
 
-@pytest.mark.parametrize("backend", ["exact", "hnswlib"])
+@pytest.mark.parametrize("backend", ["exact", "hnswlib", "qdrant_edge"])
 def test_incremental_sync_matches_catalog(tmp_path: Path, backend: str) -> None:
     rng = np.random.default_rng(0)
     cat = Catalog.in_dir(tmp_path)
@@ -94,3 +94,19 @@ def test_damaged_saved_index_is_rebuilt(tmp_path: Path) -> None:
             f.write_bytes(b"garbage")
     store = VectorStore(tmp_path, cat, cat.get_model("m"), cfg)
     assert len(store.open()) == 20 and store.changed
+
+
+def test_default_backend_and_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import img_search.search.store as store
+    from img_search.index import BackendUnavailableError
+
+    cfg = SearchConfig()
+    assert cfg.backend_for(19_999) == "exact"
+    assert cfg.backend_for(20_000) == "qdrant_edge"
+
+    def missing(name: str):  # type: ignore[no-untyped-def]
+        raise BackendUnavailableError(f"index backend {name!r} needs a library that is not installed")
+
+    monkeypatch.setattr(store, "resolve_backend", missing)
+    assert cfg.backend_for(20_000) == "hnswlib"
+    assert SearchConfig(ann_backend="faiss").backend_for(20_000) == "faiss"  # an explicit choice is kept
