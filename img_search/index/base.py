@@ -18,6 +18,7 @@ Contract (checked by ``tests/index/test_conformance.py`` for every installed bac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -96,6 +97,28 @@ def normalize(vectors: FloatArray) -> FloatArray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (vectors / norms).astype(np.float32, copy=False)
+
+
+# qdrant (client) and qdrant_edge share Qdrant's search-time knobs
+QDRANT_SEARCH_PARAM_CASTS: dict[str, Callable[[Any], Any]] = {
+    "hnsw_ef": int,
+    "rescore": bool,
+    "oversampling": lambda v: None if v is None else float(v),
+    "exact": bool,
+}
+
+
+def empty_results(n_queries: int, k: int) -> tuple[IdArray, FloatArray]:
+    """What an empty index returns: every row all padding (id -1, score -inf)."""
+    return pad_results(np.empty((n_queries, 0), np.int64), np.empty((n_queries, 0), np.float32), k)
+
+
+def apply_search_params(target: Any, allowed: tuple[str, ...], params: dict[str, Any],
+                        casts: dict[str, Callable[[Any], Any]]) -> None:
+    """Validate ``params`` against ``allowed`` (naming the valid ones) and set each, cast, on ``target``."""
+    check_search_params(target.name, allowed, params)
+    for key, value in params.items():
+        setattr(target, key, casts.get(key, lambda v: v)(value))
 
 
 def pad_results(ids: IdArray, scores: FloatArray, k: int) -> tuple[IdArray, FloatArray]:

@@ -40,6 +40,7 @@ from img_search.index.base import (
     as_vectors,
     check_metric,
     check_search_params,
+    empty_results,
     normalize,
     pad_results,
 )
@@ -324,7 +325,7 @@ class FaissIndex:
             return self._buffer.search(q, k)
         n_live = len(self)
         if n_live == 0 or k <= 0:
-            return pad_results(np.empty((q.shape[0], 0), np.int64), np.empty((q.shape[0], 0), np.float32), k)
+            return empty_results(q.shape[0], k)
         kk = min(k, n_live)
         params = self._search_params_object()
         if params is None:

@@ -30,6 +30,7 @@ from img_search.index.base import (
     as_vectors,
     check_metric,
     check_search_params,
+    empty_results,
     pad_results,
 )
 
@@ -109,7 +110,7 @@ class HnswlibIndex:
         q = as_vectors(queries, self.dim)
         kk = min(k, len(self))
         if kk <= 0:
-            return pad_results(np.empty((q.shape[0], 0), np.int64), np.empty((q.shape[0], 0), np.float32), k)
+            return empty_results(q.shape[0], k)
         try:
             labels, distances = self._index.knn_query(q, k=kk, num_threads=self._threads)
         except RuntimeError:

@@ -37,13 +37,14 @@ import numpy as np
 import qdrant_edge as qe
 
 from img_search.index.base import (
+    QDRANT_SEARCH_PARAM_CASTS,
     FloatArray,
     IdArray,
     Metric,
+    apply_search_params,
     as_ids,
     as_vectors,
     check_metric,
-    check_search_params,
     pad_results,
 )
 
@@ -205,15 +206,7 @@ class QdrantEdgeIndex:
         return qe.SearchParams(hnsw_ef=self.hnsw_ef, exact=bool(self.exact), quantization=quant)
 
     def set_search_params(self, **params: Any) -> None:
-        check_search_params(self.name, self.search_params, params)
-        if "hnsw_ef" in params:
-            self.hnsw_ef = int(params["hnsw_ef"])
-        if "rescore" in params:
-            self.rescore = bool(params["rescore"])
-        if "oversampling" in params:
-            self.oversampling = None if params["oversampling"] is None else float(params["oversampling"])
-        if "exact" in params:
-            self.exact = bool(params["exact"])
+        apply_search_params(self, self.search_params, params, QDRANT_SEARCH_PARAM_CASTS)
         self._params = self._make_search_params()
 
     # ------------------------------------------------------------------ data

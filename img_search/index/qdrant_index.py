@@ -27,13 +27,14 @@ from qdrant_client import QdrantClient, models
 
 from img_search.errors import DimensionMismatchError
 from img_search.index.base import (
+    QDRANT_SEARCH_PARAM_CASTS,
     FloatArray,
     IdArray,
     Metric,
+    apply_search_params,
     as_ids,
     as_vectors,
     check_metric,
-    check_search_params,
     pad_results,
 )
 
@@ -140,15 +141,7 @@ class QdrantIndex:
 
     def set_search_params(self, **params: Any) -> None:
         """Change hnsw_ef / rescore / oversampling / exact (they have no effect in the client's local mode)."""
-        check_search_params(self.name, self.search_params, params)
-        if "hnsw_ef" in params:
-            self.hnsw_ef = int(params["hnsw_ef"])
-        if "rescore" in params:
-            self.rescore = bool(params["rescore"])
-        if "oversampling" in params:
-            self.oversampling = None if params["oversampling"] is None else float(params["oversampling"])
-        if "exact" in params:
-            self.exact = bool(params["exact"])
+        apply_search_params(self, self.search_params, params, QDRANT_SEARCH_PARAM_CASTS)
         self._params = self._make_search_params()
 
     def __len__(self) -> int:

@@ -28,6 +28,7 @@ from img_search.index.base import (
     as_vectors,
     check_metric,
     check_search_params,
+    empty_results,
     normalize,
     pad_results,
 )
@@ -149,7 +150,7 @@ class ScannIndex:
             self.build()
         kk = min(k, len(self))
         if kk <= 0 or self._searcher is None:
-            return pad_results(np.empty((q.shape[0], 0), np.int64), np.empty((q.shape[0], 0), np.float32), k)
+            return empty_results(q.shape[0], k)
         rows, scores = self._raw_search(q, kk)
         rows = np.asarray(rows, dtype=np.int64).reshape(q.shape[0], -1)
         scores = np.asarray(scores, dtype=np.float32).reshape(q.shape[0], -1)

@@ -26,6 +26,7 @@ from img_search.index.base import (
     as_vectors,
     check_metric,
     check_search_params,
+    empty_results,
     pad_results,
 )
 
@@ -115,7 +116,7 @@ class UsearchIndex:
         q = as_vectors(queries, self.dim)
         kk = min(k, len(self))
         if kk <= 0:
-            return pad_results(np.empty((q.shape[0], 0), np.int64), np.empty((q.shape[0], 0), np.float32), k)
+            return empty_results(q.shape[0], k)
         matches = self._index.search(q, kk, threads=self.threads)
         keys = np.asarray(matches.keys).reshape(q.shape[0], -1)
         distances = np.asarray(matches.distances).reshape(q.shape[0], -1)
