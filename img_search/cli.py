@@ -76,7 +76,12 @@ AnnThresholdOpt = Annotated[
     typer.Option("--ann-threshold", min=0, help="Use the ANN backend from this many vectors on [default: 20000, "
                                                 "or config.toml's search.ann_threshold]."),
 ]
-MaxPixelsOpt = Annotated[int, typer.Option("--max-image-pixels", min=1, help="Skip images with more pixels than this.")]
+MaxPixelsOpt = Annotated[
+    int | None,
+    typer.Option("--max-image-pixels", min=1,
+                 help="Skip images with more pixels than this [default: 178,956,970, Pillow's decompression-bomb "
+                      "bound]."),
+]
 
 
 def _setup_logging(verbose: int) -> None:
@@ -143,7 +148,7 @@ def index(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     recompute: Annotated[bool, typer.Option("--recompute", help="Re-embed every file, changed or not.")] = False,
-    max_image_pixels: MaxPixelsOpt = 178_956_970,
+    max_image_pixels: MaxPixelsOpt = None,
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index dot-files/folders.")] = False,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -156,7 +161,8 @@ def index(
     model_name = model or DEFAULT_MODEL
     options = IndexOptions(
         model=model_name, batch_size=batch_size, workers=default_workers() if workers is None else workers,
-        recompute=recompute, max_image_pixels=max_image_pixels, include_hidden=include_hidden,
+        recompute=recompute, include_hidden=include_hidden,
+        **({} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}),
     )
     progress = None if quiet else _make_progress()
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -273,7 +279,7 @@ def similar(
     ann_threshold: AnnThresholdOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    max_image_pixels: MaxPixelsOpt = 178_956_970,
+    max_image_pixels: MaxPixelsOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -220,7 +219,3 @@ def load_hf_encoder(model: str, *, family: str | None = None, device: str = "aut
     logger.info("loaded %s (%s, dim %d) on %s", model_id, family, enc.info.dim, dev)
     return enc
 
-
-def local_model_dir(model_id: str) -> Path | None:
-    p = Path(os.path.expanduser(model_id))
-    return p if p.is_dir() else None
