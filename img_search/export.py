@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from img_search.errors import CatalogError, HubPushError
+from img_search.errors import CatalogNotFoundError, HubPushError
 from img_search.pipeline.parquet_writer import (
     DATASET_COLUMN,
     DEFAULT_COMPRESSION,
@@ -67,7 +67,8 @@ def export_parquet(index_dir: Path, output: Path, *, model: str | None = None, d
     with Catalog.in_dir(index_dir, readonly=True) as catalog:
         rows = [resolve_model(catalog, model)] if model else catalog.models()
         if not rows:
-            raise CatalogError(f"the catalog at {index_dir} holds no model: run `img-search index FOLDER` first")
+            raise CatalogNotFoundError(
+                f"the catalog at {index_dir} holds no model: run `img-search index FOLDER` first")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         with AtomicParquetFile(Path(output), GALLERY.schema(dtype)) as out:
             for row in rows:
@@ -83,7 +84,7 @@ def export_parquet(index_dir: Path, output: Path, *, model: str | None = None, d
                 summary.models.append({"name": row.name, "dim": row.dim, "rows": n})
         summary.rows = out.rows
     if summary.rows == 0:
-        raise CatalogError(f"the catalog at {index_dir} holds no vectors to export; nothing was written")
+        raise CatalogNotFoundError(f"the catalog at {index_dir} holds no vectors to export; nothing was written")
     logger.info("exported %d vectors to %s", summary.rows, output)
     return summary
 

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.catalog.schema import MIGRATIONS, SCHEMA_VERSION
-from img_search.errors import CatalogError, DimensionMismatchError
+from img_search.errors import CatalogError, CatalogNotFoundError, CatalogVersionError, DimensionMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Catalog:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         if readonly and not self.path.exists():
-            raise CatalogError(f"no catalog at {self.path}: run `img-search index FOLDER` first")
+            raise CatalogNotFoundError(f"no catalog at {self.path}: run `img-search index FOLDER` first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -121,7 +121,7 @@ class Catalog:
     def _migrate(self) -> None:
         version = self.schema_version
         if version > SCHEMA_VERSION:
-            raise CatalogError(
+            raise CatalogVersionError(
                 f"catalog {self.path} has schema version {version}, newer than this img-search understands "
                 f"({SCHEMA_VERSION}); upgrade img-search"
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from img_search.errors import DeviceUnavailableError, InvalidInputError
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -12,7 +14,8 @@ def resolve_device(device: str = "auto") -> str:
 
     if device != "auto":
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
+            raise DeviceUnavailableError(
+                f"--device {device} asked for, but CUDA is not available here; use --device cpu")
         return device
     if torch.cuda.is_available():
         return "cuda"
@@ -25,7 +28,7 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     import torch
 
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        raise InvalidInputError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if dtype == "auto":
         # fp16 halves memory and doubles throughput on GPUs; CPUs have no fast half kernels here
         return torch.float16 if device.startswith(("cuda", "mps")) else torch.float32

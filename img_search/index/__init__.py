@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from img_search.errors import ImgSearchError, UnknownNameError
+from img_search.errors import UnavailableError, UnknownNameError
 from img_search.index.base import VectorIndex
 
 # name -> "module:Class"; modules are imported lazily so optional libraries stay optional
@@ -37,7 +37,7 @@ _INSTALL_HINTS: dict[str, str] = {
 }
 
 
-class BackendUnavailableError(ImgSearchError):
+class BackendUnavailableError(UnavailableError):
     """The backend's library is not installed (or cannot run here)."""
 
 

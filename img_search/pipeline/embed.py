@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from img_search.data import ImageDataset, ImageRef, create_dataset
 from img_search.embedding.base import Encoder
-from img_search.errors import ImgSearchError, ModelNotFoundError, UnknownNameError
+from img_search.errors import ImgSearchError, InvalidInputError, ModelNotFoundError, UnknownNameError
 from img_search.pipeline.distributed import (
     AUTO,
     DEFAULT_BUILD_ATTEMPTS,
@@ -66,7 +66,7 @@ MAX_FAILURES_LOGGED = 20
 S = TypeVar("S")
 
 
-class EmbedConfigError(ImgSearchError):
+class EmbedConfigError(InvalidInputError):
     """The embedding job's configuration is invalid (unknown key, bad value, no model)."""
 
 

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from img_search.catalog import Catalog, ModelRow
 from img_search.embedding.base import Encoder
-from img_search.errors import CatalogError, DimensionMismatchError, EmptyCollectionError
+from img_search.errors import CatalogError, CatalogNotFoundError, DimensionMismatchError, EmptyCollectionError
 from img_search.index.base import VectorIndex
 from img_search.search.calibration import Calibration
 from img_search.search.store import SearchConfig, VectorStore
@@ -47,7 +47,8 @@ def resolve_model(catalog: Catalog, model: str | None) -> ModelRow:
 
     models = catalog.models()
     if not models:
-        raise CatalogError(f"the catalog at {catalog.path.parent} is empty: run `img-search index FOLDER` first")
+        raise CatalogNotFoundError(
+            f"the catalog at {catalog.path.parent} is empty: run `img-search index FOLDER` first")
     if model is None:
         counts = catalog.embedding_counts()
         if len(models) > 1:
@@ -58,7 +59,7 @@ def resolve_model(catalog: Catalog, model: str | None) -> ModelRow:
     row = catalog.get_model(name)
     if row is None:
         known = ", ".join(m.name for m in models)
-        raise CatalogError(f"nothing is indexed with model {name!r}; indexed models: {known}")
+        raise CatalogNotFoundError(f"nothing is indexed with model {name!r}; indexed models: {known}")
     return row
 
 

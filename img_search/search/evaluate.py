@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.data.embeddings import EmbeddingDatasetSpec, EmbeddingTable, load_gallery, load_queries
-from img_search.errors import DimensionMismatchError, ImgSearchError, UnknownNameError
+from img_search.errors import DimensionMismatchError, ImgSearchError, InvalidInputError, UnknownNameError
 from img_search.index import BACKENDS, BackendUnavailableError, VectorIndex, create_index
 from img_search.search.metrics import (
     DEFAULT_CUTOFF,
@@ -68,7 +68,7 @@ _METHOD_KEY = "method"
 EXIT_CONFIG_ERROR = 2
 
 
-class EvaluationConfigError(ImgSearchError):
+class EvaluationConfigError(InvalidInputError):
     """The evaluation section of the config is invalid (bad k, unknown key, malformed method)."""
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from img_search.catalog import Catalog, ModelRow
-from img_search.errors import CatalogError, ImgSearchError
+from img_search.errors import CatalogError, ConfigError
 from img_search.index import BACKENDS, BackendUnavailableError, create_index, load_index, resolve_backend
 from img_search.index.base import VectorIndex
 
@@ -44,10 +44,6 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 _STATE = "state.json"
 _IDS = "ids.npy"
 _HASHES = "hashes.npy"
-
-
-class ConfigError(ImgSearchError):
-    """config.toml in the index directory is malformed or names something unknown."""
 
 
 @dataclass(frozen=True)
