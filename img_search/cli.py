@@ -1,9 +1,14 @@
-"""The `img-search` command line: parse, call the library, print. Nothing below imports this module.
+"""The `img-search` command line: parse, load the settings, call the library, print. Nothing below imports this.
 
-Human-readable output by default; with ``--json`` stdout carries only JSON and every log line,
-progress bar and banner goes to stderr. Library errors (``ImgSearchError``) become a one-line
-message and exit code 1; usage errors exit 2; an interrupted run exits 130 after committing what it
-had embedded. Heavy imports (torch, transformers) happen only when a command needs a model.
+Options that are settings (``--model``, ``--batch-size``, ``--backend``, ...) default to ``None`` here and are handed
+to ``settings.load_settings``, which applies the documented precedence (flag > ``IMG_SEARCH_*`` > ``config.toml`` >
+default) and validates; the defaults shown in ``--help`` are read from ``settings.DEFAULTS``, never repeated.
+
+Human-readable output by default, one hit per line, every file name printed safely (``display_path``); with
+``--json`` stdout carries only JSON and every log line, progress bar and banner goes to stderr. Errors print one
+line, ``error: ...``, on stderr and exit with ``errors.exit_code``: 2 for a usage error (a bad option value, an
+``InvalidInputError``), 1 for any other library error, 130 when interrupted (after committing what was embedded).
+Heavy imports (torch, transformers) happen only when a command needs a model.
 """
 
 from __future__ import annotations
@@ -13,25 +18,20 @@ import logging
 import os
 import signal
 import sys
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 
 from img_search import __version__
-from img_search.embedding import DEFAULT_MODEL
-from img_search.errors import ImgSearchError
+from img_search.errors import EXIT_INTERRUPTED, EXIT_USAGE, ImageDecodeError, ImgSearchError, exit_code
+from img_search.settings import DEFAULT_MODEL, DEFAULTS, DEVICES_HELP, DTYPES, Settings, load_settings
 
 logger = logging.getLogger("img_search")
-
-ENV_MODEL = "IMG_SEARCH_MODEL"
-ENV_INDEX_DIR = "IMG_SEARCH_INDEX_DIR"
-
-
-def default_index_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "img-search"
-
 
 app = typer.Typer(
     name="img-search",
@@ -43,47 +43,52 @@ app = typer.Typer(
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", envvar=ENV_MODEL, show_envvar=True,
-                 help="Hugging Face id or local checkpoint directory. `index` defaults to "
-                      f"{DEFAULT_MODEL}; `search`/`similar` to the model the catalog was indexed with."),
+    typer.Option("--model", "-m", help="Hugging Face id or local checkpoint directory [env IMG_SEARCH_MODEL]. "
+                                       f"`index` defaults to {DEFAULT_MODEL}; `search`/`similar` to the model the "
+                                       "catalog holds most images of.", show_default=False),
 ]
 IndexDirOpt = Annotated[
     Path | None,
-    typer.Option("--index-dir", envvar=ENV_INDEX_DIR, show_envvar=True,
-                 help="Where the catalog lives [default: $XDG_DATA_HOME/img-search, "
-                      "i.e. ~/.local/share/img-search]."),
+    typer.Option("--index-dir", help="Where the catalog lives [env IMG_SEARCH_INDEX_DIR; default: "
+                                     "$XDG_DATA_HOME/img-search, i.e. ~/.local/share/img-search].",
+                 show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (logs and progress go to stderr).")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging on stderr (-vv: debug).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help=f"{DEVICES_HELP} [default: {DEFAULTS.device}].",
+                                               show_default=False)]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16")
+    str | None,
+    typer.Option("--dtype", help=f"{' | '.join(DTYPES)} (auto: fp16 on GPU, fp32 on CPU) [default: {DEFAULTS.dtype}].",
+                 show_default=False),
 ]
-LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, help="How many hits to show.")]
+LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, help="How many hits to show (at most what exists).")]
 ThresholdOpt = Annotated[
     float | None,
     typer.Option("--threshold", "-t",
                  help="Drop hits below this calibrated probability (or below this cosine where the model has no "
-                      "calibrated probability: CLIP, and image -> image)."),
+                      "calibrated probability: CLIP, and image -> image).", show_default=False),
 ]
 BackendOpt = Annotated[
     str | None,
     typer.Option("--backend", help="Vector index for this search: exact, faiss, hnswlib, usearch, scann, qdrant, "
-                                   "qdrant_edge [default: exact below --ann-threshold vectors, else config.toml's]."),
+                                   "qdrant_edge [default: exact below the ANN threshold, else config.toml's "
+                                   "search.ann_backend].", show_default=False),
 ]
 AnnThresholdOpt = Annotated[
     int | None,
-    typer.Option("--ann-threshold", min=0, help="Use the ANN backend from this many vectors on [default: 20000, "
-                                                "or config.toml's search.ann_threshold]."),
+    typer.Option("--ann-threshold", min=0, help="Use the ANN backend from this many vectors on "
+                                                f"[default: {DEFAULTS.search.ann_threshold}].", show_default=False),
 ]
 MaxPixelsOpt = Annotated[
     int | None,
-    typer.Option("--max-image-pixels", min=1,
-                 help="Skip images with more pixels than this [default: 178,956,970, Pillow's decompression-bomb "
-                      "bound]."),
+    typer.Option("--max-image-pixels", min=1, help="Refuse images with more pixels than this "
+                                                   f"[default: {DEFAULTS.max_image_pixels:,}, Pillow's "
+                                                   "decompression-bomb bound].", show_default=False),
 ]
 
 
+# ---------------------------------------------------------------------------------------------------------- plumbing
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
@@ -98,12 +103,30 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    typer.echo(f"error: {first}", err=True)
     raise typer.Exit(code)
 
 
-def _index_dir(index_dir: Path | None) -> Path:
-    return Path(os.path.expanduser(str(index_dir))) if index_dir else default_index_dir()
+@contextmanager
+def _edge() -> Iterator[None]:
+    """Translate the library's typed errors (and Ctrl-C / SIGTERM) into one line on stderr and an exit code."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _fail("interrupted: every batch embedded so far is committed; re-run the same command to continue",
+              EXIT_INTERRUPTED)
+    except ImgSearchError as exc:
+        _fail(str(exc), exit_code(exc))
+
+
+def _settings(index_dir: Path | None, **flags: Any) -> Settings:
+    """The command's settings (flag > IMG_SEARCH_* > config.toml > default); Pillow's pixel guard set from them."""
+    from img_search.data.images import configure_pixel_limit
+
+    settings = load_settings(index_dir, **flags)
+    configure_pixel_limit(settings.max_image_pixels)  # once per process, before any image is opened
+    return settings
 
 
 def _print_json(payload: Any) -> None:
@@ -111,68 +134,92 @@ def _print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, ensure_ascii=True, indent=2) + "\n")
 
 
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
 
 
-def _stdout_console() -> Any:
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
+_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r",
+              "\x1b": "\\E", "\\": "\\\\", "'": "\\'"}
 
 
-def _safe(text: str) -> str:
-    """Printable form of a path that may hold surrogate escapes (non-UTF-8 names)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+def display_path(path: str) -> str:
+    """``path`` as one safe line of text: unchanged when every character is printable, else quoted as bash's
+    ``$'...'`` (what GNU ls prints), so it can be pasted back into a shell and names the same file.
+
+    Control characters (newline, escape, ...) become C escapes, bytes that are not UTF-8 (surrogate-escaped by
+    ``os.fsdecode``) become ``\\xNN``, and invisible or direction-changing characters (Unicode categories Cf, Zl,
+    Zp, Co, Cs, Cn) become ``\\uXXXX``, so no name can forge extra lines, colours or reordered text in a terminal.
+    """
+    if path.isprintable() and not any(unicodedata.category(ch) == "Cf" for ch in path):
+        return path
+    out = []
+    for ch in path:
+        code = ord(ch)
+        if ch in _C_ESCAPES:
+            out.append(_C_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a raw byte of a non-UTF-8 name
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif not ch.isprintable() or unicodedata.category(ch) == "Cf":
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "$'" + "".join(out) + "'"
 
 
-def _encoder_factory(model: str, device: str, dtype: str) -> Any:
-    def factory() -> Any:
-        from img_search.embedding import load_encoder
-
-        return load_encoder(model, device=device, dtype=dtype)
-
-    return factory
-
-
+# ----------------------------------------------------------------------------------------------------------- index
 @app.command()
 def index(
     folders: Annotated[list[Path], typer.Argument(help="Folders to index (recursively).", show_default=False)],
     model: ModelOpt = None,
     index_dir: IndexDirOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model forward.")] = 32,
-    workers: Annotated[int | None, typer.Option("--workers", min=0,
-                                                help="Decode processes [default: half the cores, 1-4].")] = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", min=1, show_default=False,
+                                                   help=f"Images per model forward [default: "
+                                                        f"{DEFAULTS.batch_size}].")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, show_default=False,
+                                                help="Decode processes [default: half the cores, 1-4; 0: decode in "
+                                                     "the main process].")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     recompute: Annotated[bool, typer.Option("--recompute", help="Re-embed every file, changed or not.")] = False,
     max_image_pixels: MaxPixelsOpt = None,
-    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index dot-files/folders.")] = False,
+    include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--skip-hidden", show_default=False,
+                                                        help="Also index dot-files/folders [default: skip].")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", show_default=False,
+                                                      help="Skip paths matching this glob, relative to the indexed "
+                                                           "folder (`**` allowed; repeatable; adds to config.toml's "
+                                                           "`exclude`).")] = None,
+    default_excludes: Annotated[bool | None, typer.Option("--default-excludes/--no-default-excludes",
+                                                          show_default=False,
+                                                          help="Skip the thumbnail, cache and trash folders of NAS "
+                                                               "boxes and photo tools (docs/FORMATS.md) [default: "
+                                                               "on].")] = None,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Embed every image under FOLDERS, incrementally (unchanged files are skipped)."""
     from img_search.pipeline.runner import IndexOptions, default_workers, index_folders
+    from img_search.search.searcher import encoder_factory
 
     _setup_logging(verbose)
-    model_name = model or DEFAULT_MODEL
-    options = IndexOptions(
-        model=model_name, batch_size=batch_size, workers=default_workers() if workers is None else workers,
-        recompute=recompute, include_hidden=include_hidden,
-        **({} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}),
-    )
-    progress = None if quiet else _make_progress()
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        summary = index_folders([str(f) for f in folders], _index_dir(index_dir), options,
-                                encoder_factory=_encoder_factory(model_name, device, dtype), progress=progress)
-    except KeyboardInterrupt:
-        _fail("interrupted: every batch embedded so far is committed; re-run the same command to continue", 130)
-    except ImgSearchError as exc:
-        _fail(str(exc))
+    with _edge():
+        settings = _settings(index_dir, model=model, batch_size=batch_size, workers=workers, device=device,
+                             dtype=dtype, max_image_pixels=max_image_pixels, include_hidden=include_hidden,
+                             default_excludes=default_excludes)
+        model_name = settings.model or DEFAULT_MODEL
+        options = IndexOptions(
+            model=model_name, batch_size=settings.batch_size,
+            workers=default_workers() if settings.workers is None else settings.workers, recompute=recompute,
+            include_hidden=settings.include_hidden, max_image_pixels=settings.max_image_pixels,
+            excludes=(*settings.exclude, *(exclude or ())), default_excludes=settings.default_excludes,
+        )
+        progress = None if quiet else _make_progress()
+        summary = index_folders([str(f) for f in folders], settings.index_dir, options,
+                                encoder_factory=encoder_factory(model_name, settings), progress=progress,
+                                search=settings.search)
     if as_json:
         _print_json(summary.to_dict())
     else:
@@ -186,13 +233,14 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def _make_progress() -> Any:
     if not sys.stderr.isatty():
         return None  # the library logs a progress line every few seconds instead
+    from rich.console import Console
+
     from img_search.pipeline.rich_progress import RichProgress
 
-    return RichProgress(_stderr_console())
+    return RichProgress(Console(stderr=True))
 
 
 def _print_summary(summary: Any) -> None:
-    console = _stdout_console()
     parts = [
         f"{summary.scanned} image files under {len(summary.roots)} folder(s)",
         f"{summary.embedded} embedded",
@@ -201,47 +249,45 @@ def _print_summary(summary: Any) -> None:
         f"{summary.deleted} marked deleted",
         f"{len(summary.failed)} skipped",
     ]
-    console.print(", ".join(parts) + f" in {summary.seconds:.1f}s", markup=False)
+    _out(", ".join(parts) + f" in {summary.seconds:.1f}s")
     if summary.embedded:
-        console.print(f"throughput: {summary.images_per_second:.1f} images/s with {summary.model}", markup=False)
+        _out(f"throughput: {summary.images_per_second:.1f} images/s with {display_path(summary.model)}")
     if summary.failed:
-        console.print("skipped files (recorded in the catalog; fix or remove them, then re-run):", markup=False)
+        _out("skipped files (recorded in the catalog; fix or remove them, then re-run):")
         for failure in summary.failed[:50]:
-            console.print(f"  {_safe(failure.path)}: {failure.reason}", markup=False)
+            _out(f"  {display_path(failure.path)}: {failure.reason}")
         if len(summary.failed) > 50:
-            console.print(f"  ... and {len(summary.failed) - 50} more (see `img-search info`)", markup=False)
+            _out(f"  ... and {len(summary.failed) - 50} more (see `img-search info`)")
     if summary.failed_before:
-        console.print(f"{summary.failed_before} files that failed earlier are unchanged and were not retried "
-                      "(`img-search info` lists them)", markup=False)
+        _out(f"{summary.failed_before} files that failed earlier are unchanged and were not retried "
+             "(`img-search info` lists them)")
 
 
-def _open_searcher(index_dir: Path | None, model: str | None, device: str, dtype: str,
-                   backend: str | None = None, ann_threshold: int | None = None) -> Any:
-    from img_search.catalog import Catalog
-    from img_search.search.collection import Collection, Searcher, resolve_model
-    from img_search.search.store import SearchConfig
-
-    directory = _index_dir(index_dir)
-    catalog = Catalog.in_dir(directory, readonly=True)
-    row = resolve_model(catalog, model)
-    config = SearchConfig.load(directory).with_overrides(backend=backend, threshold=ann_threshold)
-    collection = Collection(catalog, row, config=config)
-    return Searcher(collection, _encoder_factory(row.name, device, dtype))
+# ---------------------------------------------------------------------------------------------------------- search
+def _search_settings(index_dir: Path | None, model: str | None, device: str | None, dtype: str | None,
+                     backend: str | None, ann_threshold: int | None, max_image_pixels: int | None = None) -> Settings:
+    search: dict[str, Any] = {}
+    if backend is not None:
+        # naming a backend means "use it": exact stays exact, an ANN backend applies at any size
+        search = {"ann_backend": backend, "ann_threshold": 0}
+    if ann_threshold is not None:
+        search["ann_threshold"] = ann_threshold
+    return _settings(index_dir, model=model, device=device, dtype=dtype, max_image_pixels=max_image_pixels,
+                     search=search or None)
 
 
 def _print_hits(hits: list[Any], as_json: bool, what: str) -> None:
     if as_json:
         _print_json([h.to_dict() for h in hits])
         return
-    console = _stdout_console()
     if not hits:
-        console.print(f"no images matched {what}", markup=False)
+        _out(f"no images matched {what}")
         return
-    # plain aligned columns, never folded: paths stay whole when piped or copied
-    console.print(f"{'#':>3}  {'probability':>11}  {'cosine':>8}  path", markup=False)
+    # plain aligned columns, one hit per line, never folded: paths stay whole when piped or copied
+    _out(f"{'#':>3}  {'probability':>11}  {'cosine':>8}  path")
     for rank, hit in enumerate(hits, 1):
         prob = "-" if hit.probability is None else f"{hit.probability:.4f}"
-        console.print(f"{rank:>3}  {prob:>11}  {hit.cosine:>+8.4f}  {_safe(hit.path)}", markup=False)
+        _out(f"{rank:>3}  {prob:>11}  {hit.cosine:>+8.4f}  {display_path(hit.path)}")
 
 
 @app.command()
@@ -253,19 +299,19 @@ def search(
     threshold: ThresholdOpt = None,
     backend: BackendOpt = None,
     ann_threshold: AnnThresholdOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Text -> image: the indexed images that best match QUERY."""
+    from img_search.search.searcher import open_searcher
+
     _setup_logging(verbose)
-    try:
-        searcher = _open_searcher(index_dir, model, device, dtype, backend, ann_threshold)
-        hits = searcher.search_text(query, limit=limit, threshold=threshold)
-    except (ImgSearchError, ValueError) as exc:
-        _fail(str(exc))
-    _print_hits(hits, as_json, repr(query))
+    with _edge():
+        settings = _search_settings(index_dir, model, device, dtype, backend, ann_threshold)
+        hits = open_searcher(settings).search_text(query, limit=limit, threshold=threshold)
+    _print_hits(hits, as_json, display_path(repr(query)))
 
 
 @app.command()
@@ -277,22 +323,27 @@ def similar(
     threshold: ThresholdOpt = None,
     backend: BackendOpt = None,
     ann_threshold: AnnThresholdOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     max_image_pixels: MaxPixelsOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Image -> image: the indexed images most similar to IMAGE (cosine; the file itself is left out)."""
+    from img_search.search.searcher import open_searcher
+
     _setup_logging(verbose)
-    try:
-        searcher = _open_searcher(index_dir, model, device, dtype, backend, ann_threshold)
-        hits = searcher.search_image(str(image), limit=limit, threshold=threshold, max_image_pixels=max_image_pixels)
-    except (ImgSearchError, ValueError) as exc:
-        _fail(f"{_safe(str(image))}: {exc}" if "image" in type(exc).__name__.lower() else str(exc))
-    _print_hits(hits, as_json, _safe(str(image)))
+    with _edge():
+        settings = _search_settings(index_dir, model, device, dtype, backend, ann_threshold, max_image_pixels)
+        searcher = open_searcher(settings)
+        try:
+            hits = searcher.search_image(str(image), limit=limit, threshold=threshold)
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"{display_path(str(image))}: {exc}") from None
+    _print_hits(hits, as_json, display_path(str(image)))
 
 
+# ------------------------------------------------------------------------------------------------------------ info
 @app.command()
 def info(
     index_dir: IndexDirOpt = None,
@@ -301,39 +352,36 @@ def info(
     verbose: VerboseOpt = 0,
 ) -> None:
     """What is indexed: folders, models, counts, skipped files and size on disk."""
-    from img_search.catalog.info import catalog_info
+    from img_search.info import catalog_info
 
     _setup_logging(verbose)
-    try:
-        data = catalog_info(_index_dir(index_dir), failures=failures)
-    except ImgSearchError as exc:
-        _fail(str(exc))
+    with _edge():
+        settings = _settings(index_dir)
+        data = catalog_info(settings.index_dir, failures=failures)
     if as_json:
         _print_json(data)
         return
-    console = _stdout_console()
-    console.print(f"index directory: {data['index_dir']} ({_human_bytes(data['size_on_disk_bytes'])} on disk, "
-                  f"schema v{data['schema_version']})", markup=False)
-    console.print("images: " + ", ".join(f"{n} {s}" for s, n in sorted(data["images"].items())) if data["images"]
-                  else "images: none", markup=False)
+    _out(f"index directory: {display_path(data['index_dir'])} ({_human_bytes(data['size_on_disk_bytes'])} on disk, "
+         f"schema v{data['schema_version']}{', read-only' if data.get('read_only') else ''})")
+    _out("images: " + ", ".join(f"{n} {s}" for s, n in sorted(data["images"].items())) if data["images"]
+         else "images: none")
     for m in data["models"]:
         calib = "no calibrated probability" if m["logit_bias"] is None else \
             f"calibration sigmoid(exp({m['logit_scale']:.4f})*cos {m['logit_bias']:+.4f})"
-        console.print(f"model {m['name']} ({m['family']}, {m['dim']} dims): {m['images']} images; {calib}",
-                      markup=False)
+        _out(f"model {display_path(m['name'])} ({m['family']}, {m['dim']} dims): {m['images']} images; {calib}")
         saved = m["search_index"]
         if saved:
-            console.print(f"  search index: {saved['backend']}, {saved['vectors']} vectors, "
-                          f"{_human_bytes(saved['size_on_disk_bytes'])}", markup=False)
+            _out(f"  search index: {saved['backend']}, {saved['vectors']} vectors, "
+                 f"{_human_bytes(saved['size_on_disk_bytes'])}")
     for root in data["folders"]:
-        console.print(f"folder {_safe(root['path'])} (last indexed {root['last_indexed']})", markup=False)
+        _out(f"folder {display_path(root['path'])} (last indexed {root['last_indexed']})")
     if data["last_run"]:
         run = data["last_run"]
-        console.print(f"last run: {run['status']} at {run['finished']}", markup=False)
+        _out(f"last run: {run['status']} at {run['finished']}")
     if data["failures"]:
-        console.print(f"skipped files ({data['images'].get('error', 0)} in all):", markup=False)
+        _out(f"skipped files ({data['images'].get('error', 0)} in all):")
         for f in data["failures"]:
-            console.print(f"  {_safe(f['path'])}: {f['reason']}", markup=False)
+            _out(f"  {display_path(f['path'])}: {f['reason']}")
 
 
 def _human_bytes(n: float) -> str:
@@ -344,6 +392,7 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+# ---------------------------------------------------------------------------------------------------------- export
 @app.command()
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)],
@@ -362,15 +411,14 @@ def export(
     from img_search.export import export_catalog
 
     _setup_logging(verbose)
-    try:
-        summary = export_catalog(_index_dir(index_dir), output, fmt=fmt, model=model, dataset_name=dataset_name)
-    except ImgSearchError as exc:
-        _fail(str(exc))
+    with _edge():
+        settings = _settings(index_dir)
+        summary = export_catalog(settings.index_dir, output, fmt=fmt, model=model, dataset_name=dataset_name)
     if as_json:
         _print_json(summary.to_dict())
         return
-    models = ", ".join(f"{m['name']} ({m['rows']} x {m['dim']})" for m in summary.models)
-    _stdout_console().print(f"wrote {summary.rows} vectors to {_safe(str(output))}: {models}", markup=False)
+    models = ", ".join(f"{display_path(m['name'])} ({m['rows']} x {m['dim']})" for m in summary.models)
+    _out(f"wrote {summary.rows} vectors to {display_path(str(output))}: {models}")
 
 
 def _version(value: bool) -> None:
@@ -387,8 +435,30 @@ def _root(
     """img-search: index a folder, then search it by text (`search`) or by image (`similar`)."""
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. Usage errors (unknown option, a value click cannot parse or out of its range) print one line
+    with a pointer to ``--help`` and exit 2, instead of click's multi-line box."""
+    # a name that is not valid UTF-8 must never crash the output stream
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="img-search", standalone_mode=False)
+    except click.UsageError as exc:
+        where = f"img-search {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "img-search --help"
+        if exc.ctx and exc.ctx.parent and exc.ctx.parent.info_name:
+            where = f"{exc.ctx.parent.info_name} {exc.ctx.info_name} --help"
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"error: {message} (see `{where}`)", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        typer.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
+import os
 from pathlib import Path
 from typing import Any
 
 from img_search.catalog.catalog import CATALOG_FILENAME, Catalog
+from img_search.search.store import read_current
 
 
 def _when(ts: float | None) -> str | None:
@@ -15,15 +16,14 @@ def _when(ts: float | None) -> str | None:
 
 
 def _saved_index(index_dir: Path, model_id: int) -> dict[str, Any] | None:
-    for state in sorted((index_dir / "vectors" / f"model-{model_id}").glob("*/state.json")):
-        try:
-            data = json.loads(state.read_text())
-        except (OSError, ValueError):
-            continue
-        size = sum(p.stat().st_size for p in state.parent.rglob("*") if p.is_file())
-        return {"backend": data.get("backend"), "vectors": data.get("count"), "params": data.get("params"),
-                "size_on_disk_bytes": size}
-    return None
+
+
+    gen = read_current(index_dir / "vectors" / f"model-{model_id}")
+    if gen is None:
+        return None
+    size = sum(p.stat().st_size for p in gen.path.rglob("*") if p.is_file())
+    return {"backend": gen.backend, "vectors": gen.count, "params": gen.params, "generation": gen.name,
+            "size_on_disk_bytes": size}
 
 
 def catalog_info(index_dir: Path, *, failures: int = 20) -> dict[str, Any]:
@@ -35,6 +35,7 @@ def catalog_info(index_dir: Path, *, failures: int = 20) -> dict[str, Any]:
         return {
             "index_dir": str(index_dir),
             "schema_version": catalog.schema_version,
+            "read_only": catalog.immutable or not os.access(index_dir, os.W_OK),
             "size_on_disk_bytes": size,
             "images": catalog.status_counts(),
             "models": [

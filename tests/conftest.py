@@ -51,3 +51,28 @@ def photo_dir(tmp_path: Path) -> Path:
         sub.mkdir(parents=True, exist_ok=True)
         make_jpeg(sub / f"img{i:02d}.jpg", seed=i)
     return folder
+
+
+@pytest.fixture()
+def read_only_mount(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``mount(folder) -> Path``: a read-only bind mount of ``folder`` (root only; skipped where mount is refused).
+
+    As root ``chmod a-w`` changes nothing, so read-only media are simulated the way they behave: EROFS on write.
+    """
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(folder: Path) -> Path:
+        target = tmp_path / f"ro-{len(mounted)}"
+        target.mkdir()
+        done = subprocess.run(["mount", "--bind", str(folder), str(target)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+        mounted.append(target)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True, capture_output=True)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

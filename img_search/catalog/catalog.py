@@ -1,7 +1,8 @@
 """A thin typed layer over the SQLite catalog (WAL mode): parameterised SQL only, explicit transactions.
 
-One ``Catalog`` per thread (sqlite3 connections are not shared across threads): the pipeline's writer
-thread opens its own. Readers (``search``) work while an ``index`` run writes, thanks to WAL.
+One ``Catalog`` per thread (a connection is never used by two threads at once): the pipeline's writer thread opens
+its own, and a multi-threaded reader keeps one per thread. Readers (``search``) work while an ``index`` run writes,
+thanks to WAL, and open the catalog read-only (``readonly=True``), which also works on read-only media.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +22,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from img_search.catalog.schema import MIGRATIONS, SCHEMA_VERSION
-from img_search.errors import CatalogError, CatalogNotFoundError, CatalogVersionError, DimensionMismatchError
+from img_search.catalog.schema import MIGRATIONS, READABLE_VERSIONS, SCHEMA_VERSION
+from img_search.errors import (
+    CatalogError,
+    CatalogNotFoundError,
+    CatalogReadOnlyError,
+    CatalogVersionError,
+    DimensionMismatchError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +96,87 @@ def prefix_bounds(folder: str) -> tuple[bytes, bytes]:
 
 
 class Catalog:
+    """One SQLite connection to the catalog of an index directory.
+
+    ``readonly=True`` opens it for reading only: never created, never migrated, no journal-mode change, nothing
+    written, so it works on read-only media and without write permission (there SQLite cannot create its WAL
+    shared-memory file, so the file is opened ``immutable``: changes a concurrent writer makes are not seen; see
+    https://www.sqlite.org/uri.html#uriimmutable). A catalog of an older schema is read as it is while its version is
+    in ``READABLE_VERSIONS``, else refused with ``CatalogVersionError``. The connection may be handed to another
+    thread but not used by two at once: a multi-threaded reader keeps one ``Catalog`` per thread
+    (``search.collection.Collection`` does).
+
+    Raises ``CatalogNotFoundError`` (no catalog; readers), ``CatalogReadOnlyError`` (a writer on read-only storage),
+    ``CatalogVersionError`` and ``CatalogError`` (not a catalog).
+    """
+
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly and not self.path.exists():
+        self.readonly = readonly
+        self.immutable = False
+        try:
+            if readonly:
+                self.db = self._connect_readonly()
+            else:
+                self.db = self._connect_writer()
+            self._check_version()
+            if not readonly:
+                self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: sqlite3.DatabaseError) -> CatalogError:
+        text = str(exc)
+        if "readonly" in text or "read-only" in text:
+            return CatalogReadOnlyError(
+                f"the catalog {self.path} is on read-only storage or not writable by this user ({text}); "
+                "`index` needs to write it: use a writable --index-dir"
+            )
+        if "not a database" in text or "malformed" in text:
+            return CatalogError(f"{self.path} is not a usable img-search catalog ({text})")
+        return CatalogError(f"cannot open the catalog {self.path}: {text}")
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CatalogReadOnlyError(
+                f"cannot create the index directory {self.path.parent}: {exc.strerror or exc}"
+            ) from None
+        if not os.access(self.path.parent, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            raise CatalogReadOnlyError(
+                f"the index directory {self.path.parent} is read-only or not writable by this user; `index` needs "
+                "to write it: use a writable --index-dir (search, similar and info work on it as it is)"
+            )
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
             raise CatalogNotFoundError(f"no catalog at {self.path}: run `img-search index FOLDER` first")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
+        base = "file:" + urllib.parse.quote(os.fsencode(self.path).decode("utf-8", "surrogateescape"))
+        try:
+            db = self._open_uri(base + "?mode=ro")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # WAL: needs the -shm file
+            return db
+        except sqlite3.OperationalError as exc:
+            logger.debug("read-only open of %s failed (%s); opening it immutable", self.path, exc)
+        self.immutable = True
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            logger.warning("%s holds changes not yet merged into the catalog; a read-only copy cannot see them "
+                           "(open the catalog once where it is writable, e.g. run `img-search info` there)", wal)
+        return self._open_uri(base + "?immutable=1")
+
+    def _open_uri(self, uri: str) -> sqlite3.Connection:
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                             check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return db
 
     @classmethod
     def in_dir(cls, index_dir: Path, *, readonly: bool = False) -> Catalog:
@@ -118,13 +196,25 @@ class Catalog:
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
-    def _migrate(self) -> None:
+    def _check_version(self) -> None:
         version = self.schema_version
         if version > SCHEMA_VERSION:
             raise CatalogVersionError(
                 f"catalog {self.path} has schema version {version}, newer than this img-search understands "
                 f"({SCHEMA_VERSION}); upgrade img-search"
             )
+        if not self.readonly:
+            return
+        if version == 0:
+            raise CatalogNotFoundError(f"{self.path} holds no catalog yet: run `img-search index FOLDER` first")
+        if version not in READABLE_VERSIONS:
+            raise CatalogVersionError(
+                f"catalog {self.path} has schema version {version}, older than this img-search reads; run "
+                "`img-search index` on it once (where it is writable) to upgrade it"
+            )
+
+    def _migrate(self) -> None:
+        version = self.schema_version
         for target in range(version, SCHEMA_VERSION):
             with self.transaction():
                 # re-check inside the write lock: another process may have migrated meanwhile
@@ -133,6 +223,22 @@ class Catalog:
                 MIGRATIONS[target](self.db)
                 self.db.execute(f"PRAGMA user_version = {target + 1}")
             logger.info("catalog %s migrated to schema version %d", self.path, target + 1)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the catalog as of one instant (WAL snapshot isolation)."""
+        if self.db.in_transaction:
+            yield self.db
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield self.db
+        finally:
+            self.db.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes whenever another connection commits (cheap change check)."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -204,13 +310,15 @@ class Catalog:
         r = self.db.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE path = ?", (fs_bytes(path),)).fetchone()
         return _image_row(r) if r else None
 
-    def images_by_id(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+    def images_by_id(self, ids: Iterable[int], *, live_only: bool = False) -> dict[int, ImageRow]:
+        """Rows of the given image ids (``live_only``: only those with status 'ok'); unknown ids are left out."""
         out: dict[int, ImageRow] = {}
         id_list = [int(i) for i in ids]
+        where = " AND status = 'ok'" if live_only else ""
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for r in self.db.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE id IN ({marks})", chunk):
+            for r in self.db.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE id IN ({marks}){where}", chunk):
                 out[r[0]] = _image_row(r)
         return out
 

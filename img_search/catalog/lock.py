@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from img_search.errors import CatalogLockedError
+from img_search.errors import CatalogLockedError, CatalogReadOnlyError
 
 LOCK_FILENAME = "index.lock"
 
@@ -30,6 +30,12 @@ class IndexLock:
         self.path = Path(index_dir) / LOCK_FILENAME
         self._fd: int | None = None
 
+    def _read_only(self, exc: OSError) -> CatalogReadOnlyError:
+        return CatalogReadOnlyError(
+            f"cannot write to the index directory {self.path.parent} ({exc.strerror or exc}); `index` needs a "
+            "writable --index-dir (search, similar and info work on a read-only one)"
+        )
+
     def _refuse(self, holder: str) -> CatalogLockedError:
         return CatalogLockedError(
             f"another `img-search index` (pid {holder}) is already writing to {self.path.parent}; "
@@ -37,7 +43,11 @@ class IndexLock:
         )
 
     def acquire(self) -> IndexLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the lock or raise ``CatalogLockedError`` (held elsewhere) / ``CatalogReadOnlyError`` (cannot write)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._read_only(exc) from None
         key = str(self.path.resolve())
         with _HELD_GUARD:
             if key in _HELD:
@@ -52,7 +62,10 @@ class IndexLock:
         return self
 
     def _acquire_file(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._read_only(exc) from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

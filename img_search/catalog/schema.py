@@ -73,3 +73,6 @@ def _v1(db: sqlite3.Connection) -> None:
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
 SCHEMA_VERSION = len(MIGRATIONS)
+# schema versions a read-only open reads as they are (readers never migrate); add a version here only when every
+# reader query works on it
+READABLE_VERSIONS = frozenset({1})

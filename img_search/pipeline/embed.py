@@ -84,6 +84,8 @@ def _from_mapping(cls: type[Any], raw: Any, where: str) -> Any:
         )
     try:
         return cls(**dict(raw))
+    except ImgSearchError:
+        raise  # already typed, with its own message
     except (TypeError, ValueError) as exc:
         raise EmbedConfigError(f"invalid `{where}`: {exc}") from exc
 

@@ -24,6 +24,7 @@ from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, content_hash
 from img_search.embedding.base import Encoder
 from img_search.errors import ImgSearchError, ModelNotFoundError
 from img_search.pipeline.progress import LogProgress, Progress
+from img_search.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +182,10 @@ def index_folders(
     *,
     encoder_factory: Callable[[], Encoder],
     progress: Progress | None = None,
+    search: SearchSettings | None = None,
 ) -> IndexSummary:
-    """Bring the catalog in ``index_dir`` up to date with ``folders`` for ``options.model``."""
+    """Bring the catalog in ``index_dir`` up to date with ``folders`` for ``options.model``, then the model's saved
+    search index (built with ``search``, default ``SearchSettings()``) with the catalog."""
     from img_search.embedding.hf import canonical_model_id, looks_like_path
 
     roots = _check_folders(folders)
@@ -218,7 +221,7 @@ def index_folders(
             for root in roots:
                 catalog.touch_root(root)
             if model_id is not None:
-                _sync_vector_index(index_dir, catalog, model_name)
+                _sync_vector_index(index_dir, catalog, model_name, search)
         except KeyboardInterrupt:
             status, summary.interrupted = "interrupted", True
             raise
@@ -231,13 +234,13 @@ def index_folders(
     return summary
 
 
-def _sync_vector_index(index_dir: Path, catalog: Catalog, model_name: str) -> None:
+def _sync_vector_index(index_dir: Path, catalog: Catalog, model_name: str, search: SearchSettings | None) -> None:
     """Keep the saved search index of this model in step with the catalog (incremental where it can be)."""
-    from img_search.search.store import SearchConfig, VectorStore
+    from img_search.search.store import VectorStore
 
     model = catalog.get_model(model_name)
     if model is not None and model.dim is not None:
-        VectorStore(index_dir, catalog, model, SearchConfig.load(index_dir)).sync()
+        VectorStore(index_dir, catalog, model, search or SearchSettings()).sync()
 
 
 def _embed(todo: list[FileEntry], encoder: Encoder, catalog_path: Path, model_id: int, options: IndexOptions,

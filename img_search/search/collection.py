@@ -1,26 +1,36 @@
-"""Search one model's vectors in a catalog: text -> image and image -> image.
+"""A collection: the live vectors of one model in one index directory, searchable from many threads at once.
 
-The vectors of the live images are loaded from the catalog into a ``VectorIndex`` (exact by default;
-the ANN backends plug in through the same interface and registry), scored, and turned into hits with
-the raw cosine and, where the model has a learned bias, the calibrated probability.
+A ``Collection`` holds a read-only view of the model's saved search index (``search.store.VectorStore.open_reader``:
+the saved generation plus, in memory, what the catalog committed since) and resolves the ids it finds to catalog
+rows through one read-only SQLite connection per thread, so it can be shared by a FastAPI thread pool.
+``refresh()`` picks up what an `index` run committed, without touching the model. Scores are raw cosines;
+``search.searcher.Searcher`` encodes queries and owns calibration.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from img_search.catalog import Catalog, ModelRow
-from img_search.embedding.base import Encoder
-from img_search.errors import CatalogError, CatalogNotFoundError, DimensionMismatchError, EmptyCollectionError
+from img_search.catalog import Catalog, ImageRow, ModelRow
+from img_search.errors import (
+    CatalogError,
+    CatalogNotFoundError,
+    DimensionMismatchError,
+    EmptyCollectionError,
+    InvalidInputError,
+)
 from img_search.index.base import VectorIndex
-from img_search.search.calibration import Calibration
-from img_search.search.store import SearchConfig, VectorStore
+from img_search.search.store import VectorStore
+from img_search.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +39,9 @@ DEFAULT_LIMIT = 10
 
 @dataclass(frozen=True)
 class Hit:
+    """One search result: the image, its raw cosine to the query and, for calibrated text queries, the model's
+    probability that image and text match (``search.calibration``); ``None`` where there is none."""
+
     path: str
     cosine: float
     probability: float | None
@@ -42,7 +55,10 @@ class Hit:
 
 
 def resolve_model(catalog: Catalog, model: str | None) -> ModelRow:
-    """The model to search with: the one asked for, else the one the catalog was indexed with."""
+    """The model to search with: the one asked for, else the one the catalog holds most images of.
+
+    Raises ``CatalogNotFoundError`` when the catalog is empty or holds nothing for ``model``.
+    """
     from img_search.embedding.hf import canonical_model_id
 
     models = catalog.models()
@@ -63,122 +79,146 @@ def resolve_model(catalog: Catalog, model: str | None) -> ModelRow:
     return row
 
 
-class Collection:
-    """The live vectors of one model, behind a VectorIndex.
+def check_limit(limit: Any) -> int:
+    """``limit`` as a positive int, or ``InvalidInputError``. Any size is served: a search returns what exists."""
+    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
+        raise InvalidInputError(f"limit must be a whole number >= 1, got {limit!r}")
+    return int(limit)
 
-    By default the index is the one saved in the index directory (exact below the ANN threshold, the
-    configured ANN backend above it), brought up to date with the catalog; pass ``index`` to inject one.
+
+def check_threshold(threshold: Any) -> float | None:
+    """``threshold`` as a finite float (or None), or ``InvalidInputError``. Out-of-range values are served (a
+    probability threshold above 1 simply matches nothing)."""
+    if threshold is None:
+        return None
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"threshold must be a number, got {threshold!r}") from None
+    if not math.isfinite(value):
+        raise InvalidInputError(f"threshold must be a finite number, got {threshold!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _View:
+    index: VectorIndex
+    backend: str
+    generation: str | None
+
+
+class Collection:
+    """The live vectors of one model, behind a read-only ``VectorIndex``; safe to share between threads.
+
+    ``connect`` opens a read-only ``Catalog`` (called once per thread that resolves hits). Pass ``index`` to inject
+    a ready ``VectorIndex`` instead of opening the saved one (tests, evaluations).
     """
 
-    def __init__(self, catalog: Catalog, model: ModelRow, *, config: SearchConfig | None = None,
+    def __init__(self, connect: Callable[[], Catalog], model: ModelRow, search: SearchSettings | None = None, *,
                  index: VectorIndex | None = None) -> None:
         if model.dim is None:
             raise CatalogError(f"model {model.name!r} has no recorded dimension; re-run `img-search index`")
-        self.catalog = catalog
         self.model = model
-        if index is None:
-            index_dir = catalog.path.parent
-            store = VectorStore(index_dir, catalog, model, config or SearchConfig.load(index_dir))
-            index = store.open()
-            self.backend = store.backend
-        else:
-            self.backend = index.name
-        self.index = index
-        self.calibration = Calibration.maybe(model.logit_scale, model.logit_bias)
+        self.search_settings = search or SearchSettings()
+        self._connect = connect
+        self._local = threading.local()
+        self._refresh_lock = threading.Lock()
+        self._watch = connect()  # the connection whose data_version tells when the catalog moved on
+        self._seen_version = self._watch.data_version()
+        self._fixed = index is not None
+        self._view = _View(index, index.name, None) if index is not None else self._open_view()
+
+    @classmethod
+    def open(cls, index_dir: Path, model: str | None = None, search: SearchSettings | None = None) -> Collection:
+        """The collection of ``model`` (default: the catalog's main model) in ``index_dir``, opened read-only."""
+        index_dir = Path(index_dir)
+
+        def connect() -> Catalog:
+            return Catalog.in_dir(index_dir, readonly=True)
+
+        catalog = connect()
+        try:
+            row = resolve_model(catalog, model)
+        finally:
+            catalog.close()
+        return cls(connect, row, search)
+
+    # ------------------------------------------------------------------ state
+    def _open_view(self) -> _View:
+        store = VectorStore(self._watch.path.parent, self._watch, self.model, self.search_settings)
+        index, backend, generation = store.open_reader()
+        return _View(index, backend, generation)
+
+    @property
+    def index(self) -> VectorIndex:
+        return self._view.index
+
+    @property
+    def backend(self) -> str:
+        return self._view.backend
+
+    @property
+    def generation(self) -> str | None:
+        """The saved generation this view reads (None: built in memory, or injected)."""
+        return self._view.generation
+
+    def catalog(self) -> Catalog:
+        """This thread's read-only catalog connection."""
+        catalog: Catalog | None = getattr(self._local, "catalog", None)
+        if catalog is None:
+            catalog = self._local.catalog = self._connect()
+        return catalog
+
+    def refresh(self) -> bool:
+        """Pick up what `index` committed since the view was opened; True when the view changed.
+
+        Cheap when nothing changed (one ``PRAGMA data_version``). Searches running meanwhile finish on the view they
+        started with; the swap is a single reference assignment.
+        """
+        if self._fixed:
+            return False
+        with self._refresh_lock:
+            version = self._watch.data_version()
+            if version == self._seen_version:
+                return False
+            self._view = self._open_view()
+            self._seen_version = version
+            return True
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._view.index)
 
-    def search_vectors(self, queries: NDArray[np.float32], *, limit: int = DEFAULT_LIMIT,
-                       threshold: float | None = None, calibrated: bool = True,
-                       exclude_ids: set[int] | None = None) -> list[list[Hit]]:
-        if len(self) == 0:
+    # ------------------------------------------------------------------ search
+    def search(self, queries: NDArray[np.float32], *, limit: int = DEFAULT_LIMIT,
+               exclude_ids: frozenset[int] = frozenset()) -> list[list[tuple[ImageRow, float]]]:
+        """For each query row of ``queries`` (float32, (n, dim)), up to ``limit`` (row, cosine) pairs, best first.
+
+        Asking for more hits than exist returns what exists (the search is sized by the collection, not by
+        ``limit``). Deleted images never appear. Raises ``EmptyCollectionError``, ``DimensionMismatchError``,
+        ``InvalidInputError`` (limit).
+        """
+        limit = check_limit(limit)
+        view = self._view
+        n = len(view.index)
+        if n == 0:
             raise EmptyCollectionError(f"no images are indexed with model {self.model.name!r}")
-        if queries.shape[-1] != self.model.dim:
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[-1] != self.model.dim:
             raise DimensionMismatchError(
-                f"query vectors have {queries.shape[-1]} dims but the collection's model gives {self.model.dim}"
+                f"query vectors have shape {queries.shape} but the collection's model gives {self.model.dim} dims"
             )
-        extra = len(exclude_ids or ())
-        ids, scores = self.index.search(queries, limit + extra)
-        calibration = self.calibration if calibrated else None
-        found = {int(i) for i in ids.reshape(-1) if i >= 0}
-        rows = self.catalog.images_by_id(found)
-        results: list[list[Hit]] = []
+        k = min(limit + len(exclude_ids), n)
+        ids, scores = view.index.search(queries, k)
+        rows = self.catalog().images_by_id({int(i) for i in ids.reshape(-1) if i >= 0}, live_only=True)
+        results: list[list[tuple[ImageRow, float]]] = []
         for qi in range(ids.shape[0]):
-            hits: list[Hit] = []
-            probs = calibration.probability(scores[qi]) if calibration else None
-            for j, (image_id, cos) in enumerate(zip(ids[qi], scores[qi], strict=True)):
-                if image_id < 0 or int(image_id) in (exclude_ids or ()) or int(image_id) not in rows:
+            hits: list[tuple[ImageRow, float]] = []
+            for image_id, cos in zip(ids[qi].tolist(), scores[qi].tolist(), strict=True):
+                row = rows.get(image_id)
+                if row is None or image_id in exclude_ids:
                     continue
-                prob = float(probs[j]) if probs is not None else None
-                score = prob if prob is not None else float(cos)
-                if threshold is not None and score < threshold:
-                    continue
-                row = rows[int(image_id)]
-                hits.append(Hit(row.path, float(cos), prob, int(image_id), row.width, row.height))
+                hits.append((row, float(cos)))
                 if len(hits) == limit:
                     break
             results.append(hits)
         return results
-
-
-class Searcher:
-    """Text and image queries against a Collection; the encoder is loaded only when a query needs it."""
-
-    def __init__(self, collection: Collection, encoder: Encoder | Callable[[], Encoder]) -> None:
-        self.collection = collection
-        self._encoder: Encoder | None = None
-        self._factory: Callable[[], Encoder] | None = None
-        if isinstance(encoder, Encoder):
-            self._set_encoder(encoder)
-        else:
-            self._factory = encoder
-
-    def _set_encoder(self, encoder: Encoder) -> None:
-        model = self.collection.model
-        if encoder.info.dim != model.dim:
-            raise DimensionMismatchError(
-                f"encoder {encoder.info.model_id!r} gives {encoder.info.dim}-dim vectors but the collection was "
-                f"indexed with {model.name!r} ({model.dim} dims)"
-            )
-        self._encoder = encoder
-        # the live model's learned values are the truth (the catalog's copy may predate a fine-tune)
-        self.collection.calibration = Calibration.maybe(encoder.info.logit_scale, encoder.info.logit_bias)
-
-    @property
-    def encoder(self) -> Encoder:
-        if self._encoder is None:
-            assert self._factory is not None
-            self._set_encoder(self._factory())
-        assert self._encoder is not None
-        return self._encoder
-
-    def search_text(self, query: str, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None) -> list[Hit]:
-        if not query.strip():
-            raise ValueError("the query text is empty")
-        vec = self.encoder.encode_texts([query])
-        return self.collection.search_vectors(vec, limit=limit, threshold=threshold)[0]
-
-    def search_image(self, path: str, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,
-                     max_image_pixels: int | None = None) -> list[Hit]:
-        """Images similar to the one at ``path`` (excluding that file itself); cosine only, no probability."""
-        vec, own_id = self._image_vector(path, max_image_pixels)
-        exclude = {own_id} if own_id is not None else None
-        return self.collection.search_vectors(vec[None, :], limit=limit, threshold=threshold, calibrated=False,
-                                              exclude_ids=exclude)[0]
-
-    def _image_vector(self, path: str, max_image_pixels: int | None) -> tuple[NDArray[np.float32], int | None]:
-        """The query image's vector: the stored one when its bytes are indexed, else embedded now."""
-        import os
-
-        from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, content_hash, decode_image, read_file
-
-        abspath = os.path.abspath(path)
-        data = read_file(abspath)
-        row = self.collection.catalog.image(abspath)
-        own_id = row.id if row is not None else None
-        stored = self.collection.catalog.vector_for(self.collection.model.id, content_hash(data))
-        if stored is not None:
-            return stored, own_id
-        image = decode_image(data, max_image_pixels=max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
-        return self.encoder.encode_images([image])[0], own_id

@@ -1,211 +1,307 @@
-"""Per-model vector indexes persisted in the index directory and kept in step with the catalog.
+"""Per-model vector indexes saved in the index directory: one writer (`index`), any number of readers.
 
-The catalog (SQLite) is the source of truth; ``vectors/model-<id>/<backend>/`` holds a saved
-``VectorIndex`` plus the (image id, content hash) pairs it reflects. Opening the store diffs those
-pairs against the catalog's live images and applies only the difference (new, changed, removed
-images), so search never re-reads every vector, and an ``index`` run re-saves it after each update.
-Below ``ann_threshold`` vectors the backend is ``exact`` (saved as memory-mapped .npy); at or above
-it, the configured ANN backend. Both come from ``config.toml`` in the index directory and can be
-overridden per command.
+The catalog (SQLite) is the source of truth. ``vectors/model-<id>/`` holds *generations* of a saved ``VectorIndex``
+and ``CURRENT``, a small JSON file naming the live one::
+
+    vectors/model-3/CURRENT                   {"generation": "qdrant_edge-000007"}
+    vectors/model-3/qdrant_edge-000007/       index/ (the backend's files), ids.npy, hashes.npy, state.json
+    vectors/model-3/qdrant_edge-000006/       the previous generation, kept until the next write
+
+**Writer** (``VectorStore.sync``, called by `index` while it holds the catalog's writer lock): diffs the saved
+(image id, content hash) pairs against the catalog's live images, applies only the difference to a *copy* of the
+current generation in a hidden temporary directory (or builds a fresh index when the backend or its parameters
+changed), saves it, renames it into place and switches ``CURRENT`` with an atomic ``os.replace``. A generation is
+never modified once ``CURRENT`` names it, so a reader can never see a half-written index, and a writer killed at
+any point leaves the previous generation in force. The generation before the current one is kept (a reader that
+read ``CURRENT`` just before the switch can still open it); older ones are deleted.
+
+**Reader** (``VectorStore.open_reader``, used by every search): opens the current generation read-only
+(``img_search.index.open_reader``: nothing under it is ever written, so it works on read-only media) and lays over
+it, in memory, an exact index of the vectors committed since it was saved, with removed or changed images masked.
+No copy of the saved index is made, so a cold search stays cheap. ``Collection.refresh`` repeats this when the
+catalog or ``CURRENT`` moved on.
+
+Below ``search.ann_threshold`` vectors the backend is ``exact`` (a memory-mapped .npy); at or above it, the
+configured ANN backend (``settings.SearchSettings``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
-import os
+import re
 import shutil
-import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from img_search.catalog import Catalog, ModelRow
-from img_search.errors import CatalogError, ConfigError
-from img_search.index import BACKENDS, BackendUnavailableError, create_index, load_index, resolve_backend
+from img_search.errors import CatalogError
+from img_search.files import copy_tree_sparse, fsync_tree, write_atomic
+from img_search.index import BackendUnavailableError, create_index, load_index, resolve_backend
+
+try:  # TEMPORARY until the index layer's read-only reader lands
+    from img_search.index import open_reader  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    def open_reader(name: str, path: Path) -> VectorIndex:  # type: ignore[misc]
+        return load_index(name, path)
 from img_search.index.base import VectorIndex
+from img_search.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILENAME = "config.toml"
 # The default ANN backend and its settings come from bench/ann_backends.py (docs/PERFORMANCE.md, "Recommendation"):
 # Qdrant Edge updates and persists incrementally, matches the fastest single-query latency at recall >= 0.95 and
 # pins the least RAM; hnswlib is the fallback where qdrant-edge-py is not installed.
 DEFAULT_ANN_BACKEND = "qdrant_edge"
 FALLBACK_ANN_BACKEND = "hnswlib"
-DEFAULT_ANN_THRESHOLD = 20_000
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "qdrant_edge": {"m": 16, "ef_construct": 100, "hnsw_ef": 128},
     "hnswlib": {"M": 16, "ef_construction": 100, "ef": 128},
     "faiss": {"method": "hnsw", "M": 16, "ef_construction": 100, "ef_search": 128},
 }
+CURRENT = "CURRENT"
 _STATE = "state.json"
 _IDS = "ids.npy"
 _HASHES = "hashes.npy"
+_INDEX = "index"
+_GENERATION_RE = re.compile(r"^\.?[a-z_]+-(?P<n>\d{6})(\.tmp)?$")  # a generation, or a writer's temporary one
+# a reader that lost the race with two writes in a row (its generation deleted under it) re-reads CURRENT
+_OPEN_ATTEMPTS = 3
+
+
+def choose_backend(search: SearchSettings, n_vectors: int) -> str:
+    """``exact`` below ``search.ann_threshold`` vectors, else the configured ANN backend (or the default one,
+    falling back to hnswlib when qdrant-edge-py is not installed)."""
+    if n_vectors < search.ann_threshold:
+        return "exact"
+    if search.ann_backend is not None:
+        return search.ann_backend
+    try:
+        resolve_backend(DEFAULT_ANN_BACKEND)
+    except BackendUnavailableError as exc:
+        logger.warning("%s; using %s instead", exc, FALLBACK_ANN_BACKEND)
+        return FALLBACK_ANN_BACKEND
+    return DEFAULT_ANN_BACKEND
+
+
+def backend_params(search: SearchSettings, backend: str) -> dict[str, Any]:
+    """Constructor parameters of ``backend``: ``DEFAULT_PARAMS`` with ``[search.params.<backend>]`` merged over."""
+    return {**DEFAULT_PARAMS.get(backend, {}), **search.params.get(backend, {})}
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    ann_backend: str | None = None  # None: DEFAULT_ANN_BACKEND, falling back to FALLBACK_ANN_BACKEND if missing
-    ann_threshold: int = DEFAULT_ANN_THRESHOLD
-    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # backend name -> constructor params
+class Generation:
+    """One saved generation: its directory, and what it reflects."""
+
+    path: Path
+    backend: str
+    params: dict[str, Any]
+    dim: int
+    count: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def entries(self) -> tuple[NDArray[np.int64], NDArray[np.bytes_]]:
+        """(image ids int64 (n,), content hashes S16 (n,)) the generation's index holds."""
+        return np.load(self.path / _IDS), np.load(self.path / _HASHES)
+
+
+def read_current(root: Path) -> Generation | None:
+    """The generation ``root/CURRENT`` names, or None when there is none (or it is unreadable)."""
+    try:
+        name = json.loads((root / CURRENT).read_text())["generation"]
+        state = json.loads((root / name / _STATE).read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Generation(root / name, str(state["backend"]), dict(state["params"]), int(state["dim"]),
+                      int(state["count"]))
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What changed in the catalog since a generation was saved: ids to drop and ids to (re-)add."""
+
+    removed: NDArray[np.int64]
+    added: NDArray[np.int64]
 
     @classmethod
-    def load(cls, index_dir: Path) -> SearchConfig:
-        """Read the ``[search]`` table of ``<index_dir>/config.toml`` (defaults when the file is absent)."""
-        path = Path(index_dir) / CONFIG_FILENAME
-        if not path.exists():
-            return cls()
-        try:
-            table = tomllib.loads(path.read_text()).get("search", {})
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-        valid = {"ann_backend", "ann_threshold", "params"}
-        unknown = sorted(set(table) - valid)
-        if unknown:
-            raise ConfigError(
-                f"{path}: unknown [search] key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
-            )
-        cfg = cls(
-            ann_backend=str(table["ann_backend"]) if "ann_backend" in table else None,
-            ann_threshold=int(table.get("ann_threshold", DEFAULT_ANN_THRESHOLD)),
-            params={str(k): dict(v) for k, v in table.get("params", {}).items()},
-        )
-        return cfg.validated(str(path))
+    def between(cls, old_ids: NDArray[np.int64], old_hashes: NDArray[np.bytes_], ids: NDArray[np.int64],
+                hashes: NDArray[np.bytes_]) -> Delta:
+        if np.array_equal(old_ids, ids) and np.array_equal(old_hashes, hashes):
+            empty = np.empty(0, np.int64)
+            return cls(empty, empty)  # the common case (a no-op re-run, a search): no per-image work
+        old = dict(zip(old_ids.tolist(), old_hashes.tolist(), strict=True))
+        new = dict(zip(ids.tolist(), hashes.tolist(), strict=True))
+        removed = [i for i, h in old.items() if new.get(i) != h]
+        added = [i for i, h in new.items() if old.get(i) != h]
+        return cls(np.asarray(removed, np.int64), np.asarray(added, np.int64))
 
-    def validated(self, where: str = "search config") -> SearchConfig:
-        for name in (self.ann_backend or DEFAULT_ANN_BACKEND, *self.params):
-            if name not in BACKENDS:
-                raise ConfigError(f"{where}: unknown index backend {name!r}; valid: {', '.join(sorted(BACKENDS))}")
-        if self.ann_threshold < 0:
-            raise ConfigError(f"{where}: ann_threshold must be >= 0")
-        return self
-
-    def with_overrides(self, *, backend: str | None = None, threshold: int | None = None) -> SearchConfig:
-        cfg = self
-        if backend is not None:
-            # naming a backend means "use it": exact stays exact, an ANN backend applies at any size
-            cfg = replace(cfg, ann_backend=backend, ann_threshold=0)
-        if threshold is not None:
-            cfg = replace(cfg, ann_threshold=threshold)
-        return cfg.validated("command line")
-
-    def backend_for(self, n_vectors: int) -> str:
-        if n_vectors < self.ann_threshold:
-            return "exact"
-        if self.ann_backend is not None:
-            return self.ann_backend
-        try:
-            resolve_backend(DEFAULT_ANN_BACKEND)
-        except BackendUnavailableError as exc:
-            logger.warning("%s; using %s instead", exc, FALLBACK_ANN_BACKEND)
-            return FALLBACK_ANN_BACKEND
-        return DEFAULT_ANN_BACKEND
+    def __bool__(self) -> bool:
+        return bool(self.removed.size or self.added.size)
 
 
 class VectorStore:
-    def __init__(self, index_dir: Path, catalog: Catalog, model: ModelRow, config: SearchConfig) -> None:
+    """The saved search index of one model in one index directory (see the module docstring)."""
+
+    def __init__(self, index_dir: Path, catalog: Catalog, model: ModelRow, search: SearchSettings) -> None:
         if model.dim is None:
             raise CatalogError(f"model {model.name!r} has no recorded dimension; re-run `img-search index`")
         self.root = Path(index_dir) / "vectors" / f"model-{model.id}"
         self.catalog = catalog
         self.model = model
         self.dim = int(model.dim)
-        self.config = config
-        self.changed = False
+        self.search = search
 
-    def _path(self, backend: str) -> Path:
-        return self.root / backend
+    # ------------------------------------------------------------------ shared
+    def current(self) -> Generation | None:
+        return read_current(self.root)
 
-    def _params(self, backend: str) -> dict[str, Any]:
-        return {**DEFAULT_PARAMS.get(backend, {}), **self.config.params.get(backend, {})}
+    def _matches(self, gen: Generation | None, backend: str) -> bool:
+        return (gen is not None and gen.backend == backend and gen.params == backend_params(self.search, backend)
+                and gen.dim == self.dim)
 
-    def open(self) -> VectorIndex:
-        """The model's index, brought up to date with the catalog (in memory; ``save`` persists it)."""
-        ids, hashes = self.catalog.live_entries(self.model.id)
-        backend = self.config.backend_for(len(ids))
-        self._live = (ids, hashes)
-        self._backend = backend
-        index = self._load_matching(backend)
-        if index is None:
-            self.changed = True
-            return self._build(backend, ids)
-        old_ids, old_hashes = self._saved_state(backend)
-        if np.array_equal(old_ids, ids) and np.array_equal(old_hashes, hashes):
-            return index  # the common case (a no-op re-run, a search): no per-image work
-        old = dict(zip(old_ids.tolist(), old_hashes.tolist(), strict=True))
-        new = dict(zip(ids.tolist(), hashes.tolist(), strict=True))
-        removed = [i for i, h in old.items() if new.get(i) != h]
-        added = [i for i, h in new.items() if old.get(i) != h]
-        if not removed and not added:
-            return index
-        self.changed = True
-        if removed and not index.supports_remove:
-            logger.info("%s cannot remove vectors: rebuilding the %s index", backend, self.model.name)
-            return self._build(backend, ids)
-        if removed:
-            index.remove(np.asarray(removed, dtype=np.int64))
-        if added:
-            index.add(np.asarray(added, dtype=np.int64), self.catalog.vectors_for_ids(self.model.id, self.dim, added))
-        logger.info("index for %s updated: +%d -%d vectors", self.model.name, len(added), len(removed))
-        return index
-
-    def _build(self, backend: str, ids: np.ndarray) -> VectorIndex:
-        index = create_index(backend, dim=self.dim, metric="cosine", **self._params(backend))
+    def _build(self, backend: str, ids: NDArray[np.int64], **extra: Any) -> VectorIndex:
+        index = create_index(backend, dim=self.dim, metric="cosine", **backend_params(self.search, backend), **extra)
         if len(ids):
             index.add(ids, self.catalog.vectors_for_ids(self.model.id, self.dim, ids.tolist()))
         logger.info("built a %s index of %d vectors for %s", backend, len(ids), self.model.name)
         return index
 
-    def _saved_state(self, backend: str) -> tuple[np.ndarray, np.ndarray]:
-        path = self._path(backend)
-        return np.load(path / _IDS), np.load(path / _HASHES)
+    def _apply(self, index: VectorIndex, delta: Delta) -> None:
+        if delta.removed.size:
+            index.remove(delta.removed)
+        if delta.added.size:
+            index.add(delta.added, self.catalog.vectors_for_ids(self.model.id, self.dim, delta.added.tolist()))
 
-    def _load_matching(self, backend: str) -> VectorIndex | None:
-        path = self._path(backend)
-        try:
-            state = json.loads((path / _STATE).read_text())
-        except (OSError, ValueError):
-            return None
-        if state.get("params") != self._params(backend) or state.get("dim") != self.dim:
-            return None
-        try:
-            return load_index(backend, path / "index")
-        except Exception as exc:  # a damaged or half-written index is rebuilt, never fatal
-            logger.warning("could not load the saved %s index (%s); rebuilding", backend, exc)
-            return None
+    # ------------------------------------------------------------------ reader
+    def open_reader(self) -> tuple[VectorIndex, str, str | None]:
+        """A read-only view of the model's vectors as the catalog holds them now.
 
-    def save(self, index: VectorIndex) -> None:
-        """Persist ``index`` (as returned by ``open``) atomically; drop indexes of other backends."""
-        ids, hashes = self._live
-        final = self._path(self._backend)
-        tmp = self.root / f".{self._backend}.tmp-{os.getpid()}"
+        Returns ``(index, backend, generation name or None)``. Nothing in the index directory is written. When no
+        saved generation fits (none yet, or the backend or its parameters differ from the settings), the index is
+        built in memory from the catalog (logged: run `img-search index` to save one).
+        """
+        for _ in range(_OPEN_ATTEMPTS):
+            with self.catalog.snapshot():
+                ids, hashes = self.catalog.live_entries(self.model.id)
+                backend = choose_backend(self.search, len(ids))
+                gen = self.current()
+                if not self._matches(gen, backend):
+                    if gen is not None or len(ids) >= self.search.ann_threshold:
+                        logger.info("no saved %s index matches the settings; building one in memory "
+                                    "(`img-search index` saves it)", backend)
+                    return self._build(backend, ids), backend, None
+                assert gen is not None
+                try:
+                    index = open_reader(backend, gen.path / _INDEX)
+                    old_ids, old_hashes = gen.entries()
+                except FileNotFoundError:
+                    continue  # a writer replaced CURRENT and deleted this generation meanwhile: look again
+                except Exception as exc:  # a damaged generation is bypassed, never fatal for a search
+                    logger.warning("cannot open the saved %s index %s (%s); building one in memory", backend,
+                                   gen.path, exc)
+                    return self._build(backend, ids), backend, None
+                delta = Delta.between(old_ids, old_hashes, ids, hashes)
+                if delta:
+                    self._apply(index, delta)
+                    logger.info("saved %s index of %s caught up in memory: +%d -%d vectors", backend,
+                                self.model.name, delta.added.size, delta.removed.size)
+                return index, backend, gen.name
+        raise CatalogError(f"the saved index under {self.root} kept changing while being opened; retry")
+
+    # ------------------------------------------------------------------ writer
+    def sync(self) -> str:
+        """Bring the saved index up to date with the catalog; only `index` calls this, holding the writer lock.
+
+        Returns the backend of the current generation. Leaves the previous generation in force if anything fails.
+        """
+        ids, hashes = self.catalog.live_entries(self.model.id)
+        backend = choose_backend(self.search, len(ids))
+        gen = self.current()
+        self.root.mkdir(parents=True, exist_ok=True)
+        number = self._next_number()
+        name = f"{backend}-{number:06d}"
+        tmp = self.root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        index.save(tmp / "index")
-        np.save(tmp / _IDS, ids)
-        np.save(tmp / _HASHES, hashes)
-        (tmp / _STATE).write_text(json.dumps({"backend": self._backend, "params": self._params(self._backend),
-                                              "dim": self.dim, "count": len(ids)}))
-        old = self.root / f".{self._backend}.old-{os.getpid()}"
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-        for other in self.root.iterdir():
-            if other.is_dir() and other.name != self._backend and not other.name.startswith("."):
-                shutil.rmtree(other, ignore_errors=True)
-        self.changed = False
+        index: VectorIndex | None = None
+        try:
+            if self._matches(gen, backend):
+                assert gen is not None
+                delta = Delta.between(*gen.entries(), ids, hashes)
+                if not delta:
+                    self._prune(keep={gen.name})
+                    return backend
+                index = self._updated_copy(gen, backend, delta, ids, tmp)
+            else:
+                tmp.mkdir(parents=True)
+                index = self._build(backend, ids)
+            index.save(tmp / _INDEX)
+            _close(index)
+            index = None
+            np.save(tmp / _IDS, ids)
+            np.save(tmp / _HASHES, hashes)
+            (tmp / _STATE).write_text(json.dumps({"backend": backend, "params": backend_params(self.search, backend),
+                                                  "dim": self.dim, "count": len(ids)}))
+            fsync_tree(tmp)
+            tmp.rename(self.root / name)
+            write_atomic(self.root / CURRENT, json.dumps({"generation": name}))
+        except BaseException:
+            if index is not None:
+                _close(index)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._prune(keep={name} | ({gen.name} if gen is not None else set()))
+        logger.info("saved the %s index of %s (%d vectors) as %s", backend, self.model.name, len(ids), name)
+        return backend
 
-    def sync(self) -> VectorIndex:
-        """Bring the saved index up to date (called by `index` runs, which hold the writer lock)."""
-        index = self.open()
-        if self.changed or not self._path(self._backend).exists():
-            self.save(index)
+    def _updated_copy(self, gen: Generation, backend: str, delta: Delta, ids: NDArray[np.int64],
+                      tmp: Path) -> VectorIndex:
+        """The current generation copied into ``tmp`` and loaded from there (writable), with ``delta`` applied.
+
+        Backends such as qdrant_edge open their files in place and write through, so the writer always works on
+        a copy: the generation readers may have open is never modified.
+        """
+        cls = resolve_backend(backend)
+        if delta.removed.size and not cls.supports_remove:
+            logger.info("%s cannot remove vectors: rebuilding the %s index", backend, self.model.name)
+            tmp.mkdir(parents=True)
+            return self._build(backend, ids)
+        copy_tree_sparse(gen.path / _INDEX, tmp / _INDEX)
+        index = load_index(backend, tmp / _INDEX)
+        self._apply(index, delta)
+        logger.info("%s index of %s updated: +%d -%d vectors", backend, self.model.name, delta.added.size,
+                    delta.removed.size)
         return index
 
-    @property
-    def backend(self) -> str:
-        return self._backend
+    def _next_number(self) -> int:
+        numbers = [int(m["n"]) for p in self._entries() if (m := _GENERATION_RE.match(p.name))]
+        return max(numbers, default=0) + 1
+
+    def _entries(self) -> list[Path]:
+        try:
+            return list(self.root.iterdir())
+        except FileNotFoundError:
+            return []
+
+    def _prune(self, keep: set[str]) -> None:
+        """Delete every generation (and leftover temporary or pre-generation directory) not in ``keep``."""
+        for path in self._entries():
+            if path.is_dir() and path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _close(index: VectorIndex) -> None:
+    close = getattr(index, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):
+            close()
+    del index
+    gc.collect()  # backends that hold files until collected (qdrant_edge's finalizer) let go of them now

@@ -1,15 +1,19 @@
-"""The saved per-model search index: incremental sync with the catalog, backend switch, config."""
+"""The saved per-model search index: one writer (generations switched atomically), read-only readers that catch up
+in memory, backend choice."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from img_search.catalog import Catalog, ImageRecord
-from img_search.search.collection import Collection, resolve_model
-from img_search.search.store import ConfigError, SearchConfig, VectorStore
+from img_search.search.store import CURRENT, VectorStore, choose_backend, read_current
+from img_search.settings import SearchSettings
 
 DIM = 8
 
@@ -25,88 +29,159 @@ def _exact_top(cat: Catalog, mid: int, q: np.ndarray, k: int) -> list[int]:
     return ids[np.argsort(-(vecs @ q))[:k]].tolist()
 
 
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _store(tmp_path: Path, cat: Catalog, search: SearchSettings) -> VectorStore:
+    model = cat.get_model("m")
+    assert model is not None
+    return VectorStore(tmp_path, cat, model, search)
+
+
 @pytest.mark.parametrize("backend", ["exact", "hnswlib", "qdrant_edge"])
-def test_incremental_sync_matches_catalog(tmp_path: Path, backend: str) -> None:
+def test_reader_catches_up_in_memory_and_writes_nothing(tmp_path: Path, backend: str) -> None:
     rng = np.random.default_rng(0)
     cat = Catalog.in_dir(tmp_path)
     mid = cat.ensure_model("m", family="siglip", dim=DIM, logit_scale=1.0, logit_bias=0.0)
     _add(cat, mid, 0, 50, rng)
-    cfg = SearchConfig(ann_backend=backend, ann_threshold=0)
-    store = VectorStore(tmp_path, cat, cat.get_model("m"), cfg)
-    store.sync()
-    assert (tmp_path / "vectors" / f"model-{mid}" / backend / "state.json").exists()
+    search = SearchSettings(ann_backend=backend, ann_threshold=0)
+    assert _store(tmp_path, cat, search).sync() == backend
+    gen = read_current(tmp_path / "vectors" / f"model-{mid}")
+    assert gen is not None and gen.backend == backend and gen.count == 50
 
     _add(cat, mid, 50, 10, rng)  # new images
     cat.mark_deleted(["/p/3.jpg", "/p/7.jpg"])  # deleted
     cat.record([ImageRecord("/p/5.jpg", 2, 2, b"\x99" * 16, 1, 1)], model_id=mid,
                vectors=rng.standard_normal((1, DIM)).astype(np.float32))  # changed content
-    again = VectorStore(tmp_path, cat, cat.get_model("m"), cfg)
-    index = again.open()
-    assert again.changed and len(index) == 58
-    q = rng.standard_normal(DIM).astype(np.float32)
-    q /= np.linalg.norm(q)
-    got = index.search(q[None, :], 5)[0][0].tolist()
-    assert got == _exact_top(cat, mid, q, 5)
-    again.save(index)
-    third = VectorStore(tmp_path, cat, cat.get_model("m"), cfg)
-    third.open()
-    assert not third.changed  # nothing left to apply
+    deleted = {cat.image(p).id for p in ("/p/3.jpg", "/p/7.jpg")}  # type: ignore[union-attr]
+    before = _snapshot(tmp_path / "vectors")
+    reader = Catalog.in_dir(tmp_path, readonly=True)
+    index, used, generation = _store(tmp_path, reader, search).open_reader()
+    assert (used, generation) == (backend, gen.name) and len(index) == 58
+    for _ in range(5):
+        q = rng.standard_normal(DIM).astype(np.float32)
+        q /= np.linalg.norm(q)
+        got = index.search(q[None, :], 5)[0][0].tolist()
+        assert got == _exact_top(cat, mid, q, 5)
+        assert not deleted & set(index.search(q[None, :], 58)[0][0].tolist())
+    del index
+    assert _snapshot(tmp_path / "vectors") == before  # a reader never writes the saved index
+
+    # the writer saves a new generation; the reader then has nothing left to apply
+    _store(tmp_path, cat, search).sync()
+    new = read_current(tmp_path / "vectors" / f"model-{mid}")
+    assert new is not None and new.name != gen.name and new.count == 58
+    index, _, generation = _store(tmp_path, reader, search).open_reader()
+    assert generation == new.name and len(index) == 58
 
 
-def test_backend_follows_threshold(tmp_path: Path) -> None:
+def test_writer_keeps_one_previous_generation_and_skips_no_ops(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    cat = Catalog.in_dir(tmp_path)
+    mid = cat.ensure_model("m", family="siglip", dim=DIM, logit_scale=1.0, logit_bias=0.0)
+    root = tmp_path / "vectors" / f"model-{mid}"
+    search = SearchSettings(ann_backend="hnswlib", ann_threshold=0)
+    names = []
+    for start in range(0, 40, 10):
+        _add(cat, mid, start, 10, rng)
+        _store(tmp_path, cat, search).sync()
+        gen = read_current(root)
+        assert gen is not None
+        names.append(gen.name)
+    assert len(set(names)) == 4
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(names[-2:])
+    mtime = (root / CURRENT).stat().st_mtime_ns
+    _store(tmp_path, cat, search).sync()  # nothing changed: no new generation
+    assert (root / CURRENT).stat().st_mtime_ns == mtime and read_current(root).name == names[-1]  # type: ignore[union-attr]
+
+
+def test_a_failed_write_leaves_the_current_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    cat = Catalog.in_dir(tmp_path)
+    mid = cat.ensure_model("m", family="siglip", dim=DIM, logit_scale=1.0, logit_bias=0.0)
+    _add(cat, mid, 0, 20, rng)
+    search = SearchSettings(ann_backend="exact", ann_threshold=0)
+    _store(tmp_path, cat, search).sync()
+    root = tmp_path / "vectors" / f"model-{mid}"
+    before = read_current(root)
+    _add(cat, mid, 20, 5, rng)
+    import img_search.search.store as store_module
+
+    def boom(path: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module, "fsync_tree", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _store(tmp_path, cat, search).sync()
+    after = read_current(root)
+    assert after == before and not [p for p in root.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    _store(tmp_path, cat, search).sync()
+    assert read_current(root).count == 25  # type: ignore[union-attr]
+
+
+def test_backend_follows_threshold_and_mismatch_builds_in_memory(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     cat = Catalog.in_dir(tmp_path)
     mid = cat.ensure_model("m", family="siglip", dim=DIM, logit_scale=1.0, logit_bias=0.0)
     _add(cat, mid, 0, 30, rng)
-    model = resolve_model(cat, None)
-    assert Collection(cat, model, config=SearchConfig(ann_backend="hnswlib", ann_threshold=31)).backend == "exact"
-    assert Collection(cat, model, config=SearchConfig(ann_backend="hnswlib", ann_threshold=30)).backend == "hnswlib"
-    override = SearchConfig().with_overrides(backend="faiss")
-    assert override.backend_for(1) == "faiss"
+    assert _store(tmp_path, cat, SearchSettings(ann_backend="hnswlib", ann_threshold=31)).sync() == "exact"
+    assert _store(tmp_path, cat, SearchSettings(ann_backend="hnswlib", ann_threshold=30)).sync() == "hnswlib"
+    before = _snapshot(tmp_path / "vectors")
+    index, backend, generation = _store(tmp_path, cat, SearchSettings(ann_backend="faiss",
+                                                                      ann_threshold=0)).open_reader()
+    assert (backend, generation, len(index)) == ("faiss", None, 30)  # no saved faiss index: built in memory
+    assert _snapshot(tmp_path / "vectors") == before
 
 
-def test_config_file(tmp_path: Path) -> None:
-    assert SearchConfig.load(tmp_path) == SearchConfig()
-    (tmp_path / "config.toml").write_text(
-        '[search]\nann_backend = "usearch"\nann_threshold = 500\n[search.params.usearch]\nM = 32\n')
-    cfg = SearchConfig.load(tmp_path)
-    assert (cfg.ann_backend, cfg.ann_threshold, cfg.params) == ("usearch", 500, {"usearch": {"M": 32}})
-    (tmp_path / "config.toml").write_text('[search]\nann_backend = "annoy"\n')
-    with pytest.raises(ConfigError, match="unknown index backend 'annoy'"):
-        SearchConfig.load(tmp_path)
-    (tmp_path / "config.toml").write_text('[search]\nthreshold = 5\n')
-    with pytest.raises(ConfigError, match=r"unknown .search. key"):
-        SearchConfig.load(tmp_path)
-    (tmp_path / "config.toml").write_text("[search\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        SearchConfig.load(tmp_path)
-
-
-def test_damaged_saved_index_is_rebuilt(tmp_path: Path) -> None:
+def test_damaged_saved_index_is_bypassed(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     cat = Catalog.in_dir(tmp_path)
     mid = cat.ensure_model("m", family="siglip", dim=DIM, logit_scale=1.0, logit_bias=0.0)
     _add(cat, mid, 0, 20, rng)
-    cfg = SearchConfig(ann_backend="hnswlib", ann_threshold=0)
-    VectorStore(tmp_path, cat, cat.get_model("m"), cfg).sync()
-    for f in (tmp_path / "vectors" / f"model-{mid}" / "hnswlib" / "index").rglob("*"):
+    search = SearchSettings(ann_backend="hnswlib", ann_threshold=0)
+    _store(tmp_path, cat, search).sync()
+    gen = read_current(tmp_path / "vectors" / f"model-{mid}")
+    assert gen is not None
+    for f in (gen.path / "index").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    store = VectorStore(tmp_path, cat, cat.get_model("m"), cfg)
-    assert len(store.open()) == 20 and store.changed
+    index, _, generation = _store(tmp_path, cat, search).open_reader()
+    assert len(index) == 20 and generation is None
+    (gen.path.parent / CURRENT).write_text(json.dumps({"generation": "nonsense"}))
+    assert read_current(gen.path.parent) is None
+    assert len(_store(tmp_path, cat, search).open_reader()[0]) == 20
 
 
 def test_default_backend_and_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     import img_search.search.store as store
     from img_search.index import BackendUnavailableError
 
-    cfg = SearchConfig()
-    assert cfg.backend_for(19_999) == "exact"
-    assert cfg.backend_for(20_000) == "qdrant_edge"
+    search = SearchSettings()
+    assert choose_backend(search, 19_999) == "exact"
+    assert choose_backend(search, 20_000) == "qdrant_edge"
 
     def missing(name: str):  # type: ignore[no-untyped-def]
         raise BackendUnavailableError(f"index backend {name!r} needs a library that is not installed")
 
     monkeypatch.setattr(store, "resolve_backend", missing)
-    assert cfg.backend_for(20_000) == "hnswlib"
-    assert SearchConfig(ann_backend="faiss").backend_for(20_000) == "faiss"  # an explicit choice is kept
+    assert choose_backend(search, 20_000) == "hnswlib"
+    assert choose_backend(SearchSettings(ann_backend="faiss"), 20_000) == "faiss"  # an explicit choice is kept
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_reader_on_read_only_bind_mount(tmp_path: Path, read_only_mount) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    cat = Catalog.in_dir(tmp_path / "idx")
+    mid = cat.ensure_model("m", family="siglip", dim=DIM, logit_scale=1.0, logit_bias=0.0)
+    _add(cat, mid, 0, 40, rng)
+    search = SearchSettings(ann_backend="qdrant_edge", ann_threshold=0)
+    _store(tmp_path / "idx", cat, search).sync()
+    _add(cat, mid, 40, 5, rng)  # committed after the save: caught up in memory
+    cat.close()
+    ro = read_only_mount(tmp_path / "idx")
+    reader = Catalog.in_dir(ro, readonly=True)
+    index, backend, generation = _store(ro, reader, search).open_reader()
+    assert backend == "qdrant_edge" and generation is not None and len(index) == 45

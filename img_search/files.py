@@ -1,0 +1,82 @@
+"""Small file-system helpers shared by the layers that persist data: atomic replace, fsync, sparse copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) so readers see the old or the new content, never a mix.
+
+    Written to a temporary file in the same folder, fsync-ed, then ``os.replace``-d (atomic on POSIX) and the
+    folder fsync-ed, so a power cut leaves one version or the other.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so the names created or renamed in it are durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under ``root`` and ``root`` itself."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(root)
+
+
+def copy_file_sparse(src: Path, dst: Path) -> None:
+    """Copy one file keeping its holes (Qdrant preallocates large sparse files); a plain copy where the file system
+    cannot report holes (``SEEK_DATA`` / ``SEEK_HOLE``, Linux >= 3.1)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        pos = 0
+        try:
+            while pos < size:
+                try:
+                    start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+                except OSError:  # ENXIO: only a hole is left
+                    break
+                end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+                fin.seek(start)
+                fout.seek(start)
+                remaining = end - start
+                while remaining > 0:
+                    chunk = fin.read(min(remaining, 1 << 24))
+                    if not chunk:
+                        break
+                    fout.write(chunk)
+                    remaining -= len(chunk)
+                pos = end
+        except (AttributeError, OSError):  # no SEEK_DATA here: plain copy
+            fin.seek(0)
+            fout.seek(0)
+            shutil.copyfileobj(fin, fout)
+        fout.truncate(size)
+
+
+def copy_tree_sparse(src: Path, dst: Path) -> None:
+    """Copy the folder ``src`` to ``dst`` (created), file by file with ``copy_file_sparse``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in sorted(src.rglob("*")):
+        target = dst / item.relative_to(src)
+        if item.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_file_sparse(item, target)

@@ -1,0 +1,196 @@
+"""The one settings object of img-search (pydantic-settings): every knob, each default defined once, here.
+
+Precedence, highest first (documented in README "Settings"):
+
+1. a command-line flag (or a keyword given to ``load_settings`` by the service);
+2. an ``IMG_SEARCH_*`` environment variable (``IMG_SEARCH_BATCH_SIZE=16``; nested tables with ``__``:
+   ``IMG_SEARCH_SEARCH__ANN_BACKEND=hnswlib``; lists and tables as JSON: ``IMG_SEARCH_EXCLUDE='["**/tmp"]'``);
+3. ``config.toml`` in the index directory (top-level keys, ``[search]``, ``[search.params.<backend>]``);
+4. the defaults below.
+
+The index directory itself comes only from the flag, ``IMG_SEARCH_INDEX_DIR`` or the default
+(``$XDG_DATA_HOME/img-search``): it is where ``config.toml`` is looked for. Settings are frozen once loaded and
+serialisable (``model_dump``) for worker processes. Invalid values raise ``ConfigError`` (an
+``InvalidInputError``) naming the setting, where it came from and what is valid.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from img_search.errors import ConfigError
+
+ENV_PREFIX = "IMG_SEARCH_"
+CONFIG_FILENAME = "config.toml"
+
+DEFAULT_MODEL = "google/siglip-base-patch16-224"
+DEFAULT_BATCH_SIZE = 32
+# Pillow raises DecompressionBombError above 2 x its MAX_IMAGE_PIXELS (89,478,485): ~179 MP. We keep that bound as
+# the default (a 100 MP medium-format photo still indexes) and hand it to Pillow once at start-up.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+# bench/ann_backends.py (docs/PERFORMANCE.md, "Recommendation"): exact search over a memory-mapped matrix answers a
+# query over 20k base-size vectors in a few ms; above that the ANN backend wins.
+DEFAULT_ANN_THRESHOLD = 20_000
+DEVICES_HELP = "auto | cpu | cuda | cuda:N | mps"
+DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def default_index_dir() -> Path:
+    """``$XDG_DATA_HOME/img-search`` (``~/.local/share/img-search``): the XDG base-directory spec's data home."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "img-search"
+
+
+class SearchSettings(BaseModel):
+    """``[search]``: which vector index answers a collection's queries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # None: qdrant_edge, falling back to hnswlib where qdrant-edge-py is not installed (search/store.py)
+    ann_backend: str | None = None
+    ann_threshold: int = Field(DEFAULT_ANN_THRESHOLD, ge=0)
+    # backend name -> constructor parameters, merged over the defaults of search/store.py
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("ann_backend", "params")
+    @classmethod
+    def _known_backends(cls, value: Any) -> Any:
+        from img_search.index import BACKENDS
+
+        names = [] if value is None else [value] if isinstance(value, str) else list(value)
+        unknown = [n for n in names if n not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown index backend {unknown[0]!r}; valid: {', '.join(sorted(BACKENDS))}")
+        return value
+
+
+class ServiceSettings(BaseModel):
+    """``[service]``: the HTTP service (issue 10); defined here so it shares precedence and validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    """Every setting of img-search; build it with ``load_settings``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_ignore_empty=True, extra="forbid", frozen=True,
+        validate_default=True,
+    )
+    toml_file: ClassVar[Path | None] = None  # set on a per-call subclass by load_settings
+
+    index_dir: Path = Field(default_factory=default_index_dir)
+    # None: `index` uses DEFAULT_MODEL; `search`/`similar` the model the catalog holds most images of
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
+    # None: half the cores, 1 to 4 (pipeline/runner.default_workers)
+    workers: int | None = Field(None, ge=0)
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    include_hidden: bool = False
+    # globs matched against the path relative to the indexed folder (`**` allowed), on top of the default list
+    exclude: tuple[str, ...] = ()
+    default_excludes: bool = True
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE_RE.match(value):
+            raise ValueError(f"unknown device {value!r}; valid: {DEVICES_HELP}")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"unknown dtype {value!r}; valid: {', '.join(DTYPES)}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the model name is empty")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
+        return tuple(sources)
+
+
+DEFAULTS = Settings.model_construct()  # the defaults, for help texts (no environment, no file)
+
+
+def resolve_index_dir(index_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The index directory: the given one, else ``IMG_SEARCH_INDEX_DIR``, else ``default_index_dir()``."""
+    chosen = index_dir if index_dir is not None else os.environ.get(ENV_PREFIX + "INDEX_DIR") or None
+    if chosen is None:
+        return default_index_dir()
+    text = os.fspath(chosen)
+    if not str(text).strip():
+        raise ConfigError("the index directory is empty: pass --index-dir PATH or unset IMG_SEARCH_INDEX_DIR")
+    return Path(os.path.expanduser(text))
+
+
+def _describe(errors: list[Any], toml: Path) -> str:
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown setting"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) or err.get("type") == "extra_forbidden" else f" (got {value!r})"
+        parts.append(f"{where}: {msg}{shown}")
+    return f"invalid settings (flags, {ENV_PREFIX}* variables or {toml}): " + "; ".join(parts)
+
+
+def load_settings(index_dir: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Settings for one command or one service process.
+
+    ``overrides`` are the flags the user gave (``None`` values are ignored, so a CLI passes every option as is);
+    nested ones as dicts (``search={"ann_backend": "exact"}``). Raises ``ConfigError`` for a malformed
+    ``config.toml`` or any invalid value, naming the setting.
+    """
+    directory = resolve_index_dir(index_dir)
+    toml = directory / CONFIG_FILENAME
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if toml.exists():
+        try:
+            tomllib.loads(toml.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{toml} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {toml}: {exc.strerror or exc}") from None
+    bound = type("BoundSettings", (Settings,), {"toml_file": toml if toml.exists() else None})
+    try:
+        settings = bound(index_dir=directory, **given)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors(), toml)) from None
+    # hand back the plain class: picklable for worker processes, no file path baked into its type
+    return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})

@@ -1,0 +1,163 @@
+"""Every command with each bad option value: one line on stderr, no traceback, the documented exit code.
+
+Exit codes (errors.py): 2 for a usage error (an option click cannot parse or an ``InvalidInputError``), 1 for any
+other library error (not found, conflict, unavailable). Runs the CLI in-process through ``cli.main`` for speed;
+``tests/test_cli.py`` runs it in subprocesses as users do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers import make_jpeg
+
+from img_search.cli import display_path, main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_siglip: Path) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cli-errors")
+    photos = root / "photos"
+    for i in range(6):
+        make_jpeg(photos / f"p{i}.jpg", seed=i)
+    (root / "notes.txt").write_text("not an image")
+    (root / "fake.jpg").write_text("not an image either")
+    idx = root / "idx"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMG_SEARCH_MODEL", str(tiny_siglip))
+        try:
+            main(["index", str(photos), "--index-dir", str(idx), "--json", "-q", "--workers", "0"])
+        except SystemExit as exc:
+            assert not exc.code
+    return {"root": str(root), "photos": str(photos), "idx": str(idx), "model": str(tiny_siglip)}
+
+
+def _cases(d: dict[str, str]) -> list[tuple[list[str], int, str]]:
+    photos, idx, model, root = d["photos"], d["idx"], d["model"], d["root"]
+    img = os.path.join(photos, "p0.jpg")
+    empty = os.path.join(root, "no-index-here")
+    common = ["--index-dir", idx]
+    return [
+        # index
+        (["index"], 2, "Missing argument"),
+        (["index", photos, *common, "--batch-size", "0"], 2, "--batch-size"),
+        (["index", photos, *common, "--batch-size", "abc"], 2, "--batch-size"),
+        (["index", photos, *common, "--workers", "-1"], 2, "--workers"),
+        (["index", photos, *common, "--max-image-pixels", "0"], 2, "--max-image-pixels"),
+        (["index", photos, *common, "--device", "foo"], 2, "unknown device 'foo'"),
+        (["index", photos, *common, "--dtype", "foo"], 2, "unknown dtype 'foo'"),
+        (["index", photos, *common, "--no-such-option"], 2, "No such option"),
+        (["index", os.path.join(root, "missing"), *common, "--model", model], 1, "does not exist"),
+        (["index", img, *common, "--model", model], 2, "is not a folder"),
+        (["index", photos, *common, "--model", os.path.join(root, "no-model")], 1, "does not exist"),
+        (["index", photos, "--index-dir", "/proc/img-search-idx", "--model", model], 1, "index directory"),
+        # search
+        (["search", "", *common], 2, "query text is empty"),
+        (["search", "x", *common, "--limit", "0"], 2, "--limit"),
+        (["search", "x", *common, "--limit", "many"], 2, "--limit"),
+        (["search", "x", *common, "--threshold", "nan"], 2, "threshold must be a finite number"),
+        (["search", "x", *common, "--threshold", "abc"], 2, "--threshold"),
+        (["search", "x", *common, "--backend", "annoy"], 2, "unknown index backend 'annoy'"),
+        (["search", "x", *common, "--ann-threshold", "-1"], 2, "--ann-threshold"),
+        (["search", "x", *common, "--device", "gpu"], 2, "unknown device 'gpu'"),
+        (["search", "x", *common, "--model", "other/model"], 1, "nothing is indexed with model"),
+        (["search", "x", "--index-dir", empty], 1, "run `img-search index FOLDER` first"),
+        # similar
+        (["similar", os.path.join(root, "missing.jpg"), *common], 1, "missing.jpg"),
+        (["similar", os.path.join(root, "notes.txt"), *common], 2, "notes.txt"),
+        (["similar", os.path.join(root, "fake.jpg"), *common], 2, "fake.jpg"),
+        (["similar", img, *common, "--max-image-pixels", "0"], 2, "--max-image-pixels"),
+        (["similar", img, *common, "--limit", "-3"], 2, "--limit"),
+        (["similar", img, "--index-dir", empty], 1, "run `img-search index FOLDER` first"),
+        # info
+        (["info", *common, "--failures", "-1"], 2, "--failures"),
+        (["info", "--index-dir", empty], 1, "run `img-search index FOLDER` first"),
+        # export
+        (["export", *common], 2, "--output"),
+        (["export", *common, "-o", os.path.join(root, "x.csv"), "--format", "csv"], 2, "unknown"),
+        (["export", *common, "-o", os.path.join(root, "x.parquet"), "--model", "other/model"], 1, "nothing is indexed"),
+        # the root
+        (["frobnicate"], 2, "No such command"),
+    ]
+
+
+def test_every_bad_option_value_gives_one_line(indexed: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IMG_SEARCH_MODEL", raising=False)
+    monkeypatch.delenv("IMG_SEARCH_INDEX_DIR", raising=False)
+    wrong = []
+    for args, want_code, fragment in _cases(indexed):
+        code, out, err = run(capsys, *args)
+        lines = [line for line in err.splitlines() if line.strip()]
+        ok = (code == want_code and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+              and "Traceback" not in err and out == "")
+        if not ok:
+            wrong.append(f"{args[:1]} {args[-2:]}: exit {code} (want {want_code}), stderr {err!r}, stdout {out[:80]!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_cuda_on_a_machine_without_it(indexed: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    new = Path(indexed["root"]) / "more"
+    make_jpeg(new / "n.jpg", seed=99)
+    code, out, err = run(capsys, "index", str(new), "--index-dir", indexed["idx"], "--model", indexed["model"],
+                         "--device", "cuda", "-q")
+    assert code == 1 and err.count("\n") == 1 and "CUDA is not available" in err and "Traceback" not in err
+
+
+def test_huge_limit_returns_what_exists(indexed: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "search", "x", "--index-dir", indexed["idx"], "--limit", "2147483647", "--json")
+    assert code == 0 and len(json.loads(out)) == 6
+    code, out, err = run(capsys, "search", "x", "--index-dir", indexed["idx"], "--threshold", "7", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("plain name.jpg", "plain name.jpg"),
+    ("café.jpg", "café.jpg"),
+    ("two\nlines.jpg", "$'two\\nlines.jpg'"),
+    ("esc\x1b[31mred.jpg", "$'esc\\E[31mred.jpg'"),
+    ("tab\there's.jpg", "$'tab\\there\\'s.jpg'"),
+    ("back\\slash\r.jpg", "$'back\\\\slash\\r.jpg'"),
+    ("rtl\u202egpj.exe", "$'rtl\\u202egpj.exe'"),
+    (os.fsdecode(b"bytes-\xff\xfe.jpg"), "$'bytes-\\xff\\xfe.jpg'"),
+])
+def test_display_path_is_one_safe_line(name: str, shown: str) -> None:
+    assert display_path(name) == shown
+    assert "\n" not in display_path(name) and "\x1b" not in display_path(name)
+
+
+def test_human_output_prints_hostile_names_one_per_line(tmp_path: Path, tiny_siglip: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    photos = tmp_path / "photos"
+    names = [b"new\nline.jpg", b"esc\x1b[2Jape.jpg", b"cr\rret.jpg", b"not-utf8-\xff.jpg", b"ok.jpg"]
+    for i, raw in enumerate(names):
+        make_jpeg(Path(os.fsdecode(os.fsencode(str(photos)) + b"/" + raw)), seed=i)
+    idx = str(tmp_path / "idx")
+    code, _, err = run(capsys, "index", str(photos), "--index-dir", idx, "--model", str(tiny_siglip), "-q")
+    assert code == 0, err
+    code, out, err = run(capsys, "search", "x", "--index-dir", idx, "-n", "10")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 1 + len(names) and "\x1b" not in out and "\r" not in out
+    code, out, _ = run(capsys, "search", "x", "--index-dir", idx, "-n", "10", "--json")
+    on_disk = {os.fsencode(str(photos)) + b"/" + raw for raw in names}
+    hits = json.loads(out)
+    assert {os.fsencode(h["path"]) for h in hits} == on_disk and all("image_id" in h for h in hits)

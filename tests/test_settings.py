@@ -1,0 +1,97 @@
+"""The one settings object: precedence flag > IMG_SEARCH_* > config.toml > default, validation, serialisation."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from img_search.errors import ConfigError, InvalidInputError
+from img_search.settings import DEFAULTS, Settings, default_index_dir, load_settings, resolve_index_dir
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("IMG_SEARCH_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_without_file_or_environment(tmp_path: Path) -> None:
+    s = load_settings(tmp_path)
+    assert s.index_dir == tmp_path and s.model is None and s.batch_size == DEFAULTS.batch_size == 32
+    assert s.search.ann_backend is None and s.search.ann_threshold == 20_000 and s.exclude == ()
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.toml").write_text(
+        'batch_size = 8\nworkers = 3\nexclude = ["raw/**"]\n'
+        '[search]\nann_backend = "usearch"\nann_threshold = 500\n[search.params.usearch]\nM = 32\n')
+    s = load_settings(tmp_path)
+    assert (s.batch_size, s.workers, s.exclude) == (8, 3, ("raw/**",))
+    assert (s.search.ann_backend, s.search.ann_threshold, s.search.params) == ("usearch", 500, {"usearch": {"M": 32}})
+    monkeypatch.setenv("IMG_SEARCH_BATCH_SIZE", "4")
+    monkeypatch.setenv("IMG_SEARCH_SEARCH__ANN_THRESHOLD", "7")
+    s = load_settings(tmp_path)
+    assert s.batch_size == 4 and s.workers == 3
+    assert (s.search.ann_backend, s.search.ann_threshold) == ("usearch", 7)  # nested tables merge across sources
+    s = load_settings(tmp_path, batch_size=2, workers=None, search={"ann_backend": "exact"})
+    assert (s.batch_size, s.workers) == (2, 3)  # None means "flag not given"
+    assert (s.search.ann_backend, s.search.ann_threshold) == ("exact", 7)
+
+
+def test_index_dir_comes_from_flag_env_or_default_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_index_dir(None) == default_index_dir()
+    monkeypatch.setenv("IMG_SEARCH_INDEX_DIR", str(tmp_path / "env"))
+    assert resolve_index_dir(None) == tmp_path / "env"
+    assert resolve_index_dir(tmp_path / "flag") == tmp_path / "flag"
+    (tmp_path / "flag").mkdir()
+    (tmp_path / "flag" / "config.toml").write_text('index_dir = "/elsewhere"\n')
+    assert load_settings(tmp_path / "flag").index_dir == tmp_path / "flag"  # the flag wins over the file
+
+
+def test_empty_environment_values_mean_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMG_SEARCH_MODEL", "")
+    monkeypatch.setenv("IMG_SEARCH_INDEX_DIR", "")
+    assert load_settings(tmp_path).model is None
+    assert resolve_index_dir(None) == default_index_dir()
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"batch_size": 0}, "batch_size"),
+    ({"workers": -1}, "workers"),
+    ({"max_image_pixels": 0}, "max_image_pixels"),
+    ({"device": "cuda:x"}, "unknown device 'cuda:x'"),
+    ({"dtype": "foo"}, "unknown dtype 'foo'"),
+    ({"model": "  "}, "model name is empty"),
+    ({"search": {"ann_backend": "annoy"}}, "unknown index backend 'annoy'"),
+    ({"search": {"ann_threshold": -1}}, "ann_threshold"),
+    ({"search": {"params": {"annoy": {}}}}, "unknown index backend 'annoy'"),
+    ({"bogus": 1}, "bogus: unknown setting"),
+])
+def test_invalid_values_name_the_setting(tmp_path: Path, given: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        load_settings(tmp_path, **given)
+    assert isinstance(err.value, InvalidInputError)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[search\n", "not valid TOML"),
+    ('[search]\nthreshold = 5\n', r"search\.threshold: unknown setting"),
+    ('batch_size = "many"\n', "batch_size"),
+    ('[search]\nann_backend = "annoy"\n', "unknown index backend 'annoy'"),
+])
+def test_bad_config_file(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(tmp_path)
+
+
+def test_settings_are_frozen_and_picklable(tmp_path: Path) -> None:
+    s = load_settings(tmp_path, batch_size=3)
+    assert type(s) is Settings and pickle.loads(pickle.dumps(s)) == s
+    with pytest.raises(Exception, match="frozen"):
+        s.batch_size = 4  # type: ignore[misc]
