@@ -25,6 +25,16 @@ _HELD: set[str] = set()
 _HELD_GUARD = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    # a forked child does not inherit POSIX locks, so it must not inherit the registry of held ones either
+    global _HELD_GUARD
+    _HELD.clear()
+    _HELD_GUARD = threading.Lock()  # the parent's may have been held by another thread at fork time
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 class IndexLock:
     def __init__(self, index_dir: Path) -> None:
         self.path = Path(index_dir) / LOCK_FILENAME

@@ -36,7 +36,12 @@ class CatalogWriter:
         self._thread.start()
 
     def _run(self) -> None:
-        catalog = Catalog(self.catalog_path)
+        catalog: Catalog | None = None
+        try:
+            catalog = Catalog(self.catalog_path)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller by put/close)
+            logger.error("cannot open the catalog for writing: %s", exc)
+            self._error = exc
         try:
             while True:
                 item = self._queue.get()
@@ -48,6 +53,7 @@ class CatalogWriter:
                 vectors: NDArray[np.float32] | None
                 records, vectors = item  # type: ignore[misc]
                 try:
+                    assert catalog is not None
                     catalog.record(records, model_id=self.model_id, vectors=vectors)
                     if self.on_commit:
                         n_ok = 0 if vectors is None else int(vectors.shape[0])
@@ -56,7 +62,8 @@ class CatalogWriter:
                     logger.error("catalog write failed: %s", exc)
                     self._error = exc
         finally:
-            catalog.close()
+            if catalog is not None:
+                catalog.close()
 
     def _check(self) -> None:
         if self._error is not None:

@@ -181,8 +181,6 @@ def test_forked_child_is_refused_while_the_parent_holds_the_lock(tmp_path: Path)
     assert _fork_child_outcome(tmp_path, release_first=False).startswith("refused:")
 
 
-@pytest.mark.xfail(strict=True, reason="lock.py's in-process registry _HELD is copied into forked children: a child "
-                   "is refused by a lock nobody holds any more, and a refusal names the child's own pid")
 def test_forked_child_sees_the_kernel_lock_not_a_stale_registry(tmp_path: Path) -> None:
     refused = _fork_child_outcome(tmp_path, release_first=False)
     assert f"pid {os.getpid()})" in refused  # the holder is the parent, not the child

@@ -218,8 +218,6 @@ def _newer_catalog(path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(strict=True, reason="writer.py _run opens Catalog(...) outside its try: an error there kills the "
-                   "thread without setting _error, so close() returns as if everything was committed")
 def test_a_catalog_the_thread_cannot_open_is_an_error_at_close(catalog: tuple[Path, int]) -> None:
     path, model_id = catalog
     _newer_catalog(path)
@@ -229,9 +227,6 @@ def test_a_catalog_the_thread_cannot_open_is_an_error_at_close(catalog: tuple[Pa
         writer.close()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(strict=True, reason="writer.py: once the thread died opening the catalog nobody drains the queue, "
-                   "so the put() after QUEUE_DEPTH batches blocks forever (an `index` run hangs)")
 def test_a_catalog_the_thread_cannot_open_does_not_hang_put(catalog: tuple[Path, int]) -> None:
     path, model_id = catalog
     _newer_catalog(path)
