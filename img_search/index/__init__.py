@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from img_search.errors import UnavailableError, UnknownNameError
-from img_search.index.base import VectorIndex
+from img_search.index.base import ReadOnlyIndexError, VectorIndex
+from img_search.index.reader import IndexReader, open_reader
 
 # name -> "module:Class"; modules are imported lazily so optional libraries stay optional
 BACKENDS: dict[str, str] = {
@@ -65,6 +66,7 @@ def create_index(name: str, *, dim: int, metric: str = "cosine", **params: Any) 
 
 
 def load_index(name: str, path: Path, **kwargs: Any) -> VectorIndex:
+    """Load a saved index for reading and writing (``readonly=True``: see ``open_reader`` instead)."""
     return _resolve(name).load(path, **kwargs)
 
 
@@ -82,9 +84,12 @@ def available_backends() -> list[str]:
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "IndexReader",
+    "ReadOnlyIndexError",
     "VectorIndex",
     "available_backends",
     "create_index",
     "load_index",
+    "open_reader",
     "resolve_backend",
 ]

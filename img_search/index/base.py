@@ -7,13 +7,37 @@ Contract (checked by ``tests/index/test_conformance.py`` for every installed bac
   re-adding an existing id replaces its vector where the library can, else raises;
 * ``remove(ids)``: drops ids (unknown ids are ignored); backends whose library cannot delete
   raise ``NotImplementedError`` and set ``supports_remove = False``;
+* ``contains(ids)`` -> bool array of shape (n,): which of ``ids`` are stored (live) now;
 * ``search(queries, k)`` -> ``(ids, scores)``, both 2-D of shape (n_queries, k), best first,
   padded with id -1 (and score -inf) where fewer than k vectors exist;
   scores are similarities (higher is better): cosine or inner product;
+  **every row holds ``min(k, len(index))`` distinct live ids**, whatever k: an approximate search that comes back
+  short (an HNSW graph or IVF probes that do not reach k vectors) is completed by exact scoring, and a k of at least
+  ``1 / EXACT_K_FRACTION`` of the collection is scored exactly from the start (see ``exact_is_cheaper``);
 * ``save(path)`` / ``load(path)`` (classmethod) round-trip the index (memory-mapped where supported);
 * ``memory_bytes()`` estimates the index's resident size; ``len(index)`` counts stored vectors;
 * ``search_params`` names the parameters ``set_search_params(**params)`` may change on a built index without
   rebuilding it (nprobe, ef, ...), so an evaluation can sweep them; unknown names raise ``ValueError``.
+
+**Readers** (one writer, any number of readers). Only the `index` command writes a saved index. Everything else
+opens it with ``load(path, readonly=True)``, which guarantees that **nothing under ``path`` is ever written**:
+no flush, optimize, lock or temporary file, WAL or in-place change, while loading, searching or closing, and that
+it works when ``path`` is on a read-only filesystem. A read-only index refuses ``add`` / ``remove`` / ``save``
+with ``ReadOnlyIndexError``. How each backend keeps that promise (checked by hashing every file before and after,
+and by reading from a read-only bind mount, in the conformance suite):
+
+* exact, faiss, usearch: memory-mapped read-only (``np.load(mmap_mode="r")``, ``IO_FLAG_MMAP[_IFC]``,
+  ``Index.restore(view=True)``); hnswlib, ScaNN and the qdrant-client local mode read their files into memory;
+* qdrant_edge: ``EdgeShard.load`` writes into the shard it opens (it rewrites ``edge_config.json``, opens the
+  mutable files read-write and flushes them on close; qdrant-edge-py 0.9.0 has no read-only open), so a
+  read-only load opens a private *view* instead: a temporary directory whose large immutable files (the optimized
+  segments' vectors, quantized codes, HNSW graph and id mappings) are links to the saved ones and whose small mutable
+  files are copied (see ``qdrant_edge_index``).
+
+``img_search.index.open_reader(name, path)`` wraps such a read-only index in an ``IndexReader``
+(``reader.py``): ``add`` / ``remove`` go to an in-memory exact *delta* and mask the saved ids they replace or
+delete, ``search`` merges the saved index's hits (minus masked ids) with the delta's, and ``save`` raises. This is
+how a search sees vectors committed after the index was saved without writing, or copying, the saved index.
 """
 
 from __future__ import annotations
@@ -25,11 +49,27 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from img_search.errors import UnavailableError
+
 Metric = Literal["cosine", "ip"]
 METRICS: tuple[Metric, ...] = ("cosine", "ip")
 
 FloatArray = NDArray[np.float32]
 IdArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+# A k of at least this fraction of the collection is scored exactly instead of through the ANN structure: an HNSW
+# search then needs ef >= k and visits a large part of the graph (each visit expanding M neighbours), an IVF search
+# most of its lists, so brute force costs about as much and is exact (measured in docs/PERFORMANCE.md, "Large k").
+EXACT_K_FRACTION = 0.1
+# A query whose squared norm is this close to 1 is already unit length to float32 precision: dividing it by its norm
+# would change each coordinate by about an ulp, so cosine search passes it on as is (saves a copy per query).
+_UNIT_TOL = 1e-6
+_F32 = np.dtype(np.float32)
+
+
+class ReadOnlyIndexError(UnavailableError):
+    """The index was opened read-only (``load(path, readonly=True)`` or a reader): it cannot add, remove or save."""
 
 
 @runtime_checkable
@@ -44,12 +84,14 @@ class VectorIndex(Protocol):
 
     def remove(self, ids: IdArray) -> None: ...
 
+    def contains(self, ids: IdArray) -> BoolArray: ...
+
     def search(self, queries: FloatArray, k: int) -> tuple[IdArray, FloatArray]: ...
 
     def save(self, path: Path) -> None: ...
 
     @classmethod
-    def load(cls, path: Path, **kwargs: Any) -> VectorIndex: ...
+    def load(cls, path: Path, *, readonly: bool = False, **kwargs: Any) -> VectorIndex: ...
 
     def memory_bytes(self) -> int: ...
 
@@ -82,6 +124,49 @@ def as_vectors(vectors: Any, dim: int) -> FloatArray:
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise DimensionMismatchError(f"expected vectors of shape (n, {dim}), got {tuple(arr.shape)}")
     return arr
+
+
+def as_query(queries: Any, dim: int) -> FloatArray:
+    """``as_vectors`` with a fast path: a float32 C-contiguous (n, dim) ndarray is returned as is, unchecked further.
+
+    A service searches one query per call; this keeps the wrapper's per-call cost to a few attribute reads
+    (``docs/PERFORMANCE.md``, "Wrapper overhead"). Raises ``DimensionMismatchError`` like ``as_vectors``.
+    """
+    if (type(queries) is np.ndarray and queries.dtype is _F32 and queries.ndim == 2 and queries.shape[1] == dim
+            and queries.flags.c_contiguous):
+        return queries
+    return as_vectors(queries, dim)
+
+
+def unit_queries(q: FloatArray) -> FloatArray:
+    """L2-normalised copy of (n, dim) float32 queries; a single query already of unit length is returned as is."""
+    if q.shape[0] == 1:
+        row = q[0]
+        if abs(float(np.dot(row, row)) - 1.0) <= _UNIT_TOL:
+            return q
+    return normalize(q)
+
+
+def exact_is_cheaper(k: int, n: int) -> bool:
+    """Whether a search for ``k`` of ``n`` vectors should score all of them exactly (k >= EXACT_K_FRACTION * n)."""
+    return k >= EXACT_K_FRACTION * n
+
+
+def short_rows(ids: IdArray, kk: int) -> NDArray[np.intp] | None:
+    """Rows of (n, >= kk) results holding fewer than ``kk`` ids (padding -1 sits at the end), or None if none."""
+    if ids.shape[0] == 1:  # the common single-query case: one scalar comparison
+        return None if ids[0, kk - 1] >= 0 else np.zeros(1, dtype=np.intp)
+    rows = np.flatnonzero(ids[:, kk - 1] < 0)
+    return rows if rows.size else None
+
+
+def check_writable(index: Any) -> None:
+    """Raise ``ReadOnlyIndexError`` if ``index`` was loaded with ``readonly=True``."""
+    if getattr(index, "_readonly", False):
+        raise ReadOnlyIndexError(
+            f"this {index.name} index was opened read-only (a reader never writes the saved index); "
+            "only `img-search index` changes it"
+        )
 
 
 def as_ids(ids: Any, n: int) -> IdArray:
@@ -131,6 +216,17 @@ def pad_results(ids: IdArray, scores: FloatArray, k: int) -> tuple[IdArray, Floa
     out_ids[:, :m] = ids
     out_scores[:, :m] = scores
     return out_ids, out_scores
+
+
+def merge_topk(parts: list[tuple[IdArray, FloatArray]], k: int) -> tuple[IdArray, FloatArray]:
+    """The best ``k`` of several result sets for the same queries: (n, m_i) ids / scores each, best first.
+
+    Padding (id -1, score -inf) sorts last; equal scores keep the order of ``parts``. Returns (n, k) arrays, padded.
+    """
+    ids = np.concatenate([p[0] for p in parts], axis=1)
+    scores = np.concatenate([p[1] for p in parts], axis=1)
+    cols, best = topk(scores, k)
+    return pad_results(np.take_along_axis(ids, cols, axis=1), best.astype(np.float32, copy=False), k)
 
 
 def topk(scores: FloatArray, k: int) -> tuple[NDArray[np.intp], FloatArray]:

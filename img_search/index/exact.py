@@ -9,16 +9,20 @@ from typing import Any, ClassVar
 import numpy as np
 
 from img_search.index.base import (
+    BoolArray,
     FloatArray,
     IdArray,
     Metric,
     as_ids,
+    as_query,
     as_vectors,
     check_metric,
     check_search_params,
+    check_writable,
     normalize,
     pad_results,
     topk,
+    unit_queries,
 )
 
 # queries are scored in blocks so a large query batch never materialises an (n_queries, n) matrix at once
@@ -35,11 +39,13 @@ class ExactIndex:
         self.metric: Metric = check_metric(metric)
         self._ids: IdArray = np.empty(0, dtype=np.int64)
         self._vectors: FloatArray = np.empty((0, dim), dtype=np.float32)
+        self._readonly = False
 
     def __len__(self) -> int:
         return int(self._ids.shape[0])
 
     def add(self, ids: Any, vectors: Any) -> None:
+        check_writable(self)
         vecs = as_vectors(vectors, self.dim)
         new_ids = as_ids(ids, vecs.shape[0])
         if self.metric == "cosine":
@@ -51,14 +57,21 @@ class ExactIndex:
         self._vectors = np.concatenate([self._vectors, vecs]) if len(self._vectors) else vecs.copy()
 
     def remove(self, ids: Any) -> None:
+        check_writable(self)
         drop = np.asarray(ids, dtype=np.int64).reshape(-1)
         keep = ~np.isin(self._ids, drop)
         self._ids, self._vectors = self._ids[keep], self._vectors[keep]
 
+    def contains(self, ids: Any) -> BoolArray:
+        return np.isin(np.asarray(ids, dtype=np.int64).reshape(-1), self._ids)
+
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
-        q = as_vectors(queries, self.dim)
+        q = as_query(queries, self.dim)
         if self.metric == "cosine":
-            q = normalize(q)
+            q = unit_queries(q)
+        if q.shape[0] == 1:  # one query: no blocking, no concatenation
+            cols, best = topk(q @ self._vectors.T, k)
+            return pad_results(self._ids[cols], best, k)
         all_ids, all_scores = [], []
         for start in range(0, q.shape[0], _QUERY_BLOCK):
             scores = q[start : start + _QUERY_BLOCK] @ self._vectors.T
@@ -70,6 +83,7 @@ class ExactIndex:
         return pad_results(np.concatenate(all_ids), np.concatenate(all_scores), k)
 
     def save(self, path: Path) -> None:
+        check_writable(self)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         np.save(path / "ids.npy", self._ids)
@@ -77,12 +91,14 @@ class ExactIndex:
         (path / "meta.json").write_text(json.dumps({"backend": self.name, "dim": self.dim, "metric": self.metric}))
 
     @classmethod
-    def load(cls, path: Path, *, mmap: bool = True, **_: Any) -> ExactIndex:
+    def load(cls, path: Path, *, mmap: bool = True, readonly: bool = False, **_: Any) -> ExactIndex:
+        """Read ``path``; the vectors are memory-mapped read-only (``mmap=True``), so loading never writes."""
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         index = cls(dim=int(meta["dim"]), metric=meta["metric"])
         index._ids = np.load(path / "ids.npy")
         index._vectors = np.load(path / "vectors.npy", mmap_mode="r" if mmap else None)
+        index._readonly = readonly
         return index
 
     def memory_bytes(self) -> int:

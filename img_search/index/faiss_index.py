@@ -20,6 +20,13 @@ Choices this module makes (see also ``docs/PERFORMANCE.md``):
 * **save / load** -- ``faiss.write_index`` plus the id table; ``load(mmap=True)`` maps the file (``IO_FLAG_MMAP_IFC``
   for flat / HNSW / refine storage, ``IO_FLAG_MMAP`` for IVF lists). A mapped index is read-only in faiss, so the
   first ``add`` / ``remove`` after such a load re-reads the file into memory first (copy-on-write).
+  ``load(readonly=True)`` maps the same way and refuses changes: faiss opens the file read-only and maps it
+  ``PROT_READ``, so nothing is written (checked by hashing the files, and from a read-only mount, in the tests).
+* **large k** -- faiss HNSW widens its beam to ``max(efSearch, k)`` but its graph walk can still stop short of k
+  (measured: 1,080 of 2,100 vectors for k = 2,100), and IVF only sees the probed lists. A k of at least
+  ``EXACT_K_FRACTION`` of the collection is therefore scored exhaustively (the flat storage behind HNSW / re-ranked
+  IVF-PQ, with the tombstone selector; every list for IVF), and any row an approximate search leaves short is
+  re-searched that way.
 """
 
 from __future__ import annotations
@@ -33,16 +40,22 @@ import faiss as _faiss
 import numpy as np
 
 from img_search.index.base import (
+    BoolArray,
     FloatArray,
     IdArray,
     Metric,
     as_ids,
+    as_query,
     as_vectors,
     check_metric,
     check_search_params,
+    check_writable,
     empty_results,
+    exact_is_cheaper,
     normalize,
     pad_results,
+    short_rows,
+    unit_queries,
 )
 from img_search.index.exact import ExactIndex
 
@@ -116,6 +129,9 @@ class FaissIndex:
         self._n_tombstones = 0
         self._selector: Any = None  # IDSelectorBitmap over live positions, rebuilt lazily when tombstones change
         self._selector_dirty = False
+        self._params_cache: Any = None  # SearchParameters carrying the selector, rebuilt with it
+        self._params_base: Any = None
+        self._readonly = False
         self._mmap_source: Path | None = None
         self._gpu_res: Any = None
         self._buffer: ExactIndex | None = None
@@ -158,6 +174,7 @@ class FaissIndex:
         return index
 
     def _apply_search_params(self) -> None:
+        self._params_cache = None
         index = self._index
         if index is None:
             return
@@ -189,6 +206,7 @@ class FaissIndex:
             self._apply_search_params()
 
     def add(self, ids: Any, vectors: Any) -> None:
+        check_writable(self)
         vecs = as_vectors(vectors, self.dim)
         new_ids = as_ids(ids, vecs.shape[0])
         if new_ids.size == 0:
@@ -247,6 +265,7 @@ class FaissIndex:
             self._selector_dirty = True
 
     def remove(self, ids: Any) -> None:
+        check_writable(self)
         drop = np.asarray(ids, dtype=np.int64).reshape(-1)
         if drop.size == 0:
             return
@@ -266,6 +285,7 @@ class FaissIndex:
 
     def compact(self) -> None:
         """Rebuild a tombstoned (hnsw / refined ivf_pq) index from its live vectors, freeing removed ones."""
+        check_writable(self)
         if not self._positional or self._n_tombstones == 0 or self._index is None:
             return
         self._ensure_writable()
@@ -291,6 +311,13 @@ class FaissIndex:
             storage = faiss.downcast_index(self._index.refine_index)
         return np.ascontiguousarray(storage.reconstruct_batch(positions.astype(np.int64)), dtype=np.float32)
 
+    def contains(self, ids: Any) -> BoolArray:
+        query = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self._buffer is not None:
+            return self._buffer.contains(query)
+        stored = self._labels if self._positional else self._ids  # tombstones are -1, never a valid id
+        return np.isin(query, stored)
+
     # ------------------------------------------------------------------ search
     def set_search_params(self, **params: Any) -> None:
         check_search_params(self.name, self.search_params, params)
@@ -304,38 +331,86 @@ class FaissIndex:
             setattr(self, key, int(value))
         self._apply_search_params()
 
-    def _search_params_object(self) -> Any:
-        """faiss SearchParameters carrying the tombstone selector (None when nothing is tombstoned)."""
+    def _selector_now(self) -> Any:
+        """IDSelectorBitmap over live positions (None when nothing is tombstoned), rebuilt after changes."""
         if not (self._positional and self._n_tombstones):
             return None
         if self._selector_dirty or self._selector is None:
             bitmap = np.packbits(self._labels >= 0, bitorder="little")
             self._selector = faiss.IDSelectorBitmap(bitmap)
             self._selector_dirty = False
-        if self.method == "hnsw":
-            return faiss.SearchParametersHNSW(sel=self._selector, efSearch=self.ef_search)
-        base = faiss.SearchParametersIVF(sel=self._selector, nprobe=self.nprobe)
-        return faiss.IndexRefineSearchParameters(k_factor=float(self.rerank), base_index_params=base)
+            self._params_cache = None
+        return self._selector
+
+    def _search_params_object(self) -> Any:
+        """faiss SearchParameters carrying the tombstone selector (None when nothing is tombstoned); cached."""
+        selector = self._selector_now()
+        if selector is None:
+            return None
+        if self._params_cache is None:
+            if self.method == "hnsw":
+                self._params_cache = faiss.SearchParametersHNSW(sel=selector, efSearch=self.ef_search)
+            else:
+                base = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+                self._params_base = base  # the refine parameters point at it: keep it alive as long as they are
+                self._params_cache = faiss.IndexRefineSearchParameters(k_factor=float(self.rerank),
+                                                                       base_index_params=base)
+        return self._params_cache
 
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
-        q = as_vectors(queries, self.dim)
+        q = as_query(queries, self.dim)
         if self.metric == "cosine":
-            q = normalize(q)
+            q = unit_queries(q)
         if self._buffer is not None:
             return self._buffer.search(q, k)
         n_live = len(self)
         if n_live == 0 or k <= 0:
             return empty_results(q.shape[0], k)
-        kk = min(k, n_live)
-        params = self._search_params_object()
-        if params is None:
-            scores, found = self._index.search(q, kk)
+        kk = k if k < n_live else n_live
+        if self.method != "flat" and exact_is_cheaper(kk, n_live):
+            found, scores = self._search_exhaustive(q, kk)
         else:
-            scores, found = self._index.search(q, kk, params=params)
-        if self._positional:
-            found = np.where(found >= 0, self._labels[found], -1)
-        scores = np.where(found >= 0, scores, -np.inf).astype(np.float32, copy=False)
-        return pad_results(found, scores, k)
+            params = self._search_params_object()
+            if params is None:
+                scores, found = self._index.search(q, kk)
+            else:
+                scores, found = self._index.search(q, kk, params=params)
+            rows = short_rows(found, kk)
+            if rows is not None:  # the graph walk / the probed lists held fewer than kk live vectors
+                found[rows], scores[rows] = self._search_exhaustive_positions(q[rows], kk)
+            if self._positional:
+                found = self._labels[found]
+        return (found, scores) if kk == k else pad_results(found, scores, k)
+
+    def _search_exhaustive(self, q: FloatArray, kk: int) -> tuple[IdArray, FloatArray]:
+        """Every live vector scored (exactly, except IVF-PQ codes without re-ranking); ids, not positions."""
+        found, scores = self._search_exhaustive_positions(q, kk)
+        return (self._labels[found] if self._positional else found), scores
+
+    def _search_exhaustive_positions(self, q: FloatArray, kk: int) -> tuple[IdArray, FloatArray]:
+        """Like ``_search_exhaustive`` but returning what ``self._index.search`` returns (positions if positional)."""
+        index = self._index
+        if self._positional:  # hnsw and re-ranked ivf_pq keep every vector in a flat storage: brute force over it
+            storage = faiss.downcast_index(index.storage if self.method == "hnsw" else index.refine_index)
+            selector = self._selector_now()
+            if selector is None:
+                scores, found = storage.search(q, kk)
+            else:
+                scores, found = storage.search(q, kk, params=faiss.SearchParameters(sel=selector))
+            return found, scores
+        if self.method == "flat":
+            scores, found = index.search(q, kk)
+            return found, scores
+        nlist = int(faiss.extract_index_ivf(index).nlist) if not self.gpu else int(index.nlist)
+        if self.gpu:  # GPU indexes take no per-call parameters: probe every list, then restore nprobe
+            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", nlist)
+            try:
+                scores, found = index.search(q, kk)
+            finally:
+                self._apply_search_params()
+            return found, scores
+        scores, found = index.search(q, kk, params=faiss.SearchParametersIVF(nprobe=nlist))
+        return found, scores
 
     # ------------------------------------------------------------------ persistence
     def _cpu_index(self) -> Any:
@@ -352,6 +427,7 @@ class FaissIndex:
         }
 
     def save(self, path: Path) -> None:
+        check_writable(self)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         meta = self._config() | {"trained": self._buffer is None, "n_tombstones": self._n_tombstones}
@@ -363,11 +439,14 @@ class FaissIndex:
         (path / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
-    def load(cls, path: Path, *, mmap: bool = True, gpu: bool = False, **_: Any) -> FaissIndex:
+    def load(cls, path: Path, *, mmap: bool = True, gpu: bool = False, readonly: bool = False,
+             **_: Any) -> FaissIndex:
+        """Read the index (memory-mapped unless ``mmap=False`` or ``gpu``); ``readonly`` also refuses changes."""
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         params = {k: v for k, v in meta.items() if k not in ("backend", "trained", "n_tombstones")}
         index = cls(**params, gpu=gpu)
+        index._readonly = readonly
         if not meta["trained"]:
             index._buffer = ExactIndex.load(path / "buffer", mmap=False)
             return index

@@ -6,7 +6,11 @@
   live label replaces its vector in place (hnswlib's own update path).
 * hnswlib scores are distances (``1 - <q, x>`` for both spaces; ``cosine`` normalises inside hnswlib); they are
   turned back into similarities here.
-* ``save`` / ``load`` use hnswlib's own file; hnswlib has no memory-mapped load, so ``load`` reads it into RAM.
+* ``save`` / ``load`` use hnswlib's own file; hnswlib has no memory-mapped load, so ``load`` reads it into RAM
+  (and so never writes it: ``load(readonly=True)`` only adds the refusal of changes).
+* large k: hnswlib widens ``ef`` to k itself, but a graph walk can miss nodes (measured: 2,098 of 2,100 for
+  k = 2,100 on tightly clustered vectors), so a k of at least ``EXACT_K_FRACTION`` of the collection, and any row that
+  comes back short, is scored exactly over the stored vectors (``get_items``, in chunks).
 * ``num_threads <= 0`` means one thread per CPU, resolved here: hnswlib 0.8's own ``-1`` runs batches on one
   thread (measured: 9.6k vs 18k queries/s on 2 cores).
 """
@@ -23,20 +27,30 @@ import hnswlib
 import numpy as np
 
 from img_search.index.base import (
+    BoolArray,
     FloatArray,
     IdArray,
     Metric,
     as_ids,
+    as_query,
     as_vectors,
     check_metric,
     check_search_params,
+    check_writable,
     empty_results,
+    exact_is_cheaper,
+    merge_topk,
     pad_results,
+    short_rows,
+    topk,
+    unit_queries,
 )
 
 logger = logging.getLogger(__name__)
 
 _FILE = "index.hnswlib"
+# vectors fetched per get_items call by the exact path (64k x 768 float32 = 200 MB at most at a time)
+_EXACT_CHUNK = 65_536
 
 
 class HnswlibIndex:
@@ -71,11 +85,13 @@ class HnswlibIndex:
         self._index.set_ef(self.ef)
         self._index.set_num_threads(self._threads)
         self._deleted: set[int] = set()
+        self._readonly = False
 
     def __len__(self) -> int:
         return int(self._index.element_count) - len(self._deleted)
 
     def add(self, ids: Any, vectors: Any) -> None:
+        check_writable(self)
         vecs = as_vectors(vectors, self.dim)
         new_ids = as_ids(ids, vecs.shape[0])
         if new_ids.size == 0:
@@ -91,6 +107,7 @@ class HnswlibIndex:
             self._deleted.difference_update(new_ids.tolist())
 
     def remove(self, ids: Any) -> None:
+        check_writable(self)
         for label in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
             if label in self._deleted:
                 continue
@@ -106,36 +123,74 @@ class HnswlibIndex:
             self.ef = int(params["ef"])
             self._index.set_ef(self.ef)
 
+    def contains(self, ids: Any) -> BoolArray:
+        """Per id (hnswlib has no membership call): ``get_items`` raises for a label it never stored."""
+        labels = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+        out = np.zeros(len(labels), dtype=bool)
+        for row, label in enumerate(labels):
+            if label in self._deleted:
+                continue
+            try:
+                self._index.get_items([label])
+            except RuntimeError:
+                continue
+            out[row] = True
+        return out
+
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
-        q = as_vectors(queries, self.dim)
-        kk = min(k, len(self))
-        if kk <= 0:
+        q = as_query(queries, self.dim)
+        n_live = int(self._index.element_count) - len(self._deleted)
+        if k <= 0 or n_live <= 0:
             return empty_results(q.shape[0], k)
+        kk = k if k < n_live else n_live
+        if exact_is_cheaper(kk, n_live):
+            return pad_results(*self._search_exact(q, kk), k)
         try:
             labels, distances = self._index.knn_query(q, k=kk, num_threads=self._threads)
         except RuntimeError:
             # hnswlib refuses a 2-D answer when some query finds fewer than kk live neighbours
-            # (small ef on a graph with many deletions); answer per query with what each one finds.
-            return self._search_ragged(q, kk, k)
-        ids = labels.astype(np.int64, copy=False)
-        scores = (1.0 - distances).astype(np.float32, copy=False)
-        return pad_results(ids, scores, k)
+            # (small ef on a graph with many deletions): those rows are scored exactly instead.
+            ids, scores = self._search_ragged(q, kk)
+        else:
+            ids = labels.astype(np.int64)
+            scores = 1.0 - distances
+        rows = short_rows(ids, kk)
+        if rows is not None:
+            ids[rows], scores[rows] = self._search_exact(q[rows], kk)
+        return (ids, scores) if kk == k else pad_results(ids, scores, k)
 
-    def _search_ragged(self, q: FloatArray, kk: int, k: int) -> tuple[IdArray, FloatArray]:
-        out_ids = np.full((q.shape[0], k), -1, dtype=np.int64)
-        out_scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+    def _search_ragged(self, q: FloatArray, kk: int) -> tuple[IdArray, FloatArray]:
+        """Per query, what the graph finds (at most kk); the rest padded for the exact pass to complete."""
+        out_ids = np.full((q.shape[0], kk), -1, dtype=np.int64)
+        out_scores = np.full((q.shape[0], kk), -np.inf, dtype=np.float32)
         for row in range(q.shape[0]):
-            for kq in range(kk, 0, -1):
-                try:
-                    labels, distances = self._index.knn_query(q[row : row + 1], k=kq, num_threads=1)
-                except RuntimeError:
-                    continue
-                out_ids[row, :kq] = labels[0]
-                out_scores[row, :kq] = 1.0 - distances[0]
-                break
+            try:
+                labels, distances = self._index.knn_query(q[row : row + 1], k=kk, num_threads=1)
+            except RuntimeError:
+                continue  # left short: scored exactly by the caller
+            out_ids[row] = labels[0]
+            out_scores[row] = 1.0 - distances[0]
         return out_ids, out_scores
 
+    def _search_exact(self, q: FloatArray, kk: int) -> tuple[IdArray, FloatArray]:
+        """Brute force over the live stored vectors (hnswlib keeps them normalised in its cosine space)."""
+        if self.metric == "cosine":
+            q = unit_queries(q)
+        labels = np.asarray(self._index.get_ids_list(), dtype=np.int64)
+        if self._deleted:
+            labels = labels[~np.isin(labels, np.fromiter(self._deleted, dtype=np.int64, count=len(self._deleted)))]
+        best: tuple[IdArray, FloatArray] | None = None
+        for start in range(0, labels.size, _EXACT_CHUNK):
+            chunk = labels[start : start + _EXACT_CHUNK]
+            vectors = np.asarray(self._index.get_items(chunk), dtype=np.float32)
+            cols, scores = topk(q @ vectors.T, kk)
+            part = (chunk[cols], scores)
+            best = part if best is None else merge_topk([best, part], kk)
+        assert best is not None  # callers ask only when n_live > 0
+        return best
+
     def save(self, path: Path) -> None:
+        check_writable(self)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self._index.save_index(str(path / _FILE))
@@ -148,8 +203,8 @@ class HnswlibIndex:
         (path / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
-    def load(cls, path: Path, **_: Any) -> HnswlibIndex:
-        """Read the index into RAM (hnswlib cannot memory-map its file)."""
+    def load(cls, path: Path, *, readonly: bool = False, **_: Any) -> HnswlibIndex:
+        """Read the index into RAM (hnswlib cannot memory-map its file); ``readonly`` refuses later changes."""
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         params = {k: v for k, v in meta.items() if k != "backend"}
@@ -159,6 +214,7 @@ class HnswlibIndex:
         index._index.set_ef(index.ef)
         index._index.set_num_threads(index._threads)
         index._deleted = set(np.load(path / "deleted.npy").tolist())
+        index._readonly = readonly
         return index
 
     def memory_bytes(self) -> int:

@@ -12,7 +12,8 @@ untested on the project's machines (tests behind the ``qdrant_server`` marker).
 
 ``save`` writes the settings; for local mode it also writes the points (ids and vectors), which ``load`` upserts into a
 fresh local client. For a server the data stays in the server's collection and ``load`` reconnects to it (pass
-``api_key=`` again: it is never written to disk).
+``api_key=`` again: it is never written to disk). ``load(readonly=True)`` builds the local-mode index in memory
+(never at ``local_path``) and refuses changes; for a server it only refuses changes from this object.
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ from typing import Any, ClassVar
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from img_search.errors import DimensionMismatchError
+from img_search.errors import DimensionMismatchError, InvalidInputError
 from img_search.index.base import (
     QDRANT_SEARCH_PARAM_CASTS,
+    BoolArray,
     FloatArray,
     IdArray,
     Metric,
     apply_search_params,
     as_ids,
+    as_query,
     as_vectors,
     check_metric,
+    check_writable,
     pad_results,
 )
 
@@ -97,6 +101,7 @@ class QdrantIndex:
         else:
             self._client = QdrantClient(location=self.location)
         self._params = self._make_search_params()
+        self._readonly = False
         self._ensure_collection(recreate)
 
     def _ensure_collection(self, recreate: bool) -> None:
@@ -148,6 +153,7 @@ class QdrantIndex:
         return int(self._client.count(self.collection, exact=True).count)
 
     def add(self, ids: Any, vectors: Any) -> None:
+        check_writable(self)
         vecs = as_vectors(vectors, self.dim)
         new_ids = as_ids(ids, vecs.shape[0])
         for start in range(0, new_ids.size, self.batch_size):
@@ -156,6 +162,7 @@ class QdrantIndex:
             self._client.upsert(self.collection, points=batch, wait=True)
 
     def remove(self, ids: Any) -> None:
+        check_writable(self)
         drop = np.asarray(ids, dtype=np.int64).reshape(-1)
         if drop.size:
             point_ids: list[Any] = drop.tolist()
@@ -166,19 +173,42 @@ class QdrantIndex:
         requests = [models.QueryRequest(query=row.tolist(), limit=kk, params=self._params) for row in q]
         return self._client.query_batch_points(self.collection, requests=requests)
 
+    def contains(self, ids: Any) -> BoolArray:
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if wanted.size == 0:
+            return np.zeros(0, dtype=bool)
+        point_ids: list[Any] = np.unique(wanted).tolist()
+        found = {int(r.id) for r in self._client.retrieve(self.collection, ids=point_ids, with_payload=False,
+                                                           with_vectors=False)}
+        return np.fromiter((int(i) in found for i in wanted.tolist()), dtype=bool, count=wanted.size)
+
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
-        q = as_vectors(queries, self.dim)
+        q = as_query(queries, self.dim)
         n = q.shape[0]
         if k <= 0 or n == 0:
             return pad_results(np.empty((n, 0), np.int64), np.empty((n, 0), np.float32), k)
         ids = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
-        for row, response in enumerate(self._raw_search(q, k)):
+        counts = self._fill(ids, scores, np.arange(n), self._raw_search(q, k))
+        if self.mode == "server" and (counts < k).any():  # an HNSW walk can stop short of k: re-ask exactly
+            short = np.flatnonzero(counts < min(k, len(self)))
+            if short.size:
+                exact = models.SearchParams(exact=True)
+                requests = [models.QueryRequest(query=q[i].tolist(), limit=k, params=exact) for i in short]
+                self._fill(ids, scores, short, self._client.query_batch_points(self.collection, requests=requests))
+        return ids, scores
+
+    @staticmethod
+    def _fill(ids: IdArray, scores: FloatArray, rows: np.ndarray, responses: list[Any]) -> np.ndarray:
+        """Write each response's points into its row; returns how many points each row got."""
+        counts = np.zeros(len(rows), dtype=np.int64)
+        for j, (row, response) in enumerate(zip(rows.tolist(), responses, strict=True)):
             points = response.points
             if points:
                 ids[row, : len(points)] = [int(p.id) for p in points]
                 scores[row, : len(points)] = [p.score for p in points]
-        return ids, scores
+                counts[j] = len(points)
+        return counts
 
     def _all_points(self) -> tuple[IdArray, FloatArray]:
         ids: list[int] = []
@@ -205,6 +235,7 @@ class QdrantIndex:
         }
 
     def save(self, path: Path) -> None:
+        check_writable(self)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self.mode == "local":
@@ -215,18 +246,27 @@ class QdrantIndex:
 
     @classmethod
     def load(cls, path: Path, *, api_key: str | None = None, location: str | None = None,
-             local_path: str | Path | None = None, **_: Any) -> QdrantIndex:
-        """Reconnect to the server collection, or rebuild a local-mode index (in memory unless ``local_path``)."""
+             local_path: str | Path | None = None, readonly: bool = False, **_: Any) -> QdrantIndex:
+        """Reconnect to the server collection, or rebuild a local-mode index (in memory unless ``local_path``).
+
+        ``readonly``: refuse later changes; a local-mode index is then always in memory (``local_path`` is an
+        ``InvalidInputError``: a reader writes nowhere).
+        """
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         mode = meta.pop("mode")
         meta.pop("backend")
         url = meta.pop("url")
         if mode == "server":
-            return cls(**meta, url=url, api_key=api_key)
-        index = cls(**meta, path=local_path, location=None if local_path else (location or ":memory:"),
-                    recreate=True)
-        index.add(np.load(path / "ids.npy"), np.load(path / "vectors.npy"))
+            index = cls(**meta, url=url, api_key=api_key)
+        else:
+            if readonly and local_path is not None:
+                raise InvalidInputError("qdrant: a read-only load keeps the local-mode index in memory; "
+                                        "drop local_path")
+            index = cls(**meta, path=local_path, location=None if local_path else (location or ":memory:"),
+                        recreate=True)
+            index.add(np.load(path / "ids.npy"), np.load(path / "vectors.npy", mmap_mode="r"))
+        index._readonly = readonly
         return index
 
     def memory_bytes(self) -> int:

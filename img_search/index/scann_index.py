@@ -7,6 +7,11 @@ counted in ``memory_bytes``), ``add`` / ``remove`` only update that copy and mar
 ``search`` rebuilds it (k-means and AH training included) -- cheap to call often, expensive to search right after
 every small change. Small sets (below ``min_tree_size`` vectors) get a brute-force ScaNN searcher, and ``leaves``
 is clamped to ``n // 20`` so every leaf trains on at least ~20 points.
+
+Large k: a tree search only sees the vectors of ``leaves_to_search`` leaves (measured: about 1,000 of 2,100 for
+k = 1,500), so a k of at least ``EXACT_K_FRACTION`` of the collection, and any row that comes back short, is scored
+exactly over the stored float copy. ``load(readonly=True)`` reads the searcher into memory and maps the vectors
+read-only: nothing is written, and changes are refused.
 """
 
 from __future__ import annotations
@@ -21,16 +26,22 @@ import numpy as np
 from scann import scann_ops_pybind
 
 from img_search.index.base import (
+    BoolArray,
     FloatArray,
     IdArray,
     Metric,
     as_ids,
+    as_query,
     as_vectors,
     check_metric,
     check_search_params,
+    check_writable,
     empty_results,
+    exact_is_cheaper,
     normalize,
     pad_results,
+    short_rows,
+    unit_queries,
 )
 from img_search.index.exact import ExactIndex
 
@@ -79,11 +90,13 @@ class ScannIndex:
         self._built_leaves = 0
         self._dirty = False
         self._memory_cache: int | None = None
+        self._readonly = False
 
     def __len__(self) -> int:
         return len(self._store)
 
     def add(self, ids: Any, vectors: Any) -> None:
+        check_writable(self)
         vecs = as_vectors(vectors, self.dim)
         new_ids = as_ids(ids, vecs.shape[0])
         if new_ids.size == 0:
@@ -92,6 +105,7 @@ class ScannIndex:
         self._dirty = True
 
     def remove(self, ids: Any) -> None:
+        check_writable(self)
         before = len(self._store)
         self._store.remove(ids)
         self._dirty = self._dirty or len(self._store) != before
@@ -142,21 +156,34 @@ class ScannIndex:
             return self._searcher.search_batched_parallel(q, **kwargs)  # type: ignore[no-any-return]
         return self._searcher.search_batched(q, **kwargs)  # type: ignore[no-any-return]
 
+    def contains(self, ids: Any) -> BoolArray:
+        return self._store.contains(ids)
+
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
-        q = as_vectors(queries, self.dim)
+        q = as_query(queries, self.dim)
         if self.metric == "cosine":
-            q = normalize(q)
+            q = unit_queries(q)
         if self._dirty:
             self.build()
-        kk = min(k, len(self))
-        if kk <= 0 or self._searcher is None:
+        n_live = len(self._store)
+        if k <= 0 or n_live == 0 or self._searcher is None:
             return empty_results(q.shape[0], k)
+        kk = k if k < n_live else n_live
+        if exact_is_cheaper(kk, n_live):
+            return self._store.search(q, k)
         rows, scores = self._raw_search(q, kk)
-        rows = np.asarray(rows, dtype=np.int64).reshape(q.shape[0], -1)
-        scores = np.asarray(scores, dtype=np.float32).reshape(q.shape[0], -1)
-        valid = ~np.isnan(scores)
-        ids = np.where(valid, self._searcher_ids[rows], -1)
-        return pad_results(ids, np.where(valid, scores, -np.inf).astype(np.float32, copy=False), k)
+        if scores.shape == (q.shape[0], kk) and not np.isnan(scores[:, -1]).any():  # full rows: no masking needed
+            ids = self._searcher_ids[rows]
+        else:
+            rows = np.asarray(rows, dtype=np.int64).reshape(q.shape[0], -1)
+            scores = np.asarray(scores, dtype=np.float32).reshape(q.shape[0], -1)
+            valid = ~np.isnan(scores)
+            ids, scores = pad_results(np.where(valid, self._searcher_ids[rows], -1),
+                                      np.where(valid, scores, -np.inf).astype(np.float32, copy=False), kk)
+            short = short_rows(ids, kk)
+            if short is not None:  # the searched leaves held fewer than kk vectors: score those rows exactly
+                ids[short], scores[short] = self._store.search(q[short], kk)
+        return (ids, scores) if kk == k else pad_results(ids, scores, k)
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -169,6 +196,7 @@ class ScannIndex:
         }
 
     def save(self, path: Path) -> None:
+        check_writable(self)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self._dirty:
@@ -182,8 +210,9 @@ class ScannIndex:
         (path / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
-    def load(cls, path: Path, *, mmap: bool = True, **_: Any) -> ScannIndex:
-        """Load the ScaNN searcher (ScaNN reads it into RAM) and the stored vectors (memory-mapped by default)."""
+    def load(cls, path: Path, *, mmap: bool = True, readonly: bool = False, **_: Any) -> ScannIndex:
+        """Load the ScaNN searcher (ScaNN reads it into RAM) and the stored vectors (memory-mapped by default);
+        ``readonly`` refuses later changes."""
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         index = cls(**{k: v for k, v in meta.items() if k not in ("backend", "built", "built_leaves")})
@@ -192,6 +221,7 @@ class ScannIndex:
             index._searcher = scann_ops_pybind.load_searcher(str(path / "scann"))
             index._searcher_ids = index._store.ids.copy()
             index._built_leaves = int(meta["built_leaves"])
+        index._readonly = readonly
         return index
 
     def memory_bytes(self) -> int:
