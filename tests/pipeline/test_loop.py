@@ -18,10 +18,13 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
+from img_search.catalog import CATALOG_FILENAME, Catalog
+from img_search.data.folder import FileEntry
 from img_search.embedding.base import Encoder, ModelInfo, PixelBatch, collate_pixels
 from img_search.errors import ImageDecodeError
 from img_search.pipeline.loop import LoopStats, run_loop
 from img_search.pipeline.reader import Loaded, ReadBatch
+from img_search.pipeline.writer import CatalogWriter
 
 DIM = 4
 
@@ -214,6 +217,27 @@ def test_interrupt_commits_the_batches_already_encoded_and_workers_end() -> None
     gc.collect()  # the traceback (and with it the loader) is gone now
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], f"decode workers outlived the interrupted run: {[p.pid for p in alive]}"
+
+
+class EntryLoader:
+    """A FileEntry named ``/fake/<i>.jpg`` loads as source ``i`` (the catalog sink needs FileEntry sources)."""
+
+    def __call__(self, entry: FileEntry) -> Loaded:
+        return ColourLoader()(int(Path(entry.path).stem))
+
+
+def test_interrupt_leaves_the_encoded_batches_committed_in_the_catalog(tmp_path: Path) -> None:
+    with Catalog.in_dir(tmp_path) as cat:
+        model_id = cat.ensure_model("fake", family="fake", dim=DIM, logit_scale=0.0, logit_bias=None)
+    sources = [FileEntry(f"/fake/{i}.jpg", 10, 1) for i in range(20)]
+    encoder = FakeEncoder(interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(sources, EntryLoader(), encoder, lambda: CatalogWriter(tmp_path / CATALOG_FILENAME, model_id),
+                 batch_size=4, workers=0, progress=RecordingProgress([]))
+    with Catalog.in_dir(tmp_path) as cat:
+        assert sorted(cat.images_under("/fake"), key=lambda p: int(Path(p).stem)) == [e.path for e in sources[:12]]
+        _, vecs = cat.load_vectors(model_id, DIM)  # in image-id order: the order of commits
+        np.testing.assert_allclose(vecs, expected_vectors(list(range(12))), rtol=1e-6)
 
 
 def _still_running(pids: list[int], timeout: float) -> list[int]:
