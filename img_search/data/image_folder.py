@@ -13,7 +13,7 @@ from typing import Any
 
 from img_search.data import ImageDataset
 from img_search.data.folder import scan_folder
-from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, load_image
+from img_search.data.images import load_image
 from img_search.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def printable_id(path: str) -> str:
 
 class ImageFolderDataset(ImageDataset):
     def __init__(self, *, name: str, root: str, include_hidden: bool = False,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 max_image_pixels: int | None = None) -> None:
         super().__init__(name=name)
         self.root = os.path.abspath(os.path.expanduser(str(root)))
         self.include_hidden = include_hidden

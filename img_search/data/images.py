@@ -3,7 +3,18 @@
 Every mode Pillow decodes is converted to RGB: alpha is composited on white (transparent pixels
 are not black), 16-bit and 32-bit greyscale are scaled (not clipped) to 8 bits, CMYK/P/LA/1/...
 go through Pillow's converters. EXIF orientation is applied; animations give their first frame.
-The pixel limit is ours (``max_image_pixels``), checked from the header before any decoding.
+
+Formats: Pillow's plugins plus HEIC/HEIF through the decoder-only ``pi-heif`` plugin, registered once when this
+module is imported (``HEIF_AVAILABLE`` says whether that worked); ``data.formats`` lists the extensions.
+
+Pixel limits: Pillow's decompression-bomb guard stays on. ``configure_pixel_limit`` sets it once, at start-up,
+from the user's setting; a call may ask for a lower limit, never a higher one (a process-wide value changed per
+call would race in a threaded server). ``decode_image`` checks the header against the call's limit before
+decoding and names the limit in its reason.
+
+PNG metadata never costs the picture: a PNG whose compressed text (zTXt, compressed iTXt) or ICC profile
+(iCCP) inflates past Pillow's ``MAX_TEXT_CHUNK`` (or whose text passes ``MAX_TEXT_MEMORY``) is decoded again
+from its stream with those chunks dropped; Pillow's limits themselves are kept, since they protect memory.
 """
 
 from __future__ import annotations
@@ -11,32 +22,128 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
+import re
+import struct
 import warnings
+import zlib
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from img_search.errors import ImageDecodeError
+from img_search.data.formats import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from img_search.errors import ImageDecodeError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib", ".tif", ".tiff",
-     ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga", ".avif", ".jp2", ".j2k", ".pcx", ".sgi", ".dds", ".qoi"}
-)
-# Pillow raises DecompressionBombError at twice its MAX_IMAGE_PIXELS (~179 MP); we keep that bound as the
-# default (a 100 MP medium-format photo still indexes) but enforce it ourselves so it is configurable.
+# Pillow raises DecompressionBombError above 2 x its MAX_IMAGE_PIXELS (89,478,485 by default): ~179 MP. We keep
+# that bound as the default (a 100 MP medium-format photo still indexes); ``configure_pixel_limit`` changes it.
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 HASH_DIGEST_SIZE = 16
 
-# We check the pixel count ourselves; truncated files must fail, not decode half-grey.
-Image.MAX_IMAGE_PIXELS = None
+# Truncated files must fail, not decode half-grey. (Pillow's default; stated because a library that imports
+# us may have switched it on.)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _WHITE = (255, 255, 255)
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I;16BS", "I;16LS", "I", "I;32", "F")
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_configured_limit: int | None = None
 
 
+def _register_heif() -> bool:
+    """Register pi-heif's HEIF opener with Pillow (idempotent); False when pi-heif is not installed."""
+    try:
+        from pi_heif import register_heif_opener
+    except ImportError:
+        logger.warning("pi-heif is not installed: HEIC/HEIF photos will be reported as unsupported")
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF_AVAILABLE = _register_heif()
+
+
+# -- the pixel limit -------------------------------------------------------------------------------------------
+def configure_pixel_limit(limit: int) -> None:
+    """Set the process-wide pixel limit, once, at start-up (the CLI and the service call it from their settings).
+
+    Pillow raises ``DecompressionBombError`` above ``2 * Image.MAX_IMAGE_PIXELS`` and warns above
+    ``Image.MAX_IMAGE_PIXELS``; we set ``MAX_IMAGE_PIXELS = ceil(limit / 2)`` so that Pillow itself, anywhere in
+    the process, refuses images above ``limit`` (``limit + 1`` for odd limits, which ``decode_image``'s own
+    header check refuses). The warning Pillow gives between ``limit / 2`` and ``limit`` is filtered out: those
+    images are within the limit the user chose. Also filters Pillow's per-file ``UserWarning``s (odd EXIF,
+    palette transparency), which say nothing a user can act on; decode_image does not touch warning filters
+    per call (``warnings.catch_warnings`` is not thread-safe).
+
+    Raises InvalidInputError when ``limit`` is not a positive int.
+    """
+    global _configured_limit
+    _check_positive_int(limit, "the pixel limit (--max-image-pixels)")
+    Image.MAX_IMAGE_PIXELS = math.ceil(limit / 2)
+    _configured_limit = limit
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+
+
+def pixel_limit() -> int | None:
+    """The process-wide pixel limit: the configured one, else what Pillow's guard enforces (None: no guard)."""
+    if _configured_limit is not None:
+        return _configured_limit
+    pillow_max = Image.MAX_IMAGE_PIXELS
+    return None if pillow_max is None else 2 * int(pillow_max)
+
+
+def check_pixel_limit(max_image_pixels: int | None) -> int | None:
+    """The limit one call may use: ``max_image_pixels`` (None: the process-wide limit).
+
+    Raises InvalidInputError when it is not a positive int or is above the process-wide limit (which only
+    ``configure_pixel_limit`` at start-up may raise).
+    """
+    process_limit = pixel_limit()
+    if max_image_pixels is None:
+        return process_limit
+    _check_positive_int(max_image_pixels, "max_image_pixels")
+    if process_limit is not None and max_image_pixels > process_limit:
+        raise InvalidInputError(
+            f"max_image_pixels {max_image_pixels:,} is above the process-wide pixel limit of {process_limit:,}; "
+            "a call may only lower it. Raise the limit at start-up (--max-image-pixels, or IMG_SEARCH_MAX_IMAGE_PIXELS"
+            " / configure_pixel_limit())"
+        )
+    return max_image_pixels
+
+
+def _check_positive_int(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{what} must be a whole number >= 1, got {value!r}")
+
+
+def _too_large(width: int, height: int, limit: int) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"too large: {width}x{height} = {width * height:,} pixels exceeds the limit of {limit:,} "
+        f"({_RAISE_IT})"
+    )
+
+
+_RAISE_IT = "raise it with --max-image-pixels if the file is trusted"
+_PILLOW_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
+
+
+def _bomb_reason(exc: Exception, limit: int | None) -> ImageDecodeError:
+    """Pillow's decompression-bomb error (or its warning raised as an error) -> our "too large" reason."""
+    found = _PILLOW_PIXELS.search(str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else f"the image ({exc})"
+    limit = limit or pixel_limit() or 0
+    if isinstance(exc, Image.DecompressionBombWarning):  # only where warnings are turned into errors
+        return ImageDecodeError(
+            f"too large: {size} is above Pillow's warning threshold ({Image.MAX_IMAGE_PIXELS or 0:,}, half the limit "
+            f"of {limit:,}) and this process turns warnings into errors (python -W error / PYTHONWARNINGS)"
+        )
+    return ImageDecodeError(f"too large: {size} exceeds the limit of {limit:,} ({_RAISE_IT})")
+
+
+# -- decoding --------------------------------------------------------------------------------------------------
 def content_hash(data: bytes) -> bytes:
     """Identity of a file's content; moved or copied files reuse vectors by it."""
     return hashlib.blake2b(data, digest_size=HASH_DIGEST_SIZE).digest()
@@ -57,6 +164,7 @@ def _high_bit_to_l(img: Image.Image) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB (alpha on white, high-bit greyscale scaled to 8 bits)."""
     mode = img.mode
     if mode == "RGB":
         return img
@@ -71,35 +179,49 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Bytes -> RGB image with EXIF orientation applied, or ImageDecodeError with a reason a user can act on."""
+def decode_image(data: bytes, *, max_image_pixels: int | None = None) -> Image.Image:
+    """Bytes -> RGB image with EXIF orientation applied, or ImageDecodeError with a reason a user can act on.
+
+    ``max_image_pixels``: this call's limit (None: the process-wide one, see ``configure_pixel_limit``); it may
+    only be lower than the process-wide limit, else InvalidInputError. Images above it fail with a "too large"
+    reason before any pixel is decoded.
+    """
+    limit = check_pixel_limit(max_image_pixels)
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
+        return _decode(data, limit)
+    except ImageDecodeError:
+        stripped = png_without_oversized_metadata(data)
+        if stripped is None:
+            raise
+        logger.debug("PNG metadata chunks over Pillow's limits dropped; decoding the pixels again")
+        return _decode(stripped, limit)
+
+
+def _decode(data: bytes, limit: int | None) -> Image.Image:
+    try:
         img = Image.open(io.BytesIO(data))
+    except _BOMB_ERRORS as exc:
+        raise _bomb_reason(exc, limit) from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image Pillow can read (unknown format or damaged header)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageDecodeError(f"unreadable image header: {exc}") from None
     width, height = img.size
-    if width * height > max_image_pixels:
-        raise ImageDecodeError(
-            f"too large: {width}x{height} = {width * height:,} pixels exceeds the limit of {max_image_pixels:,} "
-            "(raise it with --max-image-pixels if the file is trusted)"
-        )
+    if limit is not None and width * height > limit:
+        raise _too_large(width, height, limit)
     frame: Image.Image = img
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF / palette transparency; not actionable
-            img.load()
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        img.load()
+    except _BOMB_ERRORS as exc:  # a frame past the first one, checked by some plugins on load
+        raise _bomb_reason(exc, limit) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
         raise ImageDecodeError(f"corrupt or truncated image data: {exc}") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frame = ImageOps.exif_transpose(img)
+        frame = ImageOps.exif_transpose(img)
     except Exception as exc:  # a broken EXIF block must not cost the picture itself
         logger.debug("ignoring unusable EXIF orientation: %s", exc)
     try:
@@ -108,6 +230,70 @@ def decode_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
         raise ImageDecodeError(f"cannot convert mode {img.mode} to RGB: {exc}") from None
 
 
+# -- PNG metadata over Pillow's limits --------------------------------------------------------------------------
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def _inflated_size(compressed: bytes, cap: int) -> int | None:
+    """Size of ``compressed`` inflated, or None when it passes ``cap`` (found without inflating past it)."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(compressed, cap)
+    except zlib.error:
+        return 0  # Pillow ignores undecodable metadata; the chunk can stay
+    return None if inflater.unconsumed_tail else len(out)
+
+
+def _metadata_size(tag: bytes, body: bytes, cap: int) -> int | None:
+    """What Pillow would hold in memory for one text/ICC chunk (None: over ``cap`` once inflated)."""
+    _keyword, _, rest = body.partition(b"\0")
+    if tag == b"tEXt":
+        return len(rest)
+    if tag in (b"zTXt", b"iCCP"):  # keyword \0 method(1) zlib-data
+        return _inflated_size(rest[1:], cap)
+    # iTXt: keyword \0 flag(1) method(1) language \0 translated keyword \0 text
+    if len(rest) < 2:
+        return 0
+    compressed, text = rest[0], rest[2:].split(b"\0", 2)
+    if len(text) < 3:
+        return 0
+    return _inflated_size(text[2], cap) if compressed else len(text[2])
+
+
+def png_without_oversized_metadata(data: bytes) -> bytes | None:
+    """The PNG stream without the text/ICC chunks Pillow's limits would refuse, or None when it has none.
+
+    Chunks are copied byte for byte (CRCs stay valid); a zTXt/iTXt/iCCP chunk is dropped when it inflates past
+    ``PngImagePlugin.MAX_TEXT_CHUNK``, and text chunks are dropped once their total passes
+    ``PngImagePlugin.MAX_TEXT_MEMORY`` (both read at call time). Nothing is inflated past those caps. Returns
+    None for non-PNG data, a damaged chunk layout, or a PNG with nothing to drop.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    cap, memory_cap = PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
+    kept, dropped, text_memory, pos = [data[:8]], 0, 0, 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, end = data[pos + 4:pos + 8], pos + 12 + length
+        if end > len(data):
+            return None
+        if tag in _PNG_TEXT_CHUNKS or tag == b"iCCP":
+            size = _metadata_size(tag, data[pos + 8:pos + 8 + length], cap)
+            if tag != b"iCCP" and size is not None:
+                text_memory += size
+            if size is None or (tag != b"iCCP" and text_memory > memory_cap):
+                dropped += 1
+                pos = end
+                continue
+        kept.append(data[pos:end])
+        pos = end
+        if tag == b"IEND":
+            break
+    return b"".join(kept) if dropped else None
+
+
+# -- files -----------------------------------------------------------------------------------------------------
 def read_file(path: str) -> bytes:
     """Read a whole file; OSError is turned into ImageDecodeError with the reason."""
     try:
@@ -121,5 +307,6 @@ def read_file(path: str) -> bytes:
         raise ImageDecodeError(f"cannot read the file: {exc.strerror or exc}") from None
 
 
-def load_image(path: str, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(path: str, *, max_image_pixels: int | None = None) -> Image.Image:
+    """Read and decode one file (see ``decode_image``)."""
     return decode_image(read_file(path), max_image_pixels=max_image_pixels)

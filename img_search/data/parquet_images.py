@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from img_search.data import ImageDataset
-from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, decode_image, load_image, to_rgb
+from img_search.data.images import decode_image, load_image, to_rgb
 from img_search.errors import DatasetError, ImageDecodeError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class ParquetImageDataset(ImageDataset):
         id_column: str | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_image_pixels: int | None = None,
     ) -> None:
         super().__init__(name=name)
         if not (path or data_files or load_from_disk):

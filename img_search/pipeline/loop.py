@@ -7,6 +7,9 @@ gets. None of them writes a second loop.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +24,11 @@ from img_search.pipeline.reader import Loaded, ReadBatch, ReadItem, SourceDatase
 
 S = TypeVar("S")
 
+logger = logging.getLogger(__name__)
+
+# Decode processes beyond a few per core only add fork and memory cost: each holds a decoded batch in flight.
+MAX_WORKERS_PER_CORE = 4
+
 
 class Sink(Protocol):
     """Writer stage: receives each encoded batch (ok items in order with their vectors, and failures)."""
@@ -30,6 +38,24 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flush and commit everything received; re-raise any error the sink hit."""
         ...
+
+
+def fit_to_work(n_sources: int, batch_size: int, workers: int) -> tuple[int, int]:
+    """Clamp the batch size and worker count to the work: cost follows the collection, not the option.
+
+    A batch never holds more than ``n_sources`` items, so no stage (sampler, collate, encoder, sink) can size
+    anything by a huge option; there are never more decode processes than batches to do, nor more than
+    ``MAX_WORKERS_PER_CORE`` per core. A clamped worker count is logged at INFO. Returns (batch_size, workers).
+    """
+    batch_size = max(1, min(batch_size, n_sources))
+    if workers <= 0:
+        return batch_size, 0
+    useful = min(math.ceil(n_sources / batch_size), MAX_WORKERS_PER_CORE * (os.cpu_count() or 1))
+    if workers > useful:
+        logger.info("using %d decode workers, not %d: %d batches to do on %d cores", useful, workers,
+                    math.ceil(n_sources / batch_size), os.cpu_count() or 1)
+        workers = useful
+    return batch_size, workers
 
 
 @dataclass
@@ -55,7 +81,7 @@ def run_loop(
     if not sources:
         return stats
     dataset = SourceDataset(sources, load, encoder.image_preprocessor())
-    workers = min(workers, max(1, len(sources) // batch_size)) if workers else 0
+    batch_size, workers = fit_to_work(len(sources), batch_size, workers)
     batches = read_batches(dataset, batch_size=batch_size, workers=workers)  # forks before any sink thread
     sink = make_sink()
     progress.start(len(sources), description)

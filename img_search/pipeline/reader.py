@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from img_search.data.folder import FileEntry
-from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, content_hash, decode_image, read_file
+from img_search.data.images import check_pixel_limit, content_hash, decode_image, read_file
 from img_search.embedding.base import ImagePreprocessor, PixelBatch, collate_pixels
 from img_search.errors import ImageDecodeError
 
@@ -50,9 +50,14 @@ class ReadBatch(Generic[S]):
 
 
 class FileLoader:
-    """Loads a FileEntry: read bytes once, hash them, decode from memory."""
+    """Loads a FileEntry: read bytes once, hash them, decode from memory.
 
-    def __init__(self, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    ``max_image_pixels``: None for the process-wide limit, or a lower one (checked here, before any worker
+    forks: InvalidInputError when above the process-wide limit).
+    """
+
+    def __init__(self, max_image_pixels: int | None = None) -> None:
+        check_pixel_limit(max_image_pixels)
         self.max_image_pixels = max_image_pixels
 
     def __call__(self, entry: FileEntry) -> Loaded:

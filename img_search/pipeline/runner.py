@@ -19,10 +19,12 @@ from typing import Any
 
 from img_search.catalog import Catalog, ImageRecord, ImageRow
 from img_search.catalog.lock import IndexLock
+from img_search.data.excludes import check_excludes
 from img_search.data.folder import FileEntry, ScanProblem, scan_folder
-from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, content_hash
+from img_search.data.images import check_pixel_limit, content_hash
+from img_search.data.paths import canonical_folder
 from img_search.embedding.base import Encoder
-from img_search.errors import ImgSearchError, ModelNotFoundError
+from img_search.errors import InvalidInputError, ModelNotFoundError, NotFoundError
 from img_search.pipeline.progress import LogProgress, Progress
 from img_search.settings import SearchSettings
 
@@ -39,12 +41,31 @@ def default_workers() -> int:
 
 @dataclass(frozen=True)
 class IndexOptions:
+    """What one ``index`` run does; validated on construction (InvalidInputError names the bad value).
+
+    ``batch_size``: images per model forward (>= 1; clamped to the images to embed). ``workers``: decode
+    processes (>= 0; 0 decodes in the calling process; clamped to the batches to do and to a multiple of the
+    cores by ``run_loop``). ``max_image_pixels``: this run's pixel limit (>= 1, at most the process-wide limit
+    set by ``data.images.configure_pixel_limit``; None: that limit). ``excludes``: gitignore-style patterns
+    relative to each indexed folder (``data.excludes``), after ``DEFAULT_EXCLUDES`` unless
+    ``default_excludes`` is False.
+    """
+
     model: str
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int = field(default_factory=default_workers)
     recompute: bool = False
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int | None = None
     include_hidden: bool = False
+    excludes: tuple[str, ...] = ()
+    default_excludes: bool = True
+
+    def __post_init__(self) -> None:
+        for name, value, low in (("batch_size", self.batch_size, 1), ("workers", self.workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInputError(f"{name} must be a whole number >= {low}, got {value!r}")
+        check_pixel_limit(self.max_image_pixels)
+        object.__setattr__(self, "excludes", check_excludes(self.excludes))
 
 
 @dataclass
@@ -125,9 +146,11 @@ def _plan_entry(entry: FileEntry, row: ImageRow | None, plan: Plan, recompute: b
 
 def plan_folder(
     catalog: Catalog, folder: str, model_id: int | None, *, recompute: bool, include_hidden: bool, plan: Plan,
-    embedded: set[bytes], sizes: set[int],
+    embedded: set[bytes], sizes: set[int], excludes: Sequence[str] = (), default_excludes: bool = True,
 ) -> None:
-    scan = scan_folder(folder, include_hidden=include_hidden)
+    """Add one folder's work to ``plan``; catalog rows under it that the walk no longer finds (deleted, or now
+    excluded) become ``plan.vanished``."""
+    scan = scan_folder(folder, include_hidden=include_hidden, excludes=excludes, default_excludes=default_excludes)
     known = catalog.images_under(folder)
     plan.scanned += len(scan.files)
     for entry in scan.files:
@@ -153,26 +176,38 @@ def _plan_problem(problem: ScanProblem, row: ImageRow | None, plan: Plan) -> Non
 
 
 def make_plan(catalog: Catalog, folders: Sequence[str], model_id: int | None, *, recompute: bool = False,
-              include_hidden: bool = False) -> Plan:
+              include_hidden: bool = False, excludes: Sequence[str] = (), default_excludes: bool = True) -> Plan:
     plan = Plan()
     embedded = catalog.embedded_hashes(model_id) if model_id is not None else set()
     sizes = catalog.embedded_sizes(model_id) if model_id is not None else set()
     for folder in folders:
         plan_folder(catalog, folder, model_id, recompute=recompute, include_hidden=include_hidden, plan=plan,
-                    embedded=embedded, sizes=sizes)
+                    embedded=embedded, sizes=sizes, excludes=excludes, default_excludes=default_excludes)
     return plan
 
 
 def _check_folders(folders: Sequence[str]) -> list[str]:
-    out = []
+    """The folders to index by their canonical paths (``data.paths.canonical_folder``: symlinks and bind
+    mounts resolved), each once: a folder inside another one given is walked with it.
+
+    Raises NotFoundError for a missing folder, InvalidInputError for a path that is not a folder.
+    """
+    roots: list[str] = []
     for folder in folders:
-        path = os.path.abspath(os.path.expanduser(folder))
-        if not os.path.exists(path):
-            raise ImgSearchError(f"folder {folder!r} does not exist")
+        if not os.path.exists(os.path.expanduser(folder)):
+            raise NotFoundError(f"folder {folder!r} does not exist")
+        path = canonical_folder(folder)
         if not os.path.isdir(path):
-            raise ImgSearchError(f"{folder!r} is not a folder; `index` takes folders (use `similar` for one image)")
+            raise InvalidInputError(f"{folder!r} is not a folder; `index` takes folders (use `similar` for one image)")
+        roots.append(path)
+    out: list[str] = []
+    for path in sorted(set(roots), key=len):  # parents before the folders inside them
+        parent = next((r for r in out if r == "/" or path.startswith(r + "/")), None)
+        if parent is not None:
+            logger.info("%s is inside %s, which is indexed in the same run", path, parent)
+            continue
         out.append(path)
-    return out
+    return sorted(out, key=roots.index)
 
 
 def index_folders(
@@ -198,7 +233,8 @@ def index_folders(
     with IndexLock(index_dir), Catalog.in_dir(index_dir) as catalog:
         model_row = catalog.get_model(model_name)
         plan = make_plan(catalog, roots, model_row.id if model_row else None, recompute=options.recompute,
-                         include_hidden=options.include_hidden)
+                         include_hidden=options.include_hidden, excludes=options.excludes,
+                         default_excludes=options.default_excludes)
         summary.scanned, summary.unchanged, summary.failed_before = plan.scanned, plan.unchanged, plan.failed_before
         summary.reused = len(plan.reuse)
         summary.failed.extend(plan.new_problems)

@@ -118,3 +118,207 @@ def test_unreadable_and_directory(tmp_path: Path) -> None:
         read_file(str(tmp_path))
     with pytest.raises(ImageDecodeError, match="cannot read"):
         load_image(str(tmp_path / "missing.jpg"))
+
+
+# -- PNG metadata over Pillow's limits (case png_big_text_chunk) -------------------------------------------------
+def _big_metadata_pngs() -> dict[str, tuple[bytes, Image.Image]]:
+    """The four PNGs of the field report: zTXt, compressed iTXt and iCCP chunks inflating past 1 MB, and a plain one."""
+    from PIL import PngImagePlugin
+
+    meta = "{\"nodes\": [" + ",".join(f'{{"id": {i}, "kind": "step", "args": [1, 2, 3]}}' for i in range(40000)) + "]}"
+    assert len(meta) > PngImagePlugin.MAX_TEXT_CHUNK
+    img = pattern(7, (64, 48))
+    ztxt, itxt = PngImagePlugin.PngInfo(), PngImagePlugin.PngInfo()
+    ztxt.add_text("workflow", meta, zip=True)
+    itxt.add_itxt("workflow", meta, zip=True)
+    return {
+        "ztxt": (_encode(img, "PNG", pnginfo=ztxt), img),
+        "itxt": (_encode(img, "PNG", pnginfo=itxt), img),
+        "icc": (_encode(img, "PNG", icc_profile=meta.encode()[:2_000_000]), img),
+        "plain": (_encode(img, "PNG"), img),
+    }
+
+
+@pytest.mark.parametrize("name", ["ztxt", "itxt", "icc", "plain"])
+def test_png_with_oversized_metadata_keeps_its_pixels(name: str) -> None:
+    data, src = _big_metadata_pngs()[name]
+    if name != "plain":  # Pillow itself refuses these (its bomb limit on metadata stays in force)
+        with pytest.raises(ValueError, match="MAX_TEXT_CHUNK"):
+            Image.open(io.BytesIO(data)).load()
+    np.testing.assert_array_equal(np.asarray(decode_image(data)), np.asarray(src))
+
+
+def test_png_text_past_max_text_memory_and_after_the_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import PngImagePlugin
+
+    from img_search.data.images import png_without_oversized_metadata
+
+    src = pattern(8, (40, 30))
+    info = PngImagePlugin.PngInfo()
+    for i in range(6):
+        info.add_text(f"note{i}", "x" * 300)  # plain tEXt: only the total counts
+    data = _encode(src, "PNG", pnginfo=info)
+    monkeypatch.setattr(PngImagePlugin, "MAX_TEXT_MEMORY", 1000)
+    with pytest.raises(ValueError, match="MAX_TEXT_MEMORY"):
+        Image.open(io.BytesIO(data)).load()
+    stripped = png_without_oversized_metadata(data)
+    assert stripped is not None and stripped.count(b"tEXt") == 3  # 3 x 300 fit in 1000; the rest are dropped
+    np.testing.assert_array_equal(np.asarray(decode_image(data)), np.asarray(src))
+    assert png_without_oversized_metadata(_encode(src, "PNG")) is None  # nothing to drop
+    assert png_without_oversized_metadata(b"GIF89a") is None
+
+
+def test_png_metadata_chunk_after_the_image_data() -> None:
+    """Text chunks after IDAT are read by load(), not open(): the fallback covers both."""
+    import struct
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    src = pattern(9, (32, 24))
+    plain = _encode(src, "PNG")
+    body = b"comment\x00\x00" + zlib.compress(b"a" * (PngImagePlugin.MAX_TEXT_CHUNK + 10))
+    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    iend = plain.rindex(b"IEND") - 4
+    data = plain[:iend] + chunk + plain[iend:]
+    img = Image.open(io.BytesIO(data))
+    with pytest.raises(ValueError, match="MAX_TEXT_CHUNK"):
+        img.load()
+    np.testing.assert_array_equal(np.asarray(decode_image(data)), np.asarray(src))
+
+
+# -- formats (case unscanned_photo_extensions) ---------------------------------------------------------------------
+def test_every_indexed_extension_is_one_pillow_opens() -> None:
+    from img_search.data.formats import UNSUPPORTED_FORMATS
+    from img_search.data.images import HEIF_AVAILABLE, IMAGE_EXTENSIONS
+
+    assert HEIF_AVAILABLE  # pi-heif is a core dependency
+    registered = Image.registered_extensions()
+    assert sorted(e for e in IMAGE_EXTENSIONS if e not in registered) == []
+    assert not set(UNSUPPORTED_FORMATS) & set(IMAGE_EXTENSIONS)
+    assert not set(UNSUPPORTED_FORMATS) & set(registered)  # nothing Pillow could read is refused by name
+    assert UNSUPPORTED_FORMATS[".nef"].reason(".nef").startswith("camera RAW (.nef) is not supported: convert")
+
+
+def test_mpo_decodes_its_first_picture() -> None:
+    left, right = Image.new("RGB", (96, 64), (200, 30, 30)), Image.new("RGB", (96, 64), (30, 30, 200))
+    data = _encode(left, "MPO", save_all=True, append_images=[right])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    px = np.asarray(decode_image(data)).astype(int)
+    assert px.shape == (64, 96, 3) and px[32, 48, 0] > 180 and px[32, 48, 2] < 60
+
+
+def test_avif_decodes_natively() -> None:
+    src = Image.new("RGB", (64, 48), (30, 160, 90))
+    px = np.asarray(decode_image(_encode(src, "AVIF", quality=90))).astype(int)
+    assert px.shape == (48, 64, 3) and np.abs(px - (30, 160, 90)).max() < 12
+
+
+def test_heif_files_reach_the_heif_decoder() -> None:
+    # No HEIC ships in an installed package and pi-heif cannot encode; a damaged HEIC (the case's file: a real
+    # 'ftypheic' box, then noise) must fail with a reason, like any damaged image.
+    from pi_heif import is_supported
+
+    data = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(range(256)) * 12
+    assert is_supported(data)
+    with pytest.raises(ImageDecodeError, match="not an image Pillow can read"):
+        decode_image(data)
+
+
+# -- the pixel limit -----------------------------------------------------------------------------------------------
+@pytest.fixture()
+def pixel_state(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Restore Pillow's guard, our configured limit and the warning filters after a test that configures them."""
+    import warnings
+
+    import img_search.data.images as images
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    monkeypatch.setattr(images, "_configured_limit", images._configured_limit)
+    with warnings.catch_warnings():
+        yield images
+
+
+def test_pillow_guard_stays_on_by_default() -> None:
+    from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit
+
+    assert Image.MAX_IMAGE_PIXELS is not None
+    assert pixel_limit() == 2 * Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_IMAGE_PIXELS
+
+
+@pytest.mark.parametrize("limit", [10_000, 10_001])
+def test_configured_limit_is_enforced_by_pillow_itself(pixel_state, limit: int) -> None:  # type: ignore[no-untyped-def]
+    pixel_state.configure_pixel_limit(limit)
+    assert pixel_state.pixel_limit() == limit
+    big = _encode(Image.new("RGB", (101, 101)), "PNG")  # 10,201 pixels
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(big))  # any code in the process, not only ours
+    with pytest.raises(ImageDecodeError, match=r"too large: .*10,20[01]"):
+        decode_image(big)
+    exact = _encode(Image.new("RGB", (limit, 1)), "PNG")  # at the limit: accepted by both
+    assert decode_image(exact).size == (limit, 1)
+    above = _encode(Image.new("RGB", (limit + 1, 1)), "PNG")
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(above)
+
+
+def test_a_call_may_lower_the_limit_never_raise_it(pixel_state) -> None:  # type: ignore[no-untyped-def]
+    from img_search.errors import InvalidInputError
+
+    pixel_state.configure_pixel_limit(50_000)
+    data = _encode(Image.new("RGB", (300, 100)), "PNG")
+    assert decode_image(data, max_image_pixels=50_000).size == (300, 100)
+    with pytest.raises(ImageDecodeError, match="too large: 300x100 = 30,000 pixels exceeds the limit of 20,000"):
+        decode_image(data, max_image_pixels=20_000)
+    with pytest.raises(InvalidInputError, match="above the process-wide pixel limit of 50,000") as err:
+        decode_image(data, max_image_pixels=50_001)
+    assert not isinstance(err.value, ImageDecodeError)  # a usage error, not a bad file
+    for bad in (0, -5, 2.5, True, "100"):
+        with pytest.raises(InvalidInputError, match=">= 1"):
+            decode_image(data, max_image_pixels=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match=">= 1"):
+            pixel_state.configure_pixel_limit(bad)
+
+
+def test_bomb_warning_raised_as_error_becomes_a_reason(pixel_state) -> None:  # type: ignore[no-untyped-def]
+    import warnings
+
+    pixel_state.configure_pixel_limit(20_000)  # Pillow warns above 10,000 pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)  # as `python -W error` would
+    with pytest.raises(ImageDecodeError, match="too large: 12,000 pixels is above Pillow's warning threshold"):
+        decode_image(_encode(Image.new("RGB", (120, 100)), "PNG"))
+
+
+def test_decoding_in_threads_never_touches_the_global(pixel_state) -> None:  # type: ignore[no-untyped-def]
+    import sys
+    import types
+    from concurrent.futures import ThreadPoolExecutor
+
+    pixel_state.configure_pixel_limit(1_000_000)
+    writes: list[str] = []
+
+    class Watched(types.ModuleType):
+        def __setattr__(self, name: str, value: object) -> None:
+            if name != "__class__":  # the test's own restoring of the module
+                writes.append(name)
+            super().__setattr__(name, value)
+
+    pil_image = sys.modules["PIL.Image"]
+    small, large = _encode(pattern(1, (40, 30)), "PNG"), _encode(pattern(2, (400, 300)), "JPEG")
+
+    def work(i: int) -> str:
+        limit = 10_000 if i % 2 else None
+        try:
+            return str(decode_image(large, max_image_pixels=limit).size)
+        except ImageDecodeError as exc:
+            return str(exc)[:9] + str(decode_image(small, max_image_pixels=limit).size)
+
+    pil_image.__class__ = Watched
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(64)))
+    finally:
+        pil_image.__class__ = types.ModuleType
+    assert writes == []
+    assert Image.MAX_IMAGE_PIXELS == 500_000
+    assert results == ["(400, 300)", "too large(40, 30)"] * 32
