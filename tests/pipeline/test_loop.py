@@ -119,9 +119,11 @@ class Run:
         self.sinks: list[RecordingSink] = []
         self.sink_fails_at = sink_fails_at
         self.workers_at_sink: list[psutil.Process] = []
+        self._children_before = {p.pid for p in psutil.Process().children()}
 
     def make_sink(self) -> RecordingSink:
-        self.workers_at_sink = psutil.Process().children()
+        # processes forked by this run only (earlier tests may have left children of their own)
+        self.workers_at_sink = [p for p in psutil.Process().children() if p.pid not in self._children_before]
         self.sinks.append(RecordingSink(self.log, self.sink_fails_at))
         return self.sinks[-1]
 
