@@ -93,15 +93,26 @@ def check_excludes(excludes: Iterable[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ExcludeRules:
-    """Compiled exclude patterns; paths are relative to the indexed folder, '/'-separated."""
+    """Compiled exclude patterns; paths are relative to the indexed folder, '/'-separated.
 
-    spec: pathspec.GitIgnoreSpec | None
+    Folders are matched against every pattern; files only against the patterns that can name a file (no
+    trailing slash): a folder-only pattern acts by pruning the folder, so files never need testing against it.
+    That keeps a walk of 10,000 files with the default list (all folder-only but ``._*``) about as fast as one
+    without it.
+    """
+
+    dirs: pathspec.GitIgnoreSpec | None
+    files: pathspec.GitIgnoreSpec | None
 
     def excludes_dir(self, rel: str) -> bool:
-        return self.spec is not None and self.spec.match_file(rel + "/")
+        return self.dirs is not None and self.dirs.match_file(rel + "/")
 
     def excludes_file(self, rel: str) -> bool:
-        return self.spec is not None and self.spec.match_file(rel)
+        return self.files is not None and self.files.match_file(rel)
+
+
+def _spec(lines: list[str]) -> pathspec.GitIgnoreSpec | None:
+    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
 
 def compile_excludes(excludes: Iterable[str] = (), *, default_excludes: bool = True) -> ExcludeRules:
@@ -110,4 +121,4 @@ def compile_excludes(excludes: Iterable[str] = (), *, default_excludes: bool = T
     Raises InvalidInputError for an empty or malformed pattern.
     """
     lines = [*(DEFAULT_EXCLUDES if default_excludes else ()), *(_as_pattern(p) for p in check_excludes(excludes))]
-    return ExcludeRules(pathspec.GitIgnoreSpec.from_lines(lines) if lines else None)
+    return ExcludeRules(_spec(lines), _spec([line for line in lines if not line.rstrip().endswith("/")]))
