@@ -370,3 +370,233 @@ def test_qdrant_edge_saves_in_place(data: dict[str, np.ndarray], tmp_path: Path)
     np.testing.assert_array_equal(again.search(data["queries"][:5], K)[0], before[0])
     again.remove(data["ids"][:10])
     assert len(again) == 490
+
+
+# ---------------------------------------------------------------------------------------------- every k
+def _tight(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors crowded around one direction (cosine ~0.9 between any two): the hard case for graph walks."""
+    rng = np.random.default_rng(11)
+    centre = rng.standard_normal(DIM)
+    return _unit(centre + 0.05 * rng.standard_normal((n, DIM))), _unit(centre + 0.05 * rng.standard_normal((5, DIM)))
+
+
+def _check_full_rows(ids: np.ndarray, scores: np.ndarray, k: int, live: np.ndarray, label: str) -> None:
+    """Every row: min(k, |live|) distinct live ids, best first, then padding only."""
+    want = min(k, live.size)
+    assert ids.shape == scores.shape == (ids.shape[0], k), label
+    for row, (found, sc) in enumerate(zip(ids, scores, strict=True)):
+        hits = found[:want]
+        assert (hits >= 0).all(), f"{label}: row {row} holds {(found >= 0).sum()} ids, wants {want}"
+        assert np.unique(hits).size == want, f"{label}: row {row} repeats ids"
+        assert np.isin(hits, live).all(), f"{label}: row {row} returns ids that are not live"
+        assert (found[want:] == -1).all() and np.isneginf(sc[want:]).all(), label
+        assert (np.diff(sc[:want]) <= 1e-5).all(), f"{label}: row {row} not best first"
+
+
+@pytest.mark.parametrize("shape", ["clustered", "tight"])
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_large_k_returns_every_live_vector(case: Case, shape: str, data: dict[str, np.ndarray]) -> None:
+    """k = 5 %, 70 %, 100 % and more than n of the collection, before and after removals: min(k, n) hits each."""
+    if shape == "clustered":
+        ids, vectors, queries = data["ids"], data["vectors"], data["queries"][:5]
+    else:
+        vectors, queries = _tight(N)
+        ids = data["ids"]
+    index = create_index(case.backend, dim=DIM, **case.params)
+    index.add(ids, vectors)
+    live = ids
+    for stage in ("built", "after removals"):
+        n = live.size
+        for k in (n // 20, int(0.7 * n), n, n + 7):
+            found, scores = index.search(queries, k)
+            _check_full_rows(found, scores, k, live, f"{case.id} {shape} {stage} k={k} of {n}")
+        if stage == "built":
+            if not index.supports_remove:
+                break
+            drop = ids[::3]
+            index.remove(drop)
+            live = ids[~np.isin(ids, drop)]
+            assert len(index) == live.size
+
+
+# ---------------------------------------------------------------------------------------------- readers
+def _snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every file and directory under ``root``: sha256 (files), size and mtime (ns)."""
+    import hashlib
+
+    out = {}
+    for item in sorted(root.rglob("*")):
+        st = item.lstat()
+        digest = hashlib.sha256(item.read_bytes()).hexdigest() if item.is_file() else "dir"
+        out[str(item.relative_to(root))] = (digest, st.st_size if item.is_file() else 0, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def separated() -> dict[str, Any]:
+    """200 well-separated clusters of 10 near-identical unit vectors (ids 10c .. 10c + 9), and changes to apply.
+
+    Random centres in 64-d sit at cosine 0 +- 0.13 from each other, a cluster's points at ~0.95 from its centre, so
+    the top 10 of a query at a centre is that cluster's 10 ids for any backend, quantised or not.
+    """
+    rng = np.random.default_rng(5)
+    n_clusters, per = 200, 10
+    centres = _unit(rng.standard_normal((n_clusters + 4, DIM)))
+
+    def around(c: int, n: int = per) -> np.ndarray:
+        return _unit(centres[c] + 0.04 * rng.standard_normal((n, DIM)))
+
+    ids = np.arange(n_clusters * per, dtype=np.int64)
+    vectors = np.concatenate([around(c) for c in range(n_clusters)])
+    # the changes, cluster by cluster: 0 removed; 1 replaced (same ids, vectors at the new centre 200);
+    # 2 half removed and topped up by 5 new ids near its centre; new clusters at 201 (kept) and 202 (removed again)
+    changes = {
+        "removed_base": ids[0:10],
+        "replaced": (ids[10:20], around(n_clusters)),
+        "half_removed": ids[20:25],
+        "topped_up": (np.arange(5000, 5005, dtype=np.int64), around(2, 5)),
+        "new": (np.arange(6000, 6010, dtype=np.int64), around(n_clusters + 1)),
+        "new_removed": (np.arange(7000, 7010, dtype=np.int64), around(n_clusters + 2)),
+    }
+    # queries at centres whose top 10 is unambiguous after the changes, and at centres that lost their ids
+    clear = centres[[n_clusters, 2, n_clusters + 1, 3, 50, 199]]
+    emptied = centres[[0, 1, n_clusters + 2]]
+    return {"ids": ids, "vectors": vectors, "changes": changes, "clear": clear, "emptied": emptied}
+
+
+def _apply_changes(index: Any, changes: dict[str, Any]) -> None:
+    """The same edits through the VectorIndex interface, as the store makes them (remove, then add)."""
+    index.remove(changes["removed_base"])
+    index.add(*changes["replaced"])
+    index.remove(changes["half_removed"])
+    index.add(*changes["topped_up"])
+    index.add(*changes["new"])
+    index.add(*changes["new_removed"])
+    index.remove(changes["new_removed"][0][::2])
+    index.remove(changes["new_removed"][0][1::2])
+
+
+def _expected(sep: dict[str, Any]) -> ExactIndex:
+    exact = ExactIndex(dim=DIM)
+    exact.add(sep["ids"], sep["vectors"])
+    _apply_changes(exact, sep["changes"])
+    return exact
+
+
+def _check_reader(reader: VectorIndex, sep: dict[str, Any], label: str) -> None:
+    exact = _expected(sep)
+    assert len(reader) == len(exact), label
+    gone = np.concatenate([sep["changes"]["removed_base"], sep["changes"]["half_removed"],
+                           sep["changes"]["new_removed"][0]])
+    got, _ = reader.search(sep["clear"], K)
+    want, _ = exact.search(sep["clear"], K)
+    for row, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert set(g.tolist()) == set(w.tolist()), f"{label}: query {row}: {sorted(g)} != exact {sorted(w)}"
+    for k in (K, 3 * K, len(exact), len(exact) + 5):
+        ids, scores = reader.search(np.concatenate([sep["clear"], sep["emptied"]]), k)
+        _check_full_rows(ids, scores, k, exact.ids, f"{label}: reader k={k}")
+        assert not np.isin(ids, gone).any(), f"{label}: a removed id came back (k={k})"
+    # the replaced ids are found at their new vectors, not at their old ones
+    top, _ = reader.search(sep["clear"][:1], K)
+    assert set(top[0].tolist()) == set(sep["changes"]["replaced"][0].tolist()), label
+
+
+def _open_separated_reader(case: Case, path: Path) -> VectorIndex:
+    """open_reader at the case's high-recall setting (graph walks over 10-point clusters can miss one at M = 8)."""
+    from img_search.index import open_reader
+
+    reader = open_reader(case.backend, path)
+    if case.sweep is not None:
+        reader.set_search_params(**{case.sweep[0]: case.sweep[2]})
+    return reader
+
+
+def _build_separated(case: Case, sep: dict[str, Any]) -> VectorIndex:
+    index = create_index(case.backend, dim=DIM, **case.params)
+    index.add(sep["ids"], sep["vectors"])
+    return index
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_reader_never_writes_the_saved_index(case: Case, separated: dict[str, Any], tmp_path: Path) -> None:
+    """open_reader + changes + searches + drop: every saved file byte-identical, none added or removed."""
+    import gc
+
+
+    saved = tmp_path / "idx"
+    index = _build_separated(case, separated)
+    index.save(saved)
+    if hasattr(index, "close"):
+        index.close()
+    del index
+    gc.collect()
+    before = _snapshot(tmp_path)
+    reader = _open_separated_reader(case, saved)
+    _apply_changes(reader, separated["changes"])
+    _check_reader(reader, separated, case.id)
+    del reader
+    gc.collect()
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_read_only_load_refuses_changes(case: Case, separated: dict[str, Any], tmp_path: Path) -> None:
+    from img_search.index import ReadOnlyIndexError
+
+    index = _build_separated(case, separated)
+    index.save(tmp_path / "idx")
+    if hasattr(index, "close"):
+        index.close()
+    loaded = load_index(case.backend, tmp_path / "idx", readonly=True)
+    assert len(loaded) == separated["ids"].size
+    with pytest.raises(ReadOnlyIndexError):
+        loaded.add(np.array([9999]), separated["vectors"][:1])
+    with pytest.raises(ReadOnlyIndexError):
+        loaded.remove(separated["ids"][:1])
+    with pytest.raises(ReadOnlyIndexError):
+        loaded.save(tmp_path / "elsewhere")
+    reader = _open_separated_reader(case, tmp_path / "idx")
+    with pytest.raises(ReadOnlyIndexError):
+        reader.save(tmp_path / "elsewhere")
+
+
+@pytest.fixture(scope="module")
+def ro_mount(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """(source dir, read-only bind mount of it); skipped where mounting is not permitted (not root, no CAP)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("needs root and mount(8) for a read-only bind mount")
+    src, ro = tmp_path_factory.mktemp("ro_src"), tmp_path_factory.mktemp("ro_view")
+    try:
+        subprocess.run(["mount", "--bind", str(src), str(ro)], check=True, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"bind mount not permitted here: {exc.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True, capture_output=True)
+        probe = ro / "probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")
+        yield src, ro
+    finally:
+        # lazy: a reader still referenced by a failed test's traceback must not keep the mount alive
+        subprocess.run(["umount", "--lazy", str(ro)], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_reader_on_read_only_filesystem(case: Case, separated: dict[str, Any], ro_mount: Any) -> None:
+    """The saved index on a read-only mount: open_reader, changes and searches work, and match exact search."""
+    import gc
+
+
+    src, ro = ro_mount
+    index = _build_separated(case, separated)
+    index.save(src / case.id)
+    if hasattr(index, "close"):
+        index.close()
+    reader = _open_separated_reader(case, ro / case.id)
+    _apply_changes(reader, separated["changes"])
+    _check_reader(reader, separated, f"{case.id} (read-only mount)")
+    del reader
+    gc.collect()
