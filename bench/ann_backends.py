@@ -11,6 +11,14 @@ ground truth and batch throughput (all queries in one ``search`` call, best of s
 is the fastest one with recall@10 >= 0.95 ("not reached" otherwise). At that setting the wrapper's ``search`` and
 the raw library call (same built index, same queries already in the form the library wants, e.g. normalised for
 faiss) are timed alternately in the same process (best of 3-7 runs each), and the throughput ratio is reported.
+The **single-query** ratio (what a service sees: one query per call) is measured at that setting too: each pass runs
+every query once through the wrapper and once through the library's own single-query call, the two calls
+interleaved query by query with their order alternating (whichever call runs first after Python work pays for
+waking the library's threads: measured, that alone moved faiss HNSW's ratio between 0.36 and 1.67); the ratio of
+the pass totals is reported, median of ``SINGLE_PASSES`` passes.
+
+``--data minilm`` runs the same measurements on real text embeddings instead (``ann_data.load_minilm``: 384-d
+all-MiniLM-L6-v2 vectors of docstring sentences from installed packages; results land in ``ann_minilm_<n>_*.json``).
 
 Each config runs in its own subprocess (a crash or a memory-hungry library cannot spoil the others), writing
 ``bench/results/ann_<n>_<config>.json``. Numbers are from a shared 2-core machine: absolute figures are noisy;
@@ -50,6 +58,9 @@ PLOT = ROOT / "docs" / "ann_backends_recall_qps.png"
 K = 10
 TARGET = 0.95
 CHUNK = 100_000
+SINGLE_PASSES = 7  # single-query passes per config (the median is reported)
+SINGLE_PASS_SECONDS = 1.5  # queries per pass are chosen so one pass of wrapper calls takes about this long
+DATA_SOURCES = ("synthetic", "minilm")
 
 EF = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
 NPROBE = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -66,8 +77,12 @@ class Config:
 
 
 def _scaled(n: int) -> dict[str, Any]:
-    """Size-dependent parameters: IVF lists and ScaNN leaves grow with the collection."""
-    return {"nlist": 1024 if n <= 200_000 else 2048, "leaves": 400 if n <= 200_000 else 2000}
+    """Size-dependent parameters: IVF lists and ScaNN leaves grow with the collection; below 40k vectors IVF gets the
+    largest power of two of lists that faiss can still train with 39 points each (512 at 20k)."""
+    nlist = 1024 if n <= 200_000 else 2048
+    while nlist * 39 > n and nlist > 1:
+        nlist //= 2
+    return {"nlist": nlist, "leaves": 400 if n <= 200_000 else 2000}
 
 
 def configs(n: int) -> dict[str, Config]:
@@ -135,6 +150,9 @@ def _raw_scann(index: Any, q: np.ndarray) -> Callable[[], Any]:
     searcher, qn = index.raw_index, _unit(q)
     kwargs = {"final_num_neighbors": K, "leaves_to_search": index.leaves_to_search,
               "pre_reorder_num_neighbors": max(index.reorder, K)}
+    if q.shape[0] == 1:  # ScaNN's own single-query call
+        row = qn[0]
+        return lambda: searcher.search(row, **kwargs)
     return lambda: searcher.search_batched_parallel(qn, **kwargs)
 
 
@@ -143,6 +161,9 @@ def _raw_qdrant_edge(index: Any, q: np.ndarray) -> Callable[[], Any]:
 
     shard, params = index.raw_index, index._params
     rows = list(q)
+    if q.shape[0] == 1:  # Edge's own single-query call
+        row = rows[0]
+        return lambda: shard.query(qe.QueryRequest(query=qe.Query.Nearest(row), limit=K, params=params))
     return lambda: shard.query_batch(
         qe.QueryBatchRequest([qe.QueryRequest(query=qe.Query.Nearest(r), limit=K, params=params) for r in rows])
     )
@@ -198,9 +219,56 @@ def _time(fn: Callable[[], Any], reps: int) -> list[float]:
     return out
 
 
-def run_one(name: str, n: int, n_queries: int, cache: Path) -> dict[str, Any]:
+def single_query_ratio(index: Any, raw: Callable[[Any, np.ndarray], Callable[[], Any]], queries: np.ndarray,
+                       n_queries: int, passes: int = SINGLE_PASSES) -> dict[str, Any]:
+    """Wrapper vs raw library, one query per call, calls interleaved query by query (alternating which goes first).
+
+    Returns the per-pass ratios (raw time / wrapper time = wrapper q/s / raw q/s), their median, and the median
+    per-call times in microseconds.
+    """
+    rows = [np.ascontiguousarray(queries[i : i + 1]) for i in range(n_queries)]
+    raw_calls = [raw(index, r) for r in rows]
+    for i in range(min(20, n_queries)):  # warm both paths
+        index.search(rows[i], K)
+        raw_calls[i]()
+    clock = time.perf_counter
+    ratios, w_us, r_us = [], [], []
+    for _ in range(passes):
+        tw = tr = 0.0
+        for i in range(n_queries):
+            if i % 2 == 0:
+                t0 = clock()
+                index.search(rows[i], K)
+                t1 = clock()
+                raw_calls[i]()
+                t2 = clock()
+                tw += t1 - t0
+                tr += t2 - t1
+            else:
+                t0 = clock()
+                raw_calls[i]()
+                t1 = clock()
+                index.search(rows[i], K)
+                t2 = clock()
+                tr += t1 - t0
+                tw += t2 - t1
+        ratios.append(tr / tw)
+        w_us.append(tw / n_queries * 1e6)
+        r_us.append(tr / n_queries * 1e6)
+    return {"ratio": float(np.median(ratios)), "ratios": ratios, "n_queries": n_queries, "passes": passes,
+            "wrapper_us": float(np.median(w_us)), "raw_us": float(np.median(r_us))}
+
+
+def load_data(source: str, n: int, n_queries: int, cache: Path) -> dict[str, Any]:
+    """base (n, d), queries, exact top-100 ids for the named data source."""
+    if source == "minilm":
+        return ann_data.load_minilm(n, n_queries, cache)
+    return ann_data.load(ann_data.Spec(n=n, n_queries=n_queries), cache)
+
+
+def run_one(name: str, n: int, n_queries: int, cache: Path, source: str = "synthetic") -> dict[str, Any]:
     cfg = configs(n)[name]
-    data = ann_data.load(ann_data.Spec(n=n, n_queries=n_queries), cache)
+    data = load_data(source, n, n_queries, cache)
     base, queries, gt = data["base"], data["queries"], data["gt_ids"]
     if cfg.max_queries:
         queries, gt = queries[: cfg.max_queries], gt[: cfg.max_queries]
@@ -260,9 +328,14 @@ def run_one(name: str, n: int, n_queries: int, cache: Path) -> dict[str, Any]:
         overhead = {"wrapper_qps": w_qps, "raw_qps": r_qps, "ratio": w_qps / r_qps,
                     "wrapper_times": w_times, "raw_times": r_times}
         logger.info("%s: wrapper %.0f q/s, raw %.0f q/s, ratio %.3f", name, w_qps, r_qps, w_qps / r_qps)
+        n_one = int(min(nq, max(50, SINGLE_PASS_SECONDS / max(latency["p50_ms"] * 1e-3, 1e-6))))
+        overhead["single"] = single_query_ratio(index, RAW[cfg.raw], queries, n_one)
+        one = overhead["single"]
+        logger.info("%s: single query: wrapper %.1f us, raw %.1f us, ratio %.3f (median of %d passes over %d)",
+                    name, one["wrapper_us"], one["raw_us"], one["ratio"], one["passes"], n_one)
 
     return {
-        "config": name, "backend": cfg.backend, "params": cfg.params, "note": cfg.note, "n": n,
+        "config": name, "backend": cfg.backend, "params": cfg.params, "note": cfg.note, "n": n, "data": source,
         "dim": int(base.shape[1]), "n_queries": nq, "build_s": build_s, "memory_bytes": memory,
         "rss_anon_delta": rss_delta, "sweep": sweep, "reached": bool(reached), "chosen": chosen,
         "latency": latency, "overhead": overhead, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
@@ -419,14 +492,15 @@ def cmd_updates_one(args: argparse.Namespace) -> None:
     args.out.write_text(json.dumps(result, indent=1))
 
 
-def _result_path(folder: Path, n: int, name: str) -> Path:
-    return folder / f"ann_{n}_{name}.json"
+def _result_path(folder: Path, n: int, name: str, source: str = "synthetic") -> Path:
+    prefix = "ann" if source == "synthetic" else f"ann_{source}"
+    return folder / f"{prefix}_{n}_{name}.json"
 
 
 def cmd_one(args: argparse.Namespace) -> None:
-    result = run_one(args.config, args.n, args.queries, args.cache)
+    result = run_one(args.config, args.n, args.queries, args.cache, args.data)
     args.results.mkdir(parents=True, exist_ok=True)
-    _result_path(args.results, args.n, args.config).write_text(json.dumps(result, indent=1))
+    _result_path(args.results, args.n, args.config, args.data).write_text(json.dumps(result, indent=1))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -434,10 +508,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     unknown = set(names) - set(configs(args.n))
     if unknown:
         raise SystemExit(f"unknown config(s) {sorted(unknown)}; valid: {', '.join(configs(args.n))}")
-    ann_data.load(ann_data.Spec(n=args.n, n_queries=args.queries), args.cache)  # generate + ground truth once
+    load_data(args.data, args.n, args.queries, args.cache)  # generate (or embed) + ground truth once
     for name in names:
         cmd = [sys.executable, __file__, "one", "--config", name, "--n", str(args.n), "--queries",
-               str(args.queries), "--cache", str(args.cache), "--results", str(args.results)]
+               str(args.queries), "--cache", str(args.cache), "--results", str(args.results), "--data", args.data]
         logger.info("running %s", " ".join(cmd[1:]))
         t0 = time.perf_counter()
         try:
@@ -448,8 +522,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         logger.info("%s: %s in %.0fs", name, status, time.perf_counter() - t0)
         if status != "ok":
             args.results.mkdir(parents=True, exist_ok=True)
-            _result_path(args.results, args.n, name).write_text(
-                json.dumps({"config": name, "n": args.n, "failed": status})
+            _result_path(args.results, args.n, name, args.data).write_text(
+                json.dumps({"config": name, "n": args.n, "data": args.data, "failed": status})
             )
 
 
@@ -465,21 +539,24 @@ def _fmt_params(params: dict[str, Any]) -> str:
 def _table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| config | build (s) | memory_bytes (MB) | RSS anon (MB) | setting reaching recall@10 >= 0.95 "
-        "| recall@10 | batch q/s | 1-query p50 / p99 (ms) | wrapper / raw q/s |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| recall@10 | batch q/s | 1-query p50 / p99 (ms) | wrapper / raw, batch q/s "
+        "| wrapper / raw, 1 query per call (us) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if "failed" in r:
-            lines.append(f"| {r['config']} | - | - | - | did not run: {r['failed']} | - | - | - | - |")
+            lines.append(f"| {r['config']} | - | - | - | did not run: {r['failed']} | - | - | - | - | - |")
             continue
         c = r["chosen"]
         setting = _fmt_params(c["params"]) if r["reached"] else f"**not reached** (best: {_fmt_params(c['params'])})"
         ov, lat = r["overhead"], r.get("latency")
         ratio = f"{ov['ratio']:.3f} ({ov['wrapper_qps']:.0f} / {ov['raw_qps']:.0f})" if ov else "-"
         latency = f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "-"
+        one = (ov or {}).get("single")
+        single = f"**{one['ratio']:.3f}** ({one['raw_us']:.1f} / {one['wrapper_us']:.1f})" if one else "-"
         lines.append(
             f"| {r['config']} | {r['build_s']:.1f} | {r['memory_bytes'] / 1e6:.0f} | {r['rss_anon_delta'] / 1e6:.0f} "
-            f"| {setting} | {c['recall']:.3f} | {c['qps']:.0f} | {latency} | {ratio} |"
+            f"| {setting} | {c['recall']:.3f} | {c['qps']:.0f} | {latency} | {ratio} | {single} |"
         )
     return lines
 
@@ -528,17 +605,20 @@ TABLE_START, TABLE_END = "<!-- ann-backends:table:start -->", "<!-- ann-backends
 
 def cmd_report(args: argparse.Namespace) -> None:
     results = [json.loads(p.read_text()) for p in sorted(args.results.glob("ann_*.json"))]
-    by_n: dict[int, list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in results:
-        by_n.setdefault(int(r["n"]), []).append(r)
+        groups.setdefault((r.get("data", "synthetic"), int(r["n"])), []).append(r)
     order = list(configs(100_000))
+    titles = {"synthetic": "vectors x 768", "minilm": "real text embeddings x 384 (all-MiniLM-L6-v2)"}
     lines = [TABLE_START, ""]
-    for n in sorted(by_n):
-        rows = sorted(by_n[n], key=lambda r: order.index(r["config"]) if r["config"] in order else 99)
-        by_n[n] = rows
+    by_n: dict[int, list[dict[str, Any]]] = {}
+    for source, n in sorted(groups, key=lambda key: (DATA_SOURCES.index(key[0]), key[1])):
+        rows = sorted(groups[source, n], key=lambda r: order.index(r["config"]) if r["config"] in order else 99)
+        if source == "synthetic":
+            by_n[n] = rows
         nq = next((r["n_queries"] for r in rows if "n_queries" in r), 0)
-        lines += [f"**{_fmt_n(n)} vectors x 768** ({nq} queries, k = 10; generated by `bench/ann_backends.py report`)",
-                  "", *_table(rows), ""]
+        lines += [f"**{_fmt_n(n)} {titles[source]}** ({nq} queries, k = 10; generated by "
+                  "`bench/ann_backends.py report`)", "", *_table(rows), ""]
     lines += ["![recall@10 vs queries/s](ann_backends_recall_qps.png)", "", TABLE_END]
     _plot(by_n)
     text = DOC.read_text() if DOC.exists() else "# Performance\n"
@@ -564,6 +644,9 @@ def main() -> None:
         p.add_argument("--n", type=int, default=100_000)
         p.add_argument("--queries", type=int, default=1_000)
         p.add_argument("--cache", type=Path, default=ann_data.DEFAULT_CACHE)
+        if name in ("run", "one"):
+            p.add_argument("--data", choices=DATA_SOURCES, default="synthetic",
+                           help="synthetic (ann_data.load) or minilm (real text embeddings, ann_data.load_minilm)")
         if name == "run":
             p.add_argument("--configs", default="all", help="comma-separated config names, or 'all'")
             p.add_argument("--timeout", type=int, default=3600, help="seconds per config")

