@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 
 from img_search import __version__
@@ -32,6 +31,9 @@ from img_search.errors import EXIT_INTERRUPTED, EXIT_USAGE, ImageDecodeError, Im
 from img_search.settings import DEFAULT_MODEL, DEFAULTS, DEVICES_HELP, DTYPES, Settings, load_settings
 
 logger = logging.getLogger("img_search")
+
+# Typer >= 0.20 vendors its own click; its usage errors derive from the UsageError that BadParameter derives from
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 app = typer.Typer(
     name="img-search",
@@ -446,16 +448,20 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="img-search", standalone_mode=False)
-    except click.UsageError as exc:
-        where = f"img-search {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "img-search --help"
-        if exc.ctx and exc.ctx.parent and exc.ctx.parent.info_name:
-            where = f"{exc.ctx.parent.info_name} {exc.ctx.info_name} --help"
-        message = " ".join(exc.format_message().split())
+    except _UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())  # `img-search` or `img-search index` alone: the help, as click shows it
+            sys.exit(EXIT_USAGE)
+        where = "img-search --help"
+        if ctx is not None and ctx.parent is not None:
+            where = f"img-search {ctx.info_name} --help"
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         typer.echo(f"error: {message} (see `{where}`)", err=True)
         sys.exit(EXIT_USAGE)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)

@@ -112,7 +112,7 @@ def test_backend_override_and_saved_index(indexed: dict[str, str]) -> None:
     assert info["models"][0]["search_index"]["backend"] == "exact"
     assert info["models"][0]["search_index"]["vectors"] == 13
     bad = cli("search", "a boat", "--backend", "annoy", env=indexed, check=False)
-    assert bad.returncode == 1 and "valid:" in bad.stderr
+    assert bad.returncode == 2 and "valid:" in bad.stderr  # a bad option value is a usage error
 
 
 def test_clip_end_to_end_has_cosine_thresholds(photo_dir: Path, tmp_path: Path, tiny_models: dict[str, Path]) -> None:
@@ -123,3 +123,33 @@ def test_clip_end_to_end_has_cosine_thresholds(photo_dir: Path, tmp_path: Path, 
     cut = sorted(h["cosine"] for h in hits)[6]
     kept = json.loads(cli("search", "a red car", "--json", "-n", "12", "--threshold", str(cut), env=env).stdout)
     assert kept and all(h["cosine"] >= cut for h in kept) and len(kept) < 12
+
+
+def test_read_only_index_dir(indexed: dict[str, str], read_only_mount, photo_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The case `readonly_index_dir.sh`: a catalog on read-only media answers info, search and similar as it is;
+    `index` refuses in one line."""
+    ro = read_only_mount(Path(indexed["IMG_SEARCH_INDEX_DIR"]))
+    env = {**indexed, "IMG_SEARCH_INDEX_DIR": str(ro)}
+    data = json.loads(cli("info", "--json", env=env).stdout)
+    assert data["images"] == {"ok": 13, "error": 1} and data["read_only"] is True
+    assert len(json.loads(cli("search", "a dog", "--json", env=env).stdout)) == 10
+    assert len(json.loads(cli("similar", str(photo_dir / "a" / "img01.jpg"), "--json", "-n", "3", env=env).stdout)) == 3
+    proc = cli("index", str(photo_dir), env=env, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "writable --index-dir" in proc.stderr
+
+
+def _peak_rss_kib(*args: str, env: dict[str, str]) -> tuple[int, int]:
+    """(number of hits, peak RSS in KiB) of one `img-search search ... --json` process."""
+    code = ("import json, resource, sys\nfrom img_search.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **env))
+    return len(json.loads(proc.stdout)), int(proc.stderr.strip().splitlines()[-1])
+
+
+def test_huge_limit_returns_what_exists_at_the_same_cost(indexed: dict[str, str]) -> None:
+    n_small, rss_small = _peak_rss_kib("search", "a dog", "--json", "--limit", "10", env=indexed)
+    n_huge, rss_huge = _peak_rss_kib("search", "a dog", "--json", "--limit", "2147483647", env=indexed)
+    assert (n_small, n_huge) == (10, 13)
+    assert rss_huge <= 1.1 * rss_small

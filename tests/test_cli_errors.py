@@ -117,15 +117,15 @@ def test_cuda_on_a_machine_without_it(indexed: dict[str, str], capsys: pytest.Ca
         pytest.skip("this machine has CUDA")
     new = Path(indexed["root"]) / "more"
     make_jpeg(new / "n.jpg", seed=99)
-    code, out, err = run(capsys, "index", str(new), "--index-dir", indexed["idx"], "--model", indexed["model"],
+    code, _out, err = run(capsys, "index", str(new), "--index-dir", indexed["idx"], "--model", indexed["model"],
                          "--device", "cuda", "-q")
     assert code == 1 and err.count("\n") == 1 and "CUDA is not available" in err and "Traceback" not in err
 
 
 def test_huge_limit_returns_what_exists(indexed: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "search", "x", "--index-dir", indexed["idx"], "--limit", "2147483647", "--json")
+    code, out, _ = run(capsys, "search", "x", "--index-dir", indexed["idx"], "--limit", "2147483647", "--json")
     assert code == 0 and len(json.loads(out)) == 6
-    code, out, err = run(capsys, "search", "x", "--index-dir", indexed["idx"], "--threshold", "7", "--json")
+    code, out, _err = run(capsys, "search", "x", "--index-dir", indexed["idx"], "--threshold", "7", "--json")
     assert code == 0 and json.loads(out) == []
 
 

@@ -102,7 +102,7 @@ def test_export_command(indexed: Path, tmp_path: Path, tiny_models: dict[str, Pa
     assert human.returncode == 0 and "wrote 12 vectors to" in human.stdout
 
     bad = cli("export", "--index-dir", str(indexed), "--format", "csv", "-o", str(tmp_path / "x.csv"))
-    assert bad.returncode == 1 and "unknown export format 'csv'; valid names: parquet" in bad.stderr
+    assert bad.returncode == 2 and "unknown export format 'csv'; valid names: parquet" in bad.stderr
     missing = cli("export", "--index-dir", str(tmp_path / "none"), "-o", str(tmp_path / "y.parquet"))
     assert missing.returncode == 1 and "no catalog at" in missing.stderr
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.parquet").exists()

@@ -39,7 +39,7 @@ class CatalogWriter:
         catalog: Catalog | None = None
         try:
             catalog = Catalog(self.catalog_path)
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller by put/close)
+        except BaseException as exc:  # re-raised in the caller by put/close
             logger.error("cannot open the catalog for writing: %s", exc)
             self._error = exc
         try:

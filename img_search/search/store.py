@@ -43,13 +43,7 @@ from numpy.typing import NDArray
 from img_search.catalog import Catalog, ModelRow
 from img_search.errors import CatalogError
 from img_search.files import copy_tree_sparse, fsync_tree, write_atomic
-from img_search.index import BackendUnavailableError, create_index, load_index, resolve_backend
-
-try:  # TEMPORARY until the index layer's read-only reader lands
-    from img_search.index import open_reader  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover
-    def open_reader(name: str, path: Path) -> VectorIndex:  # type: ignore[misc]
-        return load_index(name, path)
+from img_search.index import BackendUnavailableError, create_index, load_index, open_reader, resolve_backend
 from img_search.index.base import VectorIndex
 from img_search.settings import SearchSettings
 

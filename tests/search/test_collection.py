@@ -78,6 +78,28 @@ def test_limit_beyond_the_collection_returns_what_exists(tmp_path: Path) -> None
     assert searcher.search_vectors(q, threshold=1.5)[0] == []  # out of range is served: nothing reaches it
 
 
+def test_huge_limit_costs_what_the_collection_costs(tmp_path: Path) -> None:
+    """Peak memory of a search follows the collection, not --limit (issue 7: at most 1.1x that of limit 10)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    _catalog(tmp_path, rng.standard_normal((100, 64)).astype(np.float32))
+    searcher = _searcher(tmp_path)
+    q = rng.standard_normal((1, 64)).astype(np.float32)
+    searcher.search_vectors(q, limit=100)  # warm caches (per-thread connection, lazy imports)
+
+    def peak(limit: int) -> int:
+        tracemalloc.start()
+        hits = searcher.search_vectors(q, limit=limit)[0]
+        size = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(hits) == min(limit, 100)
+        return size
+
+    assert peak(2**31 - 1) <= 1.1 * max(peak(100), 1)
+    assert peak(2**31 - 1) < 1_000_000  # bytes: nothing sized by the option
+
+
 def test_errors(tmp_path: Path) -> None:
     cat = _catalog(tmp_path, np.eye(3, dtype=np.float32))
     with pytest.raises(CatalogNotFoundError, match="indexed models: m"):
@@ -121,7 +143,7 @@ def test_refresh_picks_up_commits_and_threads_share_a_collection(tmp_path: Path)
             for _ in range(20):
                 hit = searcher.search_vectors(new[i % 5][None, :], limit=1)[0][0]
                 found.append(hit.path)
-        except BaseException as exc:  # noqa: BLE001  (collected and re-raised in the main thread)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]

@@ -185,3 +185,70 @@ def test_reader_on_read_only_bind_mount(tmp_path: Path, read_only_mount) -> None
     reader = Catalog.in_dir(ro, readonly=True)
     index, backend, generation = _store(ro, reader, search).open_reader()
     assert backend == "qdrant_edge" and generation is not None and len(index) == 45
+
+
+def _writer_process(index_dir: str, n_batches: int, seed: int) -> None:
+    """What `index` does, batch after batch: commit vectors to the catalog, then sync the saved index."""
+    from img_search.catalog.lock import IndexLock
+
+    rng = np.random.default_rng(seed)
+    search = SearchSettings(ann_backend="qdrant_edge", ann_threshold=10, params={"qdrant_edge": {
+        "indexing_threshold": 10, "full_scan_threshold": 10}})
+    with IndexLock(Path(index_dir)), Catalog.in_dir(Path(index_dir)) as cat:
+        mid = cat.get_model("m").id  # type: ignore[union-attr]
+        for b in range(n_batches):
+            _add_separated(cat, mid, 1000 + 40 * b, 40, rng)
+            if b % 3 == 2:
+                cat.mark_deleted([f"/p/{1000 + 40 * b}.jpg"])
+            _store(Path(index_dir), cat, search).sync()
+
+
+def _add_separated(cat: Catalog, mid: int, start: int, n: int, rng: np.random.Generator) -> None:
+    """Vectors near one of 64 well-separated directions (orthogonal in 64-d), so ANN and exact agree."""
+    centres = np.eye(64, dtype=np.float32)
+    which = rng.integers(0, 64, n)
+    vecs = centres[which] + 0.05 * rng.standard_normal((n, 64)).astype(np.float32)
+    recs = [ImageRecord(f"/p/{i}.jpg", 1, 1, i.to_bytes(16, "big"), 1, 1) for i in range(start, start + n)]
+    cat.record(recs, model_id=mid, vectors=vecs)
+
+
+def test_searches_during_an_index_run_leave_the_ann_index_exact(tmp_path: Path) -> None:
+    """The case `search_during_index_ann.sh`: readers search while a writer process adds and deletes; afterwards
+    the saved ANN index answers like exact search, and no search ever returned a deleted image."""
+    import multiprocessing as mp
+
+    rng = np.random.default_rng(6)
+    cat = Catalog.in_dir(tmp_path)
+    mid = cat.ensure_model("m", family="siglip", dim=64, logit_scale=1.0, logit_bias=0.0)
+    _add_separated(cat, mid, 0, 300, rng)
+    search = SearchSettings(ann_backend="qdrant_edge", ann_threshold=10, params={"qdrant_edge": {
+        "indexing_threshold": 10, "full_scan_threshold": 10}})
+    _store(tmp_path, cat, search).sync()
+    writer = mp.get_context("spawn").Process(target=_writer_process, args=(str(tmp_path), 15, 7))
+    writer.start()
+    reader = Catalog.in_dir(tmp_path, readonly=True)
+    searches = 0
+    while writer.is_alive() or searches < 3:
+        index, backend, _ = _store(tmp_path, reader, search).open_reader()
+        q = np.eye(64, dtype=np.float32)[searches % 64][None, :]
+        ids = [i for i in index.search(q, 10)[0][0].tolist() if i >= 0]
+        assert len(ids) == 10 and backend == "qdrant_edge"
+        searches += 1
+    writer.join(60)
+    assert writer.exitcode == 0 and searches >= 3
+    index, backend, generation = _store(tmp_path, reader, search).open_reader()
+    assert backend == "qdrant_edge" and generation is not None
+    live = cat.live_entries(mid)[0]
+    assert len(index) == len(live) == 300 + 15 * 40 - 5
+    for centre in range(0, 64, 4):
+        q = np.eye(64, dtype=np.float32)[centre]
+        ann = index.search(q[None, :], 10)[0][0].tolist()
+        assert set(ann) == set(_exact_top_dim(cat, mid, q, 10, 64))
+    deleted = {cat.image(f"/p/{1000 + 40 * b}.jpg").id for b in range(2, 15, 3)}  # type: ignore[union-attr]
+    assert not deleted & set(index.search(np.eye(64, dtype=np.float32), len(index))[0].reshape(-1).tolist())
+
+
+def _exact_top_dim(cat: Catalog, mid: int, q: np.ndarray, k: int, dim: int) -> list[int]:
+    ids, vecs = cat.load_vectors(mid, dim)
+    vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    return ids[np.argsort(-(vecs @ q))[:k]].tolist()
