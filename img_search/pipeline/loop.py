@@ -94,6 +94,7 @@ def run_loop(
             stats.failed.extend(batch.failed)
             progress.advance(len(batch))
     finally:
+        batches.close()  # stop the decode workers now, not when the traceback is freed
         # commit everything already encoded, even when interrupted: a re-run then starts after it
         sink.close()
         stats.seconds = time.monotonic() - t0

@@ -9,7 +9,7 @@ exception. What a source is depends on the caller: a ``FileEntry`` for folders (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -124,7 +124,7 @@ def _die_with_parent(worker_id: int) -> None:
 
 def read_batches(
     dataset: SourceDataset[Any], *, batch_size: int, workers: int, prefetch_batches: int = 2
-) -> Iterator[ReadBatch[Any]]:
+) -> Generator[ReadBatch[Any], None, None]:
     """An iterator of ReadBatches in source order; ``workers=0`` decodes in the calling process.
 
     The worker processes are forked here, eagerly, so callers can start their own threads afterwards.
@@ -143,4 +143,18 @@ def read_batches(
         collate_fn=collate,
         **kwargs,
     )
-    return iter(loader)
+    return _stopping_workers(iter(loader))
+
+
+def _stopping_workers(batches: Iterator[ReadBatch[Any]]) -> Generator[ReadBatch[Any], None, None]:
+    """Yield the loader's batches; on ``close()`` (or exhaustion, or an error) stop its decode workers at once.
+
+    Without this, an interrupted run leaves the workers running until the interrupted frame's traceback is freed.
+    torch offers no public call for it: ``_shutdown_workers`` is what the iterator's own ``__del__`` calls.
+    """
+    try:
+        yield from batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()

@@ -261,8 +261,6 @@ def _still_running(pids: list[int], timeout: float) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
-@pytest.mark.xfail(strict=True, reason="loop.py run_loop's finally closes the sink but not the DataLoader iterator: "
-                   "workers are shut down only when the traceback that holds the loop's frame is freed")
 def test_interrupt_stops_the_workers_before_it_propagates() -> None:
     run = Run(interrupt_at=2)
     try:
