@@ -36,9 +36,7 @@ from img_search.errors import ImageDecodeError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-# Pillow raises DecompressionBombError above 2 x its MAX_IMAGE_PIXELS (89,478,485 by default): ~179 MP. We keep
-# that bound as the default (a 100 MP medium-format photo still indexes); ``configure_pixel_limit`` changes it.
-DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+# the default pixel limit (Pillow's own bomb bound) is a setting: defined once, in settings.py
 HASH_DIGEST_SIZE = 16
 
 # Truncated files must fail, not decode half-grey. (Pillow's default; stated because a library that imports

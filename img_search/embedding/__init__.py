@@ -10,8 +10,7 @@ from typing import Any
 
 from img_search.embedding.base import Encoder, ModelInfo
 from img_search.registry import Registry
-
-DEFAULT_MODEL = "google/siglip-base-patch16-224"
+from img_search.settings import DEFAULT_MODEL
 
 EncoderFactory = Callable[..., Encoder]
 ENCODERS: Registry[EncoderFactory] = Registry("encoder")

@@ -53,6 +53,7 @@ from img_search.pipeline.parquet_writer import (
 )
 from img_search.pipeline.progress import LogProgress, Progress
 from img_search.pipeline.reader import Loaded
+from img_search.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None  # decode processes per rank; None: half the cores, 1-4
     build_attempts: int = DEFAULT_BUILD_ATTEMPTS
     retry_backoff_seconds: float = DEFAULT_RETRY_BACKOFF_SECONDS
@@ -386,8 +387,14 @@ def run_entry(cfg: Any, run: Callable[[Mapping[str, Any]], object]) -> None:
     """Shared by the Hydra entry points: run, and turn library errors into a log line and an exit status."""
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+    from img_search.data.images import configure_pixel_limit
+
     try:
-        run(config_container(cfg))
+        container = config_container(cfg)
+        # Pillow's pixel guard is set once per process, before any image is opened: the largest limit any dataset
+        # of the job asks for (each dataset may still apply a lower one per image)
+        configure_pixel_limit(max(_pixel_limits(container), default=DEFAULT_MAX_IMAGE_PIXELS))
+        run(container)
     except KeyboardInterrupt:
         logger.error("interrupted: every committed part is kept; re-run the same command to continue")
         sys.exit(EXIT_INTERRUPTED)
@@ -401,6 +408,16 @@ def run_entry(cfg: Any, run: Callable[[Mapping[str, Any]], object]) -> None:
     except (ImgSearchError, ValueError) as exc:  # ValueError: e.g. device=cuda on a machine without CUDA
         logger.error("%s: %s", type(exc).__name__, exc)
         sys.exit(EXIT_RUNTIME_ERROR)
+
+
+def _pixel_limits(container: Any) -> list[int]:
+    """Every ``max_image_pixels`` set anywhere in the job's config (dataset configs carry their own)."""
+    if isinstance(container, Mapping):
+        found = [int(v) for k, v in container.items() if k == "max_image_pixels" and isinstance(v, int)]
+        return found + [x for v in container.values() for x in _pixel_limits(v)]
+    if isinstance(container, list | tuple):
+        return [x for v in container for x in _pixel_limits(v)]
+    return []
 
 
 def _main(cfg: Any) -> None:

@@ -26,11 +26,10 @@ from img_search.data.paths import canonical_folder
 from img_search.embedding.base import Encoder
 from img_search.errors import InvalidInputError, ModelNotFoundError, NotFoundError
 from img_search.pipeline.progress import LogProgress, Progress
-from img_search.settings import SearchSettings
+from img_search.settings import DEFAULT_BATCH_SIZE, SearchSettings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 32
 
 
 def default_workers() -> int:

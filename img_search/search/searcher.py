@@ -134,13 +134,16 @@ class Searcher:
     def _image_vector(self, path: str, max_image_pixels: int | None) -> tuple[NDArray[np.float32], int | None]:
         """The query image's vector: the stored one when its bytes are indexed, else embedded now."""
         from img_search.data.images import content_hash, decode_image, read_file
+        from img_search.data.paths import canonical_folder
 
         abspath = os.path.abspath(path)
         if not os.path.lexists(abspath):
             raise NotFoundError(f"{path}: no such file")
         data = read_file(abspath)
         catalog = self.collection.catalog()
-        row = catalog.image(abspath)
+        # the catalog names files under their folder's canonical path (symlinks and bind mounts resolved)
+        folder, name = os.path.split(abspath)
+        row = catalog.image(os.path.join(canonical_folder(folder), name)) or catalog.image(abspath)
         own_id = row.id if row is not None else None
         stored = catalog.vector_for(self.collection.model.id, content_hash(data))
         if stored is not None:

@@ -184,3 +184,15 @@ def test_searcher_calibration_comes_from_the_loaded_model(tmp_path: Path, siglip
     searcher.search_text("anything", limit=1)
     info = siglip_encoder.info
     assert searcher.calibration == Calibration(info.logit_scale, info.logit_bias)
+
+
+def test_similar_through_a_symlinked_folder_leaves_the_file_out(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                                                siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    idx = tmp_path / "idx"
+    index_folders([str(photo_dir)], idx, IndexOptions(model=str(tiny_siglip), workers=0),
+                  encoder_factory=lambda: siglip_encoder)
+    link = tmp_path / "link-to-photos"
+    link.symlink_to(photo_dir, target_is_directory=True)
+    searcher = open_searcher(load_settings(idx), encoder=siglip_encoder)
+    hits = searcher.search_image(str(link / "a" / "img01.jpg"), limit=20)
+    assert len(hits) == 11 and str(photo_dir / "a" / "img01.jpg") not in [h.path for h in hits]
