@@ -179,7 +179,7 @@ def load_minilm(n: int, n_queries: int, cache: Path = DEFAULT_CACHE) -> dict[str
     """
     folder = cache / f"minilm_n{n}_q{n_queries}"
     if not (folder / "gt_ids.npy").exists():
-        sentences = _docstring_sentences(n + n_queries)
+        sentences = _docstring_sentences(n + n_queries)[: n + n_queries]
         if len(sentences) < n + n_queries:
             raise SystemExit(f"the docstring corpus has only {len(sentences)} sentences; ask for fewer")
         order = np.random.default_rng(0).permutation(len(sentences))  # queries and gallery from the same mix

@@ -363,18 +363,18 @@ class FaissIndex:
             q = unit_queries(q)
         if self._buffer is not None:
             return self._buffer.search(q, k)
-        n_live = len(self)
+        # inlined len(self): this path runs once per query of a service
+        n_live = (self._labels.shape[0] - self._n_tombstones) if self._positional else self._ids.shape[0]
         if n_live == 0 or k <= 0:
             return empty_results(q.shape[0], k)
         kk = k if k < n_live else n_live
         if self.method != "flat" and exact_is_cheaper(kk, n_live):
             found, scores = self._search_exhaustive(q, kk)
         else:
-            params = self._search_params_object()
-            if params is None:
-                scores, found = self._index.search(q, kk)
+            if self._n_tombstones:
+                scores, found = self._index.search(q, kk, params=self._search_params_object())
             else:
-                scores, found = self._index.search(q, kk, params=params)
+                scores, found = self._index.search(q, kk)
             rows = short_rows(found, kk)
             if rows is not None:  # the graph walk / the probed lists held fewer than kk live vectors
                 found[rows], scores[rows] = self._search_exhaustive_positions(q[rows], kk)

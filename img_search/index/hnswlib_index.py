@@ -152,7 +152,7 @@ class HnswlibIndex:
             # (small ef on a graph with many deletions): those rows are scored exactly instead.
             ids, scores = self._search_ragged(q, kk)
         else:
-            ids = labels.astype(np.int64)
+            ids = labels.view(np.int64)  # uint64 labels that came in as non-negative int64: same bits, no copy
             scores = 1.0 - distances
         rows = short_rows(ids, kk)
         if rows is not None:

@@ -152,6 +152,8 @@ class ScannIndex:
             kwargs["leaves_to_search"] = min(self.leaves_to_search, self._built_leaves)
             if self.reorder > 0:
                 kwargs["pre_reorder_num_neighbors"] = max(self.reorder, kk)
+        if q.shape[0] == 1:  # ScaNN's own single-query call: no batch set-up
+            return self._searcher.search(q[0], **kwargs)  # type: ignore[no-any-return]
         if q.shape[0] >= _PARALLEL_MIN_QUERIES:
             return self._searcher.search_batched_parallel(q, **kwargs)  # type: ignore[no-any-return]
         return self._searcher.search_batched(q, **kwargs)  # type: ignore[no-any-return]
@@ -172,6 +174,8 @@ class ScannIndex:
         if exact_is_cheaper(kk, n_live):
             return self._store.search(q, k)
         rows, scores = self._raw_search(q, kk)
+        if rows.ndim == 1:  # one query, through ScaNN's single-query call
+            rows, scores = rows[None], scores[None]
         if scores.shape == (q.shape[0], kk) and not np.isnan(scores[:, -1]).any():  # full rows: no masking needed
             ids = self._searcher_ids[rows]
         else:
