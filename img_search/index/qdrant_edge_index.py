@@ -373,12 +373,15 @@ class QdrantEdgeIndex:
             return empty_results(n, k)
         kk = k if k < n_live else n_live
         exact = exact_is_cheaper(kk, n_live)
-        results = self._raw_search(q, kk, self._exact_params if exact else None)
-        if n == 1 and len(results[0]) == kk:  # the common case: one query, a full answer
-            points = results[0]
-            ids = np.array([[p.id for p in points]], dtype=np.int64)
-            scores = np.array([[p.score for p in points]], dtype=np.float32)
-            return (ids, scores) if kk == k else pad_results(ids, scores, k)
+        if n == 1 and not exact:  # the common case, inlined: one query through Edge's single-query call
+            points = self._shard.query(qe.QueryRequest(query=qe.Query.Nearest(q[0]), limit=kk, params=self._params))
+            if len(points) == kk:
+                ids = np.array([[p.id for p in points]], dtype=np.int64)
+                scores = np.array([[p.score for p in points]], dtype=np.float32)
+                return (ids, scores) if kk == k else pad_results(ids, scores, k)
+            results = [points]
+        else:
+            results = self._raw_search(q, kk, self._exact_params if exact else None)
         ids = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         short = self._fill(ids, scores, range(n), results, kk)

@@ -90,6 +90,7 @@ class ScannIndex:
         self._built_leaves = 0
         self._dirty = False
         self._memory_cache: int | None = None
+        self._kwargs_cache: dict[int, dict[str, Any]] = {}
         self._readonly = False
 
     def __len__(self) -> int:
@@ -136,6 +137,7 @@ class ScannIndex:
             ).score_ah(self.dims_per_block, anisotropic_quantization_threshold=self.anisotropic_quantization_threshold)
             if self.reorder > 0:
                 builder = builder.reorder(self.reorder)
+        self._kwargs_cache.clear()
         logger.info("scann: building a searcher over %d vectors", n)
         self._searcher = builder.build()
         self._searcher_ids = self._store.ids.copy()
@@ -144,14 +146,25 @@ class ScannIndex:
         check_search_params(self.name, self.search_params, params)
         for key, value in params.items():
             setattr(self, key, int(value))
+        self._kwargs_cache.clear()
+
+    def _search_kwargs(self, kk: int) -> dict[str, Any]:
+        """ScaNN's search arguments for ``kk`` neighbours at the current settings (cached per kk)."""
+        kwargs = self._kwargs_cache.get(kk)
+        if kwargs is None:
+            kwargs = {"final_num_neighbors": kk}
+            if self._built_leaves:
+                kwargs["leaves_to_search"] = min(self.leaves_to_search, self._built_leaves)
+                if self.reorder > 0:
+                    kwargs["pre_reorder_num_neighbors"] = max(self.reorder, kk)
+            if len(self._kwargs_cache) > 64:  # many distinct k: keep the cache small
+                self._kwargs_cache.clear()
+            self._kwargs_cache[kk] = kwargs
+        return kwargs
 
     def _raw_search(self, q: FloatArray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         """The ScaNN call itself (what a benchmark times as the raw library)."""
-        kwargs: dict[str, Any] = {"final_num_neighbors": kk}
-        if self._built_leaves:
-            kwargs["leaves_to_search"] = min(self.leaves_to_search, self._built_leaves)
-            if self.reorder > 0:
-                kwargs["pre_reorder_num_neighbors"] = max(self.reorder, kk)
+        kwargs = self._search_kwargs(kk)
         if q.shape[0] == 1:  # ScaNN's own single-query call: no batch set-up
             return self._searcher.search(q[0], **kwargs)  # type: ignore[no-any-return]
         if q.shape[0] >= _PARALLEL_MIN_QUERIES:
@@ -173,9 +186,14 @@ class ScannIndex:
         kk = k if k < n_live else n_live
         if exact_is_cheaper(kk, n_live):
             return self._store.search(q, k)
-        rows, scores = self._raw_search(q, kk)
-        if rows.ndim == 1:  # one query, through ScaNN's single-query call
+        if q.shape[0] == 1:  # the common case, inlined: ScaNN's single-query call, which trims what it did not find
+            rows, scores = self._searcher.search(q[0], **self._search_kwargs(kk))
+            if rows.shape[0] == kk and scores[-1] == scores[-1]:  # full and not NaN
+                ids = self._searcher_ids.take(rows)[None]
+                return (ids, scores[None]) if kk == k else pad_results(ids, scores[None], k)
             rows, scores = rows[None], scores[None]
+        else:
+            rows, scores = self._raw_search(q, kk)
         if scores.shape == (q.shape[0], kk) and not np.isnan(scores[:, -1]).any():  # full rows: no masking needed
             ids = self._searcher_ids[rows]
         else:
