@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from img_search.errors import ConfigError
@@ -76,10 +76,55 @@ class ServiceSettings(BaseModel):
     """``[service]``: the HTTP service (issue 10); defined here so it shares precedence and validation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    COLLECTION_NAME: ClassVar[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # the admin routes (/api/v1/admin/*) need this key in the X-API-Key header; unset: they answer 404 (disabled)
+    api_key: SecretStr | None = None
+    # One collection per model (seed 002): the CLIP collection in service and the SigLIP one replacing it. Names,
+    # models and dimensions are the seed's; its open_clip names map to these checkpoints (service/config.py).
+    clip_collection: str = "image_assets"
+    clip_model: str = "openai/clip-vit-base-patch32"  # open_clip ViT-B-32 + openai
+    clip_dim: int = Field(512, ge=1)
+    siglip_collection: str = "image_assets_siglip"
+    siglip_model: str = DEFAULT_MODEL  # open_clip ViT-B-16-SigLIP + webli
+    siglip_dim: int = Field(768, ge=1)
+    # the share of searches routed to SigLIP at start-up (the admin route changes it at run time);
+    # use_siglip is the seed's "full SigLIP mode": the same as 100
+    use_siglip: bool = False
+    siglip_rollout_percentage: float = Field(0.0, ge=0.0, le=100.0)
+    # largest accepted POST /api/v1/search/image request body (the file plus its multipart framing): 20 MiB
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    thumbnail_size: int = Field(256, ge=16, le=4096)  # longest side of a thumbnail, pixels
+    # load every collection's model at start-up (a first text query then answers at full speed)
+    preload_models: bool = True
+
+    @field_validator("clip_collection", "siglip_collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        if not cls.COLLECTION_NAME.match(value):
+            raise ValueError(f"collection names are 1-64 letters, digits, '_', '-' or '.' (got {value!r})")
+        return value
+
+    @field_validator("clip_model", "siglip_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the model name is empty")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or not value.get_secret_value() else value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ServiceSettings:
+        if self.clip_collection == self.siglip_collection:
+            raise ValueError(f"clip_collection and siglip_collection are both {self.clip_collection!r}")
+        return self
 
 
 class Settings(BaseSettings):

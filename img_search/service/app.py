@@ -1,0 +1,179 @@
+"""The FastAPI application: ``create_app(settings)``; nothing is opened or loaded until its lifespan starts.
+
+The lifespan handler opens one warm ``Searcher`` per indexed model (``CollectionRegistry``; models loaded at start
+unless ``service.preload_models`` is off), the rollout state from the settings, the router and the thumbnail
+cache, and keeps them in ``app.state`` for the typed dependencies of ``service.deps``.
+
+Errors: the library's typed errors are translated in ONE handler through ``errors.http_status`` (invalid input
+422, not found 404, conflict 409, unavailable 503); request validation (a bad field, malformed JSON) is a 422, a
+body over the size limit a 413, and every answer, 500 included, is an ``ErrorResponse`` JSON body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from img_search import __version__
+from img_search.errors import (
+    ConflictError,
+    ImgSearchError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+    http_status,
+)
+from img_search.service.collections import CollectionRegistry, Router, SearcherOpener, default_opener
+from img_search.service.rollout import Rollout
+from img_search.service.schemas import MAX_JSON_BODY_BYTES
+from img_search.service.thumbnails import Thumbnails
+from img_search.settings import Settings
+
+logger = logging.getLogger("img_search.service")
+
+API_DESCRIPTION = """Semantic image search over an img-search index directory.
+
+One collection per indexed model; searches without `model` are routed by the SigLIP rollout (sticky per `user_id`
+or `session_key`). Errors are JSON `ErrorResponse` bodies with a stable `error` kind. See docs/SERVICE.md."""
+
+_KIND_NAMES: tuple[tuple[type[ImgSearchError], str], ...] = (
+    (InvalidInputError, "invalid_input"),
+    (NotFoundError, "not_found"),
+    (ConflictError, "conflict"),
+    (UnavailableError, "unavailable"),
+)
+_HTTP_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
+
+
+def error_kind(exc: ImgSearchError) -> str:
+    """The stable ``error`` name of a library error's kind ("internal" for an error of no kind)."""
+    return next((name for kind, name in _KIND_NAMES if isinstance(exc, kind)), "internal")
+
+
+def _error(status: int, kind: str, message: str, details: list[dict[str, Any]] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": kind, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _library_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ImgSearchError)
+    status = http_status(exc)
+    if status >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+        return _error(status, "internal", f"internal error ({type(exc).__name__}: {exc}); see the server log")
+    logger.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+    return _error(status, error_kind(exc), str(exc))
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    kind = err.get("type")
+    if kind == "json_invalid":
+        ctx = err.get("ctx") or {}
+        where = err.get("loc", ())[-1] if err.get("loc") else "?"
+        return f"malformed JSON in the request body: {ctx.get('error', 'cannot be parsed')} (at character {where})"
+    if kind == "string_pattern_mismatch" and loc.endswith("query"):
+        return f"{loc}: the query text is empty (only white space)"
+    if kind == "missing" and loc == "body":
+        return "the request needs a JSON body"
+    return f"{loc}: {err.get('msg', 'invalid value')}"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    details = [{"loc": [str(p) for p in e.get("loc", ())], "type": str(e.get("type")), "message": str(e.get("msg"))}
+               for e in errors]
+    message = "; ".join(_describe(e) for e in errors[:3]) + (f" (and {len(errors) - 3} more)" if len(errors) > 3
+                                                               else "")
+    return _error(422, "invalid_input", message or "invalid request", details)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    kind = _HTTP_KINDS.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    message = str(exc.detail)
+    if status == 413:
+        limit = request.app.state.settings.service.max_upload_bytes
+        message = (f"the request body is too large: uploads may be up to {limit:,} bytes (service.max_upload_bytes),"
+                   f" JSON requests up to {MAX_JSON_BODY_BYTES:,}")
+    elif status == 404 and message == "Not Found":
+        message = f"no such route: {request.method} {request.url.path}"
+    elif status == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    return _error(status, kind, message, headers=dict(exc.headers) if exc.headers else None)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal", f"internal error ({type(exc).__name__}); see the server log")
+
+
+def create_app(settings: Settings, *, opener: SearcherOpener | None = None) -> FastAPI:
+    """The service over ``settings.index_dir``. ``opener`` builds each collection's ``Searcher`` (default
+    ``collections.default_opener``; tests inject searchers with ready encoders). Nothing is opened until the
+    lifespan starts (``with TestClient(app)``, or uvicorn)."""
+    from img_search.service.routes import admin, health, images, search
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from img_search.data.images import configure_pixel_limit
+
+        configure_pixel_limit(settings.max_image_pixels)
+        registry = CollectionRegistry(settings, opener=opener or default_opener)
+        await run_in_threadpool(registry.open)  # loads models: seconds, off the event loop
+        svc = settings.service
+        rollout = Rollout.from_settings(svc.use_siglip, svc.siglip_rollout_percentage)
+        app.state.settings = settings
+        app.state.registry = registry
+        app.state.rollout = rollout
+        app.state.router = Router(registry, rollout)
+        app.state.thumbnails = Thumbnails(settings.index_dir, svc.thumbnail_size)
+        served = ", ".join(f"{s.name} ({s.model.name}, {s.points} points)" for s in registry.served()) or "none"
+        logger.info("serving %s: collections %s; rollout: %s", settings.index_dir, served,
+                    app.state.router.status()["reason"])
+        try:
+            yield
+        finally:
+            registry.close()
+
+    app = FastAPI(
+        title="img-search", version=__version__, description=API_DESCRIPTION, lifespan=lifespan,
+        max_body_size=settings.service.max_upload_bytes,
+        openapi_tags=[
+            {"name": "search", "description": "Text and image queries; routed by the SigLIP rollout."},
+            {"name": "images", "description": "Catalog images: metadata and thumbnails."},
+            {"name": "health", "description": "Status of the index, collections and rollout."},
+            {"name": "admin", "description": "Run-time control; needs the X-API-Key header (404 when no key is "
+                                             "configured)."},
+        ],
+    )
+    app.add_exception_handler(ImgSearchError, _library_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+    for module in (search, images, health, admin):
+        app.include_router(module.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """``uvicorn --factory img_search.service.app:app_from_env``: settings from the environment (and the seed's
+    variables), index directory from ``IMG_SEARCH_INDEX_DIR`` or the default."""
+    from img_search.service.config import load_service_settings
+
+    return create_app(load_service_settings())

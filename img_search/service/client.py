@@ -1,0 +1,163 @@
+"""A small client of a running img-search service, for the CLI's ``--server URL`` / ``IMG_SEARCH_SERVER``.
+
+Every search function returns the hits as the CLI's ``--json`` prints them (``search.collection.Hit.to_dict()``:
+``path``, ``cosine``, ``probability``, ``image_id``, ``width``, ``height``), so a command prints the same with or
+without a server. Errors come back as the library's typed errors (the service's ``error`` kind -> ``NotFoundError``,
+``InvalidInputError``, ``ConflictError``, ``UnavailableError``), so the CLI's exit codes stay the same; no server
+at the URL is an ``UnavailableError``.
+
+``index_dir`` / ``model``: what the command asks for. When given, ``check_server`` first compares them with what
+the server serves (``GET /api/v1/health``) and refuses a mismatch with a ``ConflictError`` naming both. Standard
+library only (``urllib``): the client adds no dependency and no import time to the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any
+
+from img_search.errors import (
+    ConflictError,
+    ImgSearchError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+)
+from img_search.search.collection import DEFAULT_LIMIT, Hit
+from img_search.service.schemas import MAX_LIMIT
+
+DEFAULT_TIMEOUT_S = 60.0  # a first text query on a cold CPU model can take seconds; searches take milliseconds
+_ERRORS: dict[str, type[ImgSearchError]] = {
+    "invalid_input": InvalidInputError, "too_large": InvalidInputError, "bad_request": InvalidInputError,
+    "not_found": NotFoundError, "conflict": ConflictError, "unavailable": UnavailableError,
+}
+
+
+def _url(base: str, path: str, query: dict[str, Any] | None = None) -> str:
+    url = base.rstrip("/") + path
+    params = {k: v for k, v in (query or {}).items() if v is not None}
+    return url + ("?" + urllib.parse.urlencode(params) if params else "")
+
+
+def _call(base: str, method: str, path: str, *, query: dict[str, Any] | None = None, body: bytes | None = None,
+          content_type: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+    request = urllib.request.Request(_url(base, path, query), data=body, method=method)
+    request.add_header("Accept", "application/json")
+    if content_type is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise _translate(base, exc) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UnavailableError(f"no img-search service answers at {base} ({reason}); start one with "
+                               "`img-search serve`, or search without --server / IMG_SEARCH_SERVER") from None
+
+
+def _translate(base: str, exc: urllib.error.HTTPError) -> ImgSearchError:
+    try:
+        payload = json.loads(exc.read())
+        kind, message = str(payload["error"]), str(payload["message"])
+    except (ValueError, KeyError, TypeError):
+        kind, message = "", f"HTTP {exc.code} {exc.reason}"
+    error = _ERRORS.get(kind, UnavailableError if exc.code >= 500 else ImgSearchError)
+    return error(f"{message} (server {base})")
+
+
+def health(url: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """The server's ``GET /api/v1/health`` answer."""
+    answer: dict[str, Any] = _call(url, "GET", "/api/v1/health", timeout=timeout)
+    return answer
+
+
+def check_server(url: str, *, index_dir: str | os.PathLike[str] | None = None, model: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """The server's health, after checking it serves ``index_dir`` (same real path) and ``model`` (a collection
+    name, or a model's Hub id / local path) when they are given. Raises ``ConflictError`` naming both sides."""
+    from img_search.embedding.hf import canonical_model_id
+
+    status = health(url, timeout=timeout)
+    if index_dir is not None:
+        served = str(status.get("index_dir"))
+        if os.path.realpath(os.fspath(index_dir)) != os.path.realpath(served):
+            raise ConflictError(f"the server at {url} serves the index directory {served}, not {index_dir}; drop "
+                                "--server (or IMG_SEARCH_SERVER) or --index-dir")
+    if model is not None:
+        wanted = {model, canonical_model_id(model)}
+        names = {c["name"] for c in status.get("collections", [])} | set(status.get("models", []))
+        if not wanted & names:
+            raise ConflictError(f"the server at {url} does not serve model {model!r} (it serves: "
+                                f"{', '.join(sorted(names)) or 'nothing'}); drop --server or --model")
+    return status
+
+
+def _model_param(model: str | None) -> str | None:
+    if model is None:
+        return None
+    from img_search.embedding.hf import canonical_model_id
+
+    return canonical_model_id(model)  # a relative path means the caller's directory, not the server's
+
+
+def _hits(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    return [Hit(h["path"], h["cosine"], h["probability"], h["id"], h["width"], h["height"]).to_dict()
+            for h in payload["hits"]]
+
+
+def search_text(url: str, query: str, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,
+                model: str | None = None, index_dir: str | os.PathLike[str] | None = None,
+                user_id: str | int | None = None, session_key: str | None = None,
+                timeout: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
+    """``img-search search`` through the server: the hits of ``POST /api/v1/search`` as ``Hit.to_dict()``s."""
+    if index_dir is not None or model is not None:
+        check_server(url, index_dir=index_dir, model=model, timeout=timeout)
+    body = {"query": query, "limit": limit, "threshold": threshold, "model": _model_param(model),
+            "user_id": user_id, "session_key": session_key}
+    payload = _call(url, "POST", "/api/v1/search", body=json.dumps({k: v for k, v in body.items() if v is not None}
+                                                                    ).encode(), content_type="application/json",
+                    timeout=timeout)
+    return _hits(payload)
+
+
+def search_image(url: str, path: str | os.PathLike[str], *, limit: int = DEFAULT_LIMIT,
+                 threshold: float | None = None, model: str | None = None,
+                 index_dir: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S
+                 ) -> list[dict[str, Any]]:
+    """``img-search similar IMAGE`` through the server: uploads the file (``POST /api/v1/search/image``) and, as the
+    CLI does, leaves the file itself out of the hits (found by its path, as the catalog names it)."""
+    from img_search.data.paths import canonical_folder
+
+    if index_dir is not None or model is not None:
+        check_server(url, index_dir=index_dir, model=model, timeout=timeout)
+    abspath = os.path.abspath(os.fspath(path))
+    try:
+        with open(abspath, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    folder, name = os.path.split(abspath)
+    own = {abspath, os.path.join(canonical_folder(folder), name)}
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    # one more than asked, for the file itself (the API's ceiling of MAX_LIMIT applies through a server)
+    query = {"limit": min(limit + 1, MAX_LIMIT), "threshold": threshold, "model": _model_param(model)}
+    payload = _call(url, "POST", "/api/v1/search/image", query=query, body=body,
+                    content_type=f"multipart/form-data; boundary={boundary}", timeout=timeout)
+    return [h for h in _hits(payload) if h["path"] not in own][:limit]
+
+
+def similar_to_id(url: str, image_id: int, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,
+                  model: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
+    """``GET /api/v1/images/{image_id}/similar``: images similar to a catalog image, by its stored vector."""
+    query = {"limit": limit, "threshold": threshold, "model": _model_param(model)}
+    return _hits(_call(url, "GET", f"/api/v1/images/{int(image_id)}/similar", query=query, timeout=timeout))

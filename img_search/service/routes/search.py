@@ -1,0 +1,79 @@
+"""``POST /api/v1/search`` (text), ``POST /api/v1/search/image`` (upload) and ``GET /api/v1/images/{id}/similar``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, Path, Query, UploadFile
+
+from img_search.search.collection import DEFAULT_LIMIT, Hit
+from img_search.service.collections import Routed
+from img_search.service.deps import RoutedDep, RouterDep
+from img_search.service.queries import search_by_id, search_upload
+from img_search.service.schemas import (
+    MAX_IMAGE_ID,
+    MAX_JSON_BODY_BYTES,
+    MAX_LIMIT,
+    Routing,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    error_responses,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["search"])
+
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"How many hits to return (1-{MAX_LIMIT}).")]
+ThresholdQuery = Annotated[float | None, Query(allow_inf_nan=False, description="Drop hits below this cosine.")]
+ImageId = Annotated[int, Path(ge=0, le=MAX_IMAGE_ID, description="Catalog image id.")]
+
+
+def _response(routed: Routed, hits: list[Hit], started: float) -> SearchResponse:
+    model, name = routed.served.model.name, routed.served.name
+    d = routed.decision
+    return SearchResponse(
+        model=model, collection=name, hits=[SearchHit.of(h, model, name) for h in hits],
+        routing=Routing(collection=d.collection, rule=d.rule, reason=d.reason, bucket=d.bucket, sticky_by=d.sticky_by,
+                        percentage=d.percentage, forced=d.forced),
+        took_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+@router.post("/search", response_model=SearchResponse, responses=error_responses(404, 409, 413, 422, 503),
+             max_body_size=MAX_JSON_BODY_BYTES, summary="Text -> image search")
+def search(body: SearchRequest, router_: RouterDep) -> SearchResponse:
+    """The indexed images that best match ``query``, with the calibrated probability where the model has one.
+    The collection is the one named by ``model``, else the SigLIP rollout's pick (see ``routing``)."""
+    started = time.perf_counter()
+    routed = router_.route(body.model, user_id=body.user_id, session_key=body.session_key)
+    hits = routed.searcher.search_text(body.query, limit=body.limit, threshold=body.threshold)
+    return _response(routed, hits, started)
+
+
+@router.post("/search/image", response_model=SearchResponse, responses=error_responses(404, 409, 413, 422, 503),
+             summary="Image -> image search (upload)")
+def search_image(
+    file: Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, HEIC, ...). The whole request "
+                                                 "may not exceed service.max_upload_bytes (default 20 MiB).")],
+    routed: RoutedDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    threshold: ThresholdQuery = None,
+) -> SearchResponse:
+    """Images similar to the uploaded one (cosine; no probability). A body over the size limit is refused from
+    its Content-Length, or as soon as more bytes arrive than the limit, before it is read whole (413); a file
+    that is not an image is a 422."""
+    started = time.perf_counter()
+    data = file.file.read()  # bounded: the body limit stopped anything larger while it was being received
+    hits = search_upload(routed.searcher, data, limit=limit, threshold=threshold)
+    return _response(routed, hits, started)
+
+
+@router.get("/images/{image_id}/similar", response_model=SearchResponse,
+            responses=error_responses(404, 409, 422, 503), summary="Images similar to a catalog image")
+def similar(image_id: ImageId, routed: RoutedDep, limit: LimitQuery = DEFAULT_LIMIT,
+            threshold: ThresholdQuery = None) -> SearchResponse:
+    """Images similar to catalog image ``image_id`` by its stored vector (no model run), itself left out."""
+    started = time.perf_counter()
+    hits = search_by_id(routed.searcher, image_id, limit=limit, threshold=threshold)
+    return _response(routed, hits, started)

@@ -1,0 +1,219 @@
+"""Request and response schemas of the HTTP API, as families (``SearchRequest`` / ``SearchHit`` /
+``SearchResponse``, ``ImageInfo``, ``HealthResponse``, ``RolloutRequest`` / ``RolloutResponse``, ``ErrorResponse``).
+
+Bounds here are the API's documented contract (docs/SERVICE.md): ``limit`` 1..``MAX_LIMIT``, queries up to
+``MAX_QUERY_CHARS`` characters, ids up to ``MAX_KEY_CHARS``. Every request model forbids unknown fields, so a
+misspelt field is a 422, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from img_search.search.collection import DEFAULT_LIMIT, Hit
+
+MAX_LIMIT = 1000  # hits per request: ample for a page of results, and bounds the work one request can ask for
+MAX_QUERY_CHARS = 1000  # SigLIP reads 64 tokens; a longer text is refused rather than silently cut this far off
+MAX_KEY_CHARS = 256  # user ids, session keys, collection and model names
+MAX_IMAGE_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range
+MAX_JSON_BODY_BYTES = 64 * 1024  # a search request is a few hundred bytes
+# a character Python's str.strip() keeps, written so JSON Schema (ECMA) and pydantic (Rust regex) read it alike
+NOT_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"How many hits to return (1-{MAX_LIMIT}).")]
+Threshold = Annotated[
+    float | None,
+    Field(allow_inf_nan=False, description="Drop hits below this calibrated probability (SigLIP text queries) or "
+                                           "below this cosine (CLIP; image queries)."),
+]
+ModelName = Annotated[
+    str | None,
+    Field(min_length=1, max_length=MAX_KEY_CHARS,
+          description="A collection name (image_assets, image_assets_siglip, model-N) or a model's Hub id / path. "
+                      "Omitted: the rollout decides."),
+]
+UserId = Annotated[
+    Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_CHARS)] | StrictInt | None,
+    Field(description="Sticky rollout bucket: a hash of this id (23 and \"23\" are one user)."),
+]
+SessionKey = Annotated[
+    str | None,
+    Field(min_length=1, max_length=MAX_KEY_CHARS,
+          description="For anonymous callers: a sticky bucket per session. Without user_id or session_key the "
+                      "bucket is random per request."),
+]
+
+
+class SearchRequest(BaseModel):
+    """A text query."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"query": "sunset over mountains", "limit": 5},
+                     {"query": "a dog on the beach", "limit": 10, "threshold": 0.01, "user_id": 23}],
+    })
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK,
+                       description="What to look for, in words (not only white space).")
+    limit: Limit = DEFAULT_LIMIT
+    threshold: Threshold = None
+    model: ModelName = None
+    user_id: UserId = None
+    session_key: SessionKey = None
+
+
+class SearchHit(BaseModel):
+    """One result: the catalog image, its cosine to the query, the calibrated probability where the model has one
+    (SigLIP text queries; null for CLIP and image queries), and the model and collection that answered."""
+
+    id: int = Field(description="Catalog image id (GET /api/v1/images/{id}).")
+    path: str = Field(description="Absolute path of the file (non-UTF-8 bytes as surrogate escapes, \\udcXX).")
+    cosine: float
+    probability: float | None
+    width: int | None
+    height: int | None
+    model: str
+    collection: str
+
+    @classmethod
+    def of(cls, hit: Hit, model: str, collection: str) -> SearchHit:
+        return cls(id=hit.image_id, path=hit.path, cosine=hit.cosine, probability=hit.probability, width=hit.width,
+                   height=hit.height, model=model, collection=collection)
+
+
+class Routing(BaseModel):
+    """Why this collection answered."""
+
+    collection: str
+    rule: Literal["requested", "rollout", "incomplete", "forced", "fallback", "only_collection", "main_model"] = Field(
+        description="requested: named in the request; rollout: the SigLIP rollout; incomplete: the rollout chose "
+                    "SigLIP but its collection is incomplete, so CLIP answered; forced: SigLIP although incomplete "
+                    "(admin force); fallback: the CLIP collection is empty; only_collection: one of the two is "
+                    "indexed; main_model: neither is, the model with most images answered.")
+    reason: str
+    bucket: float | None = Field(None, description="The request's rollout bucket in [0, 100), when consulted.")
+    sticky_by: Literal["user_id", "session_key", "random"] | None = None
+    percentage: float | None = Field(None, description="The SigLIP rollout percentage applied.")
+    forced: bool = False
+
+
+class SearchResponse(BaseModel):
+    """Hits, best first, and which collection answered."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": "google/siglip-base-patch16-224", "collection": "image_assets_siglip",
+        "hits": [{"id": 17, "path": "/photos/alps/IMG_0412.jpg", "cosine": 0.1432, "probability": 0.8123,
+                  "width": 4032, "height": 3024, "model": "google/siglip-base-patch16-224",
+                  "collection": "image_assets_siglip"}],
+        "routing": {"collection": "image_assets_siglip", "rule": "rollout",
+                    "reason": "bucket 3.17 < SigLIP rollout 10%", "bucket": 3.17, "sticky_by": "user_id",
+                    "percentage": 10.0, "forced": False},
+        "took_ms": 12.5,
+    }]})
+
+    model: str
+    collection: str
+    hits: list[SearchHit]
+    routing: Routing
+    took_ms: float = Field(description="Time spent in the search, milliseconds.")
+
+
+class ImageInfo(BaseModel):
+    """A catalog image's metadata."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": 17, "path": "/photos/alps/IMG_0412.jpg", "status": "ok", "error": None, "size_bytes": 2481152,
+        "modified": "2024-07-01T18:22:05+00:00", "width": 4032, "height": 3024,
+        "content_hash": "9f2c4e1a0b7d3c5e8f1a2b3c4d5e6f70", "collections": ["image_assets", "image_assets_siglip"],
+        "thumbnail_url": "/api/v1/images/17/thumbnail", "similar_url": "/api/v1/images/17/similar",
+    }]})
+
+    id: int
+    path: str
+    status: Literal["ok", "error", "deleted"] | str
+    error: str | None = Field(description="Why the file could not be indexed (status error).")
+    size_bytes: int | None
+    modified: str | None = Field(description="File modification time, ISO 8601 UTC.")
+    width: int | None
+    height: int | None
+    content_hash: str | None = Field(description="BLAKE2b-128 of the file's bytes, hex.")
+    collections: list[str] = Field(description="Collections holding a vector of this image.")
+    thumbnail_url: str | None
+    similar_url: str | None
+
+
+class CollectionStatus(BaseModel):
+    name: str
+    model: str
+    family: str | None
+    role: Literal["clip", "siglip"] | None = Field(description="Its part in the SigLIP rollout, if any.")
+    dim: int | None
+    points: int = Field(description="Live vectors (searchable images).")
+    backend: str | None = Field(description="Search backend: exact, or the ANN backend above the threshold.")
+    generation: str | None = Field(description="Saved index generation read (null: built in memory).")
+    model_loaded: bool
+    problem: str | None = Field(description="Why it is not served or its model is not loaded.")
+
+
+class RolloutStatus(BaseModel):
+    """The SigLIP rollout as it applies to the next request."""
+
+    percentage: float = Field(ge=0, le=100)
+    force: bool
+    source: Literal["settings", "admin"]
+    changed_at: float = Field(description="Unix time of the last change.")
+    active: bool = Field(description="Whether both collections are served, so the rollout decides.")
+    clip_collection: str
+    siglip_collection: str
+    clip_points: int | None
+    siglip_points: int | None
+    siglip_routable: bool = Field(description="Whether SigLIP may take traffic (complete, or forced).")
+    reason: str = Field(description="What the next anonymous request would meet.")
+
+
+class HealthResponse(BaseModel):
+    """Service status: ``ok`` (something searchable), ``empty`` (nothing indexed yet) or ``degraded`` (a collection
+    cannot be served)."""
+
+    status: Literal["ok", "empty", "degraded"]
+    version: str
+    index_dir: str
+    read_only: bool
+    images: dict[str, int] = Field(description="Catalog images by status (ok, error, deleted).")
+    models: list[str]
+    collections: list[CollectionStatus]
+    rollout: RolloutStatus
+
+
+class RolloutRequest(BaseModel):
+    """A new rollout: ``percentage`` of searches to SigLIP (0 rolls back to CLIP); ``force`` routes them to SigLIP
+    even while its collection is incomplete."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"percentage": 10}, {"percentage": 0}, {"percentage": 100, "force": True}]})
+
+    percentage: float = Field(ge=0, le=100, allow_inf_nan=False)
+    force: bool = False
+
+
+class ErrorResponse(BaseModel):
+    """Every error: ``error`` is a stable kind (invalid_input, not_found, conflict, unavailable, too_large,
+    unauthorized, forbidden, method_not_allowed, internal, ...), ``message`` says what to do."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": "invalid_input", "message": "body.limit: Input should be less than or equal to 1000"},
+        {"error": "not_found", "message": "no indexed image has id 123456"},
+    ]})
+
+    error: str
+    message: str
+    details: list[dict[str, Any]] | None = Field(None, description="Per-field problems of a rejected request.")
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route may answer (all with ``ErrorResponse``)."""
+    text = {400: "Malformed request", 401: "API key missing", 403: "API key wrong", 404: "Not found",
+            409: "Conflicts with the catalog's state", 413: "Request body too large",
+            415: "Unsupported media type", 422: "Invalid request", 503: "Unavailable here"}
+    return {s: {"model": ErrorResponse, "description": text.get(s, "Error")} for s in statuses}
