@@ -251,7 +251,8 @@ def pixel_state(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def
 
 
 def test_pillow_guard_stays_on_by_default() -> None:
-    from img_search.data.images import DEFAULT_MAX_IMAGE_PIXELS, pixel_limit
+    from img_search.data.images import pixel_limit
+    from img_search.settings import DEFAULT_MAX_IMAGE_PIXELS
 
     assert Image.MAX_IMAGE_PIXELS is not None
     assert pixel_limit() == 2 * Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_IMAGE_PIXELS
