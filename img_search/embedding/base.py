@@ -56,3 +56,10 @@ def collate_pixels(items: list[PixelBatch]) -> PixelBatch:
     if not items:
         return {}
     return {key: np.stack([item[key] for item in items]) for key in items[0]}
+
+
+def l2_normalize(feats: Any) -> FeatureVector:
+    """``(n, dim)`` features -> float32 rows of unit length (rows of zeros stay zero: the norm is clamped at 1e-12)."""
+    arr = np.asarray(feats, dtype=np.float32)
+    norms = np.linalg.norm(arr, axis=-1, keepdims=True)
+    return (arr / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)

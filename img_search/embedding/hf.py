@@ -17,14 +17,27 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from img_search.embedding.base import FeatureVector, ModelInfo, PixelBatch, collate_pixels
-from img_search.embedding.device import resolve_device, resolve_dtype
-from img_search.errors import ModelNotFoundError, UnknownNameError
+from img_search.embedding.base import FeatureVector, ModelInfo, PixelBatch, collate_pixels, l2_normalize
+from img_search.embedding.device import resolve_device
+from img_search.embedding.onnx_export import RuntimeCache, export_tower
+from img_search.embedding.parity import ParityResult, tower_parity
+from img_search.embedding.precision import (
+    ACCELERATOR_PRECISION,
+    TOWERS,
+    TowerChoice,
+    check_precision,
+    precision_candidates,
+)
+from img_search.embedding.runtime import TorchTowerSession, TowerSession, graph_kind, open_graph_session
+from img_search.errors import ModelNotFoundError, UnavailableError, UnknownNameError
 from img_search.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -111,17 +124,35 @@ class HFImagePreprocessor:
 
 
 class HFEncoder:
-    """One encoder class for every ``transformers`` dual encoder family registered in FAMILIES."""
+    """One encoder class for every ``transformers`` dual encoder family registered in FAMILIES.
 
-    def __init__(self, model: Any, processor: Any, *, model_id: str, family: str, device: str, dtype: Any) -> None:
+    Each tower runs at its own precision on its own runtime (``embedding.precision``): ``precisions`` maps
+    "image"/"text" to what was asked (auto | fp32 | bf16 | fp16 | int8), ``session(tower)`` builds the tower on first
+    use (exporting its graph into the runtime cache when ``allow_export``) and ``choices`` says what runs. ``auto``
+    keeps the fastest candidate whose parity check passes (``parity[tower]``); an explicit precision is kept as asked
+    (its parity is computed by ``check_parity`` for the catalog). The model itself stays float32: it is the parity
+    reference and the torch runtime's weights.
+    """
+
+    def __init__(self, model: Any, processor: Any, *, model_id: str, family: str, device: str,
+                 precisions: dict[str, str] | None = None, runtime: str = "auto", cache_dir: Path | str | None = None,
+                 allow_export: bool = True) -> None:
         import torch
 
         self.policy = FAMILIES.get(family)
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = model.to(device=device, dtype=torch.float32).eval()
         self.processor = processor
         self.device = device
-        self.dtype = dtype
-        self._torch = torch
+        self.precisions = {tower: check_precision((precisions or {}).get(tower, "fp32")) for tower in TOWERS}
+        self.runtime = runtime
+        self.cache_dir = cache_dir
+        self.allow_export = allow_export
+        self.parity: dict[str, ParityResult] = {}
+        self._sessions: dict[str, TowerSession] = {}
+        self._references: dict[str, TowerSession] = {}
+        self._cache: RuntimeCache | None = None
+        self._cache_checked = False
+        self._lock = threading.RLock()
         text_cfg = model.config.text_config
         self.text_max_length = int(getattr(text_cfg, "max_position_embeddings", 64))
         bias = getattr(model, "logit_bias", None)
@@ -136,6 +167,8 @@ class HFEncoder:
         )
         names = getattr(processor.image_processor, "model_input_names", None) or ["pixel_values"]
         self._image_inputs = tuple(names)
+        for tower in TOWERS:  # fail now on an unknown precision/runtime, not at the first batch
+            precision_candidates(self.precisions[tower], tower, device=device, runtime=runtime)
 
     @staticmethod
     def _embedding_dim(model: Any) -> int:
@@ -144,48 +177,112 @@ class HFEncoder:
             return int(cfg.projection_dim)
         return int(cfg.vision_config.hidden_size)
 
+    # -- runtimes -------------------------------------------------------------------------------------------------
+    def cache(self) -> RuntimeCache | None:
+        """This checkpoint's runtime-cache entry (None when the checkpoint's files cannot be located)."""
+        if not self._cache_checked:
+            self._cache = RuntimeCache.find(self.info.model_id, self.cache_dir)
+            self._cache_checked = True
+        return self._cache
+
+    def reference_session(self, tower: str) -> TowerSession:
+        """The float32 torch tower: the parity reference."""
+        with self._lock:
+            if tower not in self._references:
+                self._references[tower] = TorchTowerSession(self.model, TowerChoice(tower, "fp32", "torch"),
+                                                            self.device)
+            return self._references[tower]
+
+    def open_choice(self, choice: TowerChoice, *, allow_export: bool | None = None) -> TowerSession:
+        """A session running ``choice``: torch on the loaded model, or the cached exported graph (exported now when
+        allowed). Raises ``UnavailableError`` when it cannot be built here."""
+        if choice.runtime == "torch":
+            if choice.precision == "fp32":
+                return self.reference_session(choice.tower)
+            return TorchTowerSession(self.model, choice, self.device)
+        kind = graph_kind(choice)
+        cache = self.cache()
+        if kind is None or cache is None:
+            raise UnavailableError(f"{choice} needs an exported graph and {self.info.model_id}'s files were not found")
+        export = self.allow_export if allow_export is None else allow_export
+        if not cache.has_graph(choice.tower, kind):
+            if not export:
+                raise UnavailableError(f"{choice}: no exported graph cached yet (built by `index`)")
+            export_tower(self, choice.tower, kind, cache)
+        return open_graph_session(cache.graph_path(choice.tower, kind), choice)
+
+    def build(self, tower: str, precision: str, *, allow_export: bool | None = None
+              ) -> tuple[TowerSession, ParityResult | None]:
+        """The first candidate of ``precision`` for ``tower`` that builds (and, for ``auto``, passes parity), with
+        its parity verdict (None for an explicit precision: computed on demand by ``check_parity``)."""
+        failures: list[str] = []
+        for choice in precision_candidates(precision, tower, device=self.device, runtime=self.runtime):
+            try:
+                session = self.open_choice(choice, allow_export=allow_export)
+                if precision != "auto":
+                    return session, None
+                verdict = tower_parity(self, choice, session, cache=self.cache())
+            except UnavailableError as exc:
+                failures.append(str(exc))
+                logger.info("%s unavailable: %s", choice, exc)
+                continue
+            except Exception as exc:  # auto: a candidate that breaks on this model is skipped, not fatal
+                if precision != "auto" or choice == TowerChoice(tower, "fp32", "torch"):
+                    raise
+                failures.append(f"{choice}: {type(exc).__name__}: {exc}")
+                logger.warning("%s failed on %s (%s: %s); trying the next choice", choice, self.info.model_id,
+                               type(exc).__name__, exc)
+                continue
+            if verdict.passed:
+                return session, verdict
+            failures.append(f"{choice}: parity {verdict.min_cosine:.5f} < {verdict.threshold}")
+            logger.warning("%s fails its parity check (min cosine %.5f < %s); trying the next choice", choice,
+                           verdict.min_cosine, verdict.threshold)
+        raise UnavailableError(f"no runtime can run the {tower} tower at {precision} here: {'; '.join(failures)}")
+
+    def session(self, tower: str) -> TowerSession:
+        """The tower's session at its requested precision (built once, on first use)."""
+        with self._lock:
+            if tower not in self._sessions:
+                session, verdict = self.build(tower, self.precisions[tower])
+                self._sessions[tower] = session
+                if verdict is not None:
+                    self.parity[tower] = verdict
+                logger.info("%s: %s", self.info.model_id, session.choice)
+            return self._sessions[tower]
+
+    @property
+    def choices(self) -> dict[str, TowerChoice]:
+        """What each tower runs with (builds both towers)."""
+        return {tower: self.session(tower).choice for tower in TOWERS}
+
+    # -- encoding -------------------------------------------------------------------------------------------------
     def image_preprocessor(self) -> HFImagePreprocessor:
         return HFImagePreprocessor(self.processor.image_processor, self._image_inputs)
 
-    def _normalize(self, feats: Any) -> FeatureVector:
-        feats = feats.float()
-        feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return feats.cpu().numpy().astype(np.float32, copy=False)
-
     def encode_batch(self, batch: PixelBatch) -> FeatureVector:
-        torch = self._torch
-        inputs: dict[str, Any] = {}
-        for key, value in batch.items():
-            tensor = torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
-            inputs[key] = tensor.to(self.dtype) if key == "pixel_values" else tensor
-        with torch.inference_mode():
-            out = self.model.get_image_features(**inputs)
-        return self._normalize(out.pooler_output if hasattr(out, "pooler_output") else out)
+        return l2_normalize(self.session("image").run(batch))
 
     def encode_images(self, images: list[Any]) -> FeatureVector:
         pre = self.image_preprocessor()
         return self.encode_batch(collate_pixels([pre(img) for img in images]))
 
     def tokenize(self, texts: list[str]) -> dict[str, Any]:
+        """Texts -> ``input_ids`` (+ ``attention_mask`` for CLIP), int64 arrays ``(n, text_max_length)``."""
         if self.policy.lowercase:
             texts = [t.lower() for t in texts]
         tok = self.processor.tokenizer(
-            texts, padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="pt"
+            texts, padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="np"
         )
         keys = ("input_ids", "attention_mask") if self.policy.attention_mask else ("input_ids",)
-        return {k: tok[k] for k in keys if k in tok}
+        return {k: np.asarray(tok[k], dtype=np.int64) for k in keys if k in tok}
 
     def encode_texts(self, texts: list[str]) -> FeatureVector:
         if not texts:
             return np.empty((0, self.info.dim), dtype=np.float32)
-        torch = self._torch
-        chunks = []
-        for start in range(0, len(texts), TEXT_BATCH_SIZE):
-            chunk = list(texts[start : start + TEXT_BATCH_SIZE])
-            inputs = {k: v.to(self.device) for k, v in self.tokenize(chunk).items()}
-            with torch.inference_mode():
-                out = self.model.get_text_features(**inputs)
-            chunks.append(self._normalize(out.pooler_output if hasattr(out, "pooler_output") else out))
+        session = self.session("text")
+        chunks = [l2_normalize(session.run(self.tokenize(list(texts[start: start + TEXT_BATCH_SIZE]))))
+                  for start in range(0, len(texts), TEXT_BATCH_SIZE)]
         return np.concatenate(chunks)
 
 
@@ -202,20 +299,42 @@ def detect_family(config: Any, processor: Any) -> str:
     return family
 
 
-def load_hf_encoder(model: str, *, family: str | None = None, device: str = "auto", dtype: str = "auto") -> HFEncoder:
-    """Load a checkpoint (Hub id or local directory) into an HFEncoder."""
+def load_hf_encoder(model: str, *, family: str | None = None, device: str = "auto", dtype: str | None = None,
+                   precision: str | None = None, image_precision: str | None = None,
+                   text_precision: str | None = None, runtime: str = "auto", cache_dir: Path | str | None = None,
+                   allow_export: bool = True) -> HFEncoder:
+    """Load a checkpoint (Hub id or local directory) into an HFEncoder.
+
+    ``precision`` (both towers) or ``image_precision`` / ``text_precision``: auto | fp32 | bf16 | fp16 | int8. The
+    default is float32 on CPU and fp16 on CUDA/MPS (what ``dtype="auto"`` meant); ``dtype`` (float32 | bfloat16 |
+    float16 | auto) is the deprecated spelling. ``runtime``: auto | torch | onnxruntime | openvino. ``cache_dir``:
+    the runtime cache's root (default ``$XDG_CACHE_HOME/img-search``). ``allow_export=False`` never exports a graph
+    (a search process must not): a choice without a cached graph falls back to the next runtime.
+    Raises ``ModelNotFoundError``, ``InvalidInputError`` (unknown precision / runtime), ``UnavailableError``.
+    """
     from transformers import AutoModel, AutoProcessor
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if dtype not in (None, "auto"):
+        warnings.warn("dtype is deprecated: use precision (fp32 | bf16 | fp16 | int8 | auto)", DeprecationWarning,
+                      stacklevel=2)
+    if precision is image_precision is text_precision is None and dtype in (None, "auto") and runtime == "auto":
+        runtime = "torch"  # nothing asked: the float32 (GPU: fp16) transformers model as always, no export
     model_id = canonical_model_id(model)
     if family is not None:
         FAMILIES.get(family)  # fail early on a typo
+    dev = resolve_device(device)
+    default = precision or (check_precision(dtype) if dtype not in (None, "auto") else None)
+    default = default or ("fp32" if dev.startswith("cpu") else ACCELERATOR_PRECISION)
+    wanted = {"image": image_precision or default, "text": text_precision or default}
+    for tower, value in wanted.items():
+        wanted[tower] = check_precision(value)
     processor = _from_pretrained(AutoProcessor, model_id)
     net = _from_pretrained(AutoModel, model_id)
     family = family or detect_family(net.config, processor)
-    dev = resolve_device(device)
-    enc = HFEncoder(net, processor, model_id=model_id, family=family, device=dev, dtype=resolve_dtype(dtype, dev))
-    logger.info("loaded %s (%s, dim %d) on %s", model_id, family, enc.info.dim, dev)
+    enc = HFEncoder(net, processor, model_id=model_id, family=family, device=dev, precisions=wanted, runtime=runtime,
+                    cache_dir=cache_dir, allow_export=allow_export)
+    logger.info("loaded %s (%s, dim %d) on %s; precision image %s, text %s", model_id, family, enc.info.dim, dev,
+                wanted["image"], wanted["text"])
     return enc
-

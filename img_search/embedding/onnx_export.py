@@ -1,0 +1,383 @@
+"""Exported tower graphs and the runtime cache: built once per model and precision, shared by every process.
+
+Layout, under ``$XDG_CACHE_HOME/img-search/runtimes/`` (default ``~/.cache/img-search``; never the model folder or the
+Hugging Face cache, which may be read-only)::
+
+    <model-slug>-<key>/               key = hash of the checkpoint's config.json and its files' names/sizes/mtimes
+        manifest.json                 ModelInfo, the tensors' names, the light tokenizer's spec
+        tokenizer/                    tokenizer.json or spiece.model (embedding.text_light)
+        text-onnx-fp32/model.onnx     the text tower exported by torch.onnx (float32)
+        text-onnx-int8/model.onnx     the same with its MatMuls int8 (onnxruntime.quantization, dynamic)
+        image-onnx-fp32/ image-onnx-int8/
+        parity/<tower>-<precision>-<runtime>.json
+
+A changed checkpoint (re-downloaded, fine-tuned in place) gets a new key, so a stale graph is never used. Every
+entry is written into a temporary name in the same folder and renamed into place (a folder rename for graphs), so
+two processes exporting at once waste work but never leave a half-written graph: the first rename wins and the
+other process uses it.
+
+Export needs torch, transformers, ``onnx`` and ``onnxscript`` (``torch.onnx``'s exporter); reading needs none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from img_search.embedding.precision import TowerChoice
+from img_search.errors import ModelNotFoundError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the exported graphs, the manifest or the layout change: old entries are then ignored
+GRAPH_FILE = "model.onnx"
+ONNX_OPSET = 18
+# int8: only MatMuls with a constant (weight) operand, activations quantized per batch at run time (no calibration
+# set whose distribution could differ from the user's photos). The token-embedding Gather stays float32.
+INT8_OP_TYPES = ("MatMul",)
+_PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights past which the graph keeps them in an external data file
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/img-search``, else ``~/.cache/img-search``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "img-search"
+
+
+def checkpoint_dir(model: str) -> Path:
+    """The folder holding ``model``'s files: the directory itself, or the Hub id's snapshot in the local Hugging Face
+    cache (resolved without importing transformers). Raises ``ModelNotFoundError`` when there is none locally."""
+    expanded = os.path.expanduser(model)
+    if os.path.isdir(expanded):
+        return Path(os.path.abspath(expanded))
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(model, "config.json")
+    if isinstance(found, str):
+        return Path(found).parent
+    raise ModelNotFoundError(f"model {model!r} is neither a directory nor in the local Hugging Face cache")
+
+
+def fingerprint(folder: Path) -> str:
+    """A hex digest of the checkpoint in ``folder``: ``config.json``'s bytes and every file's relative name, size and
+    mtime (weights are not read: hashing 800 MB would cost seconds on every search). Hidden entries are skipped."""
+    digest = hashlib.sha256(f"img-search-runtime-v{FORMAT_VERSION}\n".encode())
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = Path(root) / name
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))[-60:] or "model"
+
+
+class RuntimeCache:
+    """The cache entry of one checkpoint (see the module docstring). Reading never needs torch."""
+
+    def __init__(self, model: str, root: Path | str | None = None) -> None:
+        self.model = model
+        self.model_dir = checkpoint_dir(model)
+        self.key = fingerprint(self.model_dir)
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.dir = self.root / "runtimes" / f"{_slug(model)}-{self.key[:20]}"
+
+    @classmethod
+    def find(cls, model: str, root: Path | str | None = None) -> RuntimeCache | None:
+        """The entry of ``model``, or None when its checkpoint is not on this machine."""
+        try:
+            return cls(model, root)
+        except ModelNotFoundError:
+            return None
+
+    # -- paths and reads ------------------------------------------------------------------------------------------
+    def graph_path(self, tower: str, kind: str) -> Path:
+        return self.dir / f"{tower}-{kind}" / GRAPH_FILE
+
+    def has_graph(self, tower: str, kind: str) -> bool:
+        return self.graph_path(tower, kind).is_file()
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.dir / "tokenizer"
+
+    def manifest(self) -> dict[str, Any] | None:
+        return self._read_json(self.dir / "manifest.json")
+
+    def parity_path(self, choice: TowerChoice) -> Path:
+        return self.dir / "parity" / f"{choice.tower}-{choice.precision}-{choice.runtime}.json"
+
+    def read_parity(self, choice: TowerChoice) -> dict[str, Any] | None:
+        return self._read_json(self.parity_path(choice))
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("format") == FORMAT_VERSION else None
+
+    # -- atomic writes --------------------------------------------------------------------------------------------
+    def _ensure_dir(self, folder: Path) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UnavailableError(f"the runtime cache {self.root} cannot be written ({exc.strerror}); set "
+                                   "XDG_CACHE_HOME to a writable folder") from exc
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        """Write ``data`` (plus the format version) to ``path`` through a temporary file and ``os.replace``."""
+        self._ensure_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({**data, "format": FORMAT_VERSION}, fh, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        self.write_json(self.dir / "manifest.json", data)
+
+    def write_parity(self, choice: TowerChoice, data: dict[str, Any]) -> None:
+        self.write_json(self.parity_path(choice), data)
+
+    def publish(self, name: str, build: Callable[[Path], None]) -> Path:
+        """Make the folder ``self.dir / name`` by ``build(tmp)`` into a temporary sibling, then renaming it into
+        place; if another process published it first, keep theirs. Returns the folder."""
+        final = self.dir / name
+        if final.is_dir():
+            return final
+        self._ensure_dir(self.dir)
+        tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp"))
+        try:
+            build(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                logger.debug("%s was published by another process meanwhile", final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """torch.onnx and onnxruntime.quantization print progress and advice to stdout/stderr and the root logger."""
+    import io
+
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _require(module: str, purpose: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UnavailableError(f"{purpose} needs the {module!r} package; `pip install img-search[cpu]`")
+
+
+def export_tower(encoder: Any, tower: str, kind: str, cache: RuntimeCache) -> Path:
+    """The graph file of ``tower`` as ``kind`` (``onnx-fp32`` | ``onnx-int8``) for ``encoder`` (an ``HFEncoder``),
+    exported into ``cache`` unless already there. Raises ``UnavailableError`` when the exporter's packages are missing
+    or the model cannot be exported (the caller then falls back to torch)."""
+    if cache.has_graph(tower, kind):
+        return cache.graph_path(tower, kind)
+    if kind == "onnx-int8":
+        source = export_tower(encoder, tower, "onnx-fp32", cache)
+        _require("onnxruntime", "int8 quantization")
+        t0 = time.monotonic()
+        cache.publish(f"{tower}-{kind}", lambda tmp: _quantize(source, tmp / GRAPH_FILE))
+        logger.info("quantized the %s tower to int8 in %.1f s (%s)", tower, time.monotonic() - t0, cache.dir)
+    elif kind == "onnx-fp32":
+        _require("onnx", "exporting a tower")
+        _require("onnxscript", "exporting a tower")
+        t0 = time.monotonic()
+        cache.publish(f"{tower}-{kind}", lambda tmp: _export_fp32(encoder, tower, tmp / GRAPH_FILE))
+        logger.info("exported the %s tower to ONNX in %.1f s (%s)", tower, time.monotonic() - t0, cache.dir)
+    else:
+        raise ValueError(f"unknown graph kind {kind!r}")
+    return cache.graph_path(tower, kind)
+
+
+def _sample_inputs(encoder: Any, tower: str) -> dict[str, Any]:
+    from img_search.embedding.base import collate_pixels
+    from img_search.embedding.parity import probe_images, probe_texts
+
+    if tower == "image":
+        pre = encoder.image_preprocessor()
+        return collate_pixels([pre(img) for img in probe_images()[:2]])
+    return encoder.tokenize(probe_texts()[:2])
+
+
+def _export_fp32(encoder: Any, tower: str, path: Path) -> None:
+    import torch
+
+    model = encoder.model
+    inputs = _sample_inputs(encoder, tower)
+    names = tuple(inputs)
+
+    class Tower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: Any) -> Any:
+            fn = self.model.get_image_features if tower == "image" else self.model.get_text_features
+            out = fn(**dict(zip(names, args, strict=True)))
+            return out.pooler_output if hasattr(out, "pooler_output") else out
+
+    args = tuple(torch.from_numpy(inputs[n]) for n in names)
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    errors = []
+    with _quiet_export(), torch.inference_mode(False), torch.no_grad():
+        try:  # torch's current exporter (torch.export + onnxscript)
+            torch.onnx.export(Tower().eval(), args, str(path), input_names=list(names), output_names=["features"],
+                              dynamic_shapes=tuple({0: batch} for _ in names), dynamo=True, opset_version=ONNX_OPSET,
+                              external_data=n_bytes > _PROTOBUF_LIMIT, optimize=True)
+            return
+        except Exception as exc:  # the TorchScript exporter handles some graphs torch.export refuses
+            errors.append(f"dynamo: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        for leftover in path.parent.iterdir():
+            leftover.unlink()
+        try:
+            torch.onnx.export(Tower().eval(), args, str(path), input_names=list(names), output_names=["features"],
+                              dynamic_axes={**{n: {0: "batch"} for n in names}, "features": {0: "batch"}},
+                              dynamo=False, opset_version=ONNX_OPSET)
+            return
+        except Exception as exc:
+            errors.append(f"torchscript: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    raise UnavailableError(f"the {tower} tower of {encoder.info.model_id} could not be exported to ONNX "
+                           f"({'; '.join(errors)})")
+
+
+def _quantize(source: Path, dest: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    external = source.stat().st_size > _PROTOBUF_LIMIT or any(p != source for p in source.parent.iterdir())
+    with _quiet_export():
+        quantize_dynamic(source, dest, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES),
+                         use_external_data_format=external)
+
+
+class LightTokenizerMismatch(UnavailableError):
+    """The light tokenizer would not give transformers' ids for this checkpoint; text queries load torch."""
+
+
+def export_text_assets(encoder: Any, cache: RuntimeCache) -> dict[str, Any]:
+    """Write the manifest and the light tokenizer of ``encoder`` (an ``HFEncoder``) into ``cache`` unless present,
+    after checking that the light tokenizer gives transformers' ids for ``TOKENIZER_PROBES``. Returns the manifest;
+    its ``tokenizer`` is None when no light tokenizer matches (text queries then load torch). Raises
+    ``UnavailableError`` when the cache cannot be written."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from img_search.embedding.text_light import TOKENIZER_PROBES, export_light_tokenizer, load_light_tokenizer
+
+    manifest = cache.manifest()
+    if manifest is not None:
+        return manifest
+
+    def build(tmp: Path) -> None:
+        try:
+            spec = export_light_tokenizer(encoder.processor.tokenizer, tmp, max_length=encoder.text_max_length,
+                                          lowercase=encoder.policy.lowercase,
+                                          attention_mask=encoder.policy.attention_mask)
+        except UnavailableError as exc:
+            raise LightTokenizerMismatch(str(exc)) from exc
+        light = load_light_tokenizer(tmp, spec)(list(TOKENIZER_PROBES))
+        with warnings.catch_warnings():  # SigLIP's tokenizer warns about the probe that ends with "</s>"
+            warnings.simplefilter("ignore")
+            reference = encoder.tokenize(list(TOKENIZER_PROBES))
+        for key, value in reference.items():
+            ref = np.asarray(value)
+            if key not in light or not np.array_equal(ref, light[key]):
+                bad = [t for i, t in enumerate(TOKENIZER_PROBES)
+                       if key not in light or not np.array_equal(ref[i], light[key][i])]
+                raise LightTokenizerMismatch(f"the light tokenizer differs from transformers' ({key}) on {bad[:3]}")
+        (tmp / "spec.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+
+    spec: dict[str, Any] | None
+    try:
+        cache.publish("tokenizer", build)
+        spec = json.loads((cache.tokenizer_dir / "spec.json").read_text(encoding="utf-8"))
+    except LightTokenizerMismatch as exc:
+        logger.warning("%s; text queries of %s will load torch", exc, encoder.info.model_id)
+        spec = None
+    manifest = {"model_id": encoder.info.model_id, "info": asdict(encoder.info), "tokenizer": spec,
+                "text_inputs": list(encoder.tokenize(["x"])), "image_inputs": list(encoder._image_inputs)}
+    cache.write_manifest(manifest)
+    return manifest
+
+
+def prepare_runtime(model: Any, precision: str = "auto", *, query_precision: str = "auto",
+                    cache_dir: Path | str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Everything later processes need, built once: called by ``index`` before embedding.
+
+    ``model``: an ``HFEncoder`` already loaded by the pipeline (reused), or a model name (loaded at ``precision``).
+    Builds both towers of the encoder (exporting/quantizing their graphs into the runtime cache where the chosen
+    runtime needs one), writes the manifest and the light tokenizer, makes sure a text graph for ``query_precision``
+    (what ``load_text_encoder`` will look for; ``auto`` by default) is exported and parity-checked, and returns the
+    parity verdicts of the encoder's towers, ``{"image": ParityResult, "text": ParityResult}`` -- what the catalog
+    records. Export failures are not errors here (the towers fall back to torch; logged); an unwritable cache is
+    logged too (searches then load torch). Raises ``InvalidInputError`` for an unknown precision.
+    """
+    from img_search.embedding.parity import check_parity
+
+    encoder: Any = model
+    if isinstance(model, str):
+        from img_search.embedding import load_encoder
+
+        encoder = load_encoder(model, device=device, precision=precision, cache_dir=cache_dir)
+    if not hasattr(encoder, "session"):  # encoders without precisions (Jina v4): float32 torch, nothing to build
+        return check_parity(encoder)
+    verdicts = check_parity(encoder)
+    cache = encoder.cache()
+    if cache is None or not encoder.device.startswith("cpu"):
+        return verdicts
+    try:
+        export_text_assets(encoder, cache)
+        if encoder.precisions["text"] != query_precision:
+            session, _ = encoder.build("text", query_precision, allow_export=True)
+            from img_search.embedding.parity import tower_parity
+
+            tower_parity(encoder, session.choice, session, cache=cache)
+    except UnavailableError as exc:
+        logger.warning("the fast text-query path could not be prepared (%s); searches will load torch", exc)
+    return verdicts
