@@ -17,11 +17,13 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from img_search import __version__
 from img_search.errors import (
@@ -34,7 +36,7 @@ from img_search.errors import (
 )
 from img_search.service.collections import CollectionRegistry, Router, SearcherOpener, default_opener
 from img_search.service.rollout import Rollout
-from img_search.service.schemas import MAX_JSON_BODY_BYTES
+from img_search.service.schemas import MAX_JSON_BODY_BYTES, UPLOAD_PATH
 from img_search.service.thumbnails import Thumbnails
 from img_search.settings import Settings
 
@@ -107,15 +109,55 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code
     kind = _HTTP_KINDS.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
     message = str(exc.detail)
-    if status == 413:
-        limit = request.app.state.settings.service.max_upload_bytes
-        message = (f"the request body is too large: uploads may be up to {limit:,} bytes (service.max_upload_bytes),"
-                   f" JSON requests up to {MAX_JSON_BODY_BYTES:,}")
-    elif status == 404 and message == "Not Found":
+    if status == 404 and message == "Not Found":
         message = f"no such route: {request.method} {request.url.path}"
     elif status == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
     return _error(status, kind, message, headers=dict(exc.headers) if exc.headers else None)
+
+
+class BodyLimit:
+    """Caps request bodies per route (``limits`` by path, else ``default`` bytes), with the API's JSON 413:
+
+    * a declared Content-Length over the limit is refused before any of the body is read;
+    * a body sent without one (chunked), or longer than declared, is cut off as soon as the bytes received pass the
+      limit: ``receive`` raises ``HTTPException(413)``, which FastAPI's body parsing passes on to ``_http_error``.
+
+    So an upload is never read whole, in memory or in a spool file, beyond ``service.max_upload_bytes``.
+    """
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+        self.app = app
+        self.limits = limits
+        self.default = default
+
+    def _message(self, path: str, limit: int, size: str) -> str:
+        which = " (service.max_upload_bytes)" if path in self.limits else ""
+        return f"the request body{size} is over this route's limit of {limit:,} bytes{which}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        limit = self.limits.get(path, self.default)
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _error(413, "too_large", self._message(path, limit, f" ({int(declared):,} bytes)"))(
+                scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, self._message(path, limit, ""))
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -153,7 +195,6 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None) -> F
 
     app = FastAPI(
         title="img-search", version=__version__, description=API_DESCRIPTION, lifespan=lifespan,
-        max_body_size=settings.service.max_upload_bytes,
         openapi_tags=[
             {"name": "search", "description": "Text and image queries; routed by the SigLIP rollout."},
             {"name": "images", "description": "Catalog images: metadata and thumbnails."},
@@ -162,6 +203,8 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None) -> F
                                              "configured)."},
         ],
     )
+    app.add_middleware(BodyLimit, limits={UPLOAD_PATH: settings.service.max_upload_bytes},
+                       default=MAX_JSON_BODY_BYTES)
     app.add_exception_handler(ImgSearchError, _library_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

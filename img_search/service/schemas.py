@@ -19,6 +19,7 @@ MAX_QUERY_CHARS = 1000  # SigLIP reads 64 tokens; a longer text is refused rathe
 MAX_KEY_CHARS = 256  # user ids, session keys, collection and model names
 MAX_IMAGE_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY range
 MAX_JSON_BODY_BYTES = 64 * 1024  # a search request is a few hundred bytes
+UPLOAD_PATH = "/api/v1/search/image"  # the one route whose body may be larger (service.max_upload_bytes)
 # a character Python's str.strip() keeps, written so JSON Schema (ECMA) and pydantic (Rust regex) read it alike
 NOT_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 

@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Depends
 
 from img_search.service.deps import RouterDep, require_admin
-from img_search.service.schemas import MAX_JSON_BODY_BYTES, RolloutRequest, RolloutStatus, error_responses
+from img_search.service.schemas import RolloutRequest, RolloutStatus, error_responses
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def get_rollout(router_: RouterDep) -> RolloutStatus:
 
 
 @router.post("/rollout", response_model=RolloutStatus, responses=error_responses(413, 422),
-             max_body_size=MAX_JSON_BODY_BYTES, summary="Change or roll back the SigLIP rollout")
+             summary="Change or roll back the SigLIP rollout")
 def set_rollout(body: RolloutRequest, router_: RouterDep) -> RolloutStatus:
     """Takes effect for the next request, no restart (``percentage: 0`` rolls back to CLIP). ``force`` routes
     SigLIP's share to it even while its collection is incomplete. Lost at restart: the settings apply again."""

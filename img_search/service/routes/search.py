@@ -13,8 +13,8 @@ from img_search.service.deps import RoutedDep, RouterDep
 from img_search.service.queries import search_by_id, search_upload
 from img_search.service.schemas import (
     MAX_IMAGE_ID,
-    MAX_JSON_BODY_BYTES,
     MAX_LIMIT,
+    UPLOAD_PATH,
     Routing,
     SearchHit,
     SearchRequest,
@@ -41,7 +41,7 @@ def _response(routed: Routed, hits: list[Hit], started: float) -> SearchResponse
 
 
 @router.post("/search", response_model=SearchResponse, responses=error_responses(404, 409, 413, 422, 503),
-             max_body_size=MAX_JSON_BODY_BYTES, summary="Text -> image search")
+             summary="Text -> image search")
 def search(body: SearchRequest, router_: RouterDep) -> SearchResponse:
     """The indexed images that best match ``query``, with the calibrated probability where the model has one.
     The collection is the one named by ``model``, else the SigLIP rollout's pick (see ``routing``)."""
@@ -51,8 +51,8 @@ def search(body: SearchRequest, router_: RouterDep) -> SearchResponse:
     return _response(routed, hits, started)
 
 
-@router.post("/search/image", response_model=SearchResponse, responses=error_responses(404, 409, 413, 422, 503),
-             summary="Image -> image search (upload)")
+@router.post(UPLOAD_PATH.removeprefix("/api/v1"), response_model=SearchResponse,
+             responses=error_responses(404, 409, 413, 422, 503), summary="Image -> image search (upload)")
 def search_image(
     file: Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, HEIC, ...). The whole request "
                                                  "may not exceed service.max_upload_bytes (default 20 MiB).")],
