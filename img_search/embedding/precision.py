@@ -99,20 +99,25 @@ def check_tower(tower: str) -> str:
     return tower
 
 
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The first ``flags`` (x86) or ``Features`` (arm) line of a ``/proc/cpuinfo`` text, lower-cased."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return frozenset(value.lower().split())
+    return frozenset()
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_features() -> frozenset[str]:
     """The CPU's feature flags as ``/proc/cpuinfo`` names them (lower case); empty where that file is absent
     (macOS, Windows), which makes ``auto`` choose fp32 there."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("flags", "features"):  # x86 | arm
-                    return frozenset(value.lower().split())
+            return parse_cpu_flags(fh.read())
     except OSError:
-        pass
-    logger.debug("no CPU flags readable on %s; auto precision will be fp32", platform.system())
-    return frozenset()
+        logger.debug("no CPU flags readable on %s; auto precision will be fp32", platform.system())
+        return frozenset()
 
 
 def precision_candidates(

@@ -1,0 +1,133 @@
+"""Every precision/runtime of both towers against float32 transformers, on the tiny models of every family.
+
+One conformance test runs each ``TowerSession`` kind through the same checks (shape, dtype, batch independence);
+the parity tests hold each precision to the minimum cosine stated in ``TINY_MIN_COSINE``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import pattern
+
+from img_search.embedding import check_parity, encoder_choices, load_encoder
+from img_search.embedding.base import collate_pixels
+from img_search.embedding.parity import PARITY_MIN_COSINE, compare, probe_texts
+from img_search.embedding.precision import TowerChoice
+from img_search.errors import InvalidInputError, UnavailableError
+
+FAMILIES = ("siglip", "siglip2", "clip")
+# Minimum cosine to float32 that each precision keeps on the tiny (hidden size 32, random) models. Tiny widths
+# quantize worse than real ones: on the SigLIP-base architecture int8 stays >= 0.9996 (bench/cpu_precision.py).
+TINY_MIN_COSINE = {"fp32": 0.99999, "bf16": 0.999, "int8": 0.995}
+VARIANTS = [("fp32", "onnxruntime"), ("int8", "onnxruntime"), ("fp32", "openvino"), ("bf16", "openvino"),
+            ("bf16", "torch"), ("int8", "torch")]
+TEXTS = ["a dog on the beach", "A Red Car", "two cats in the snow at night near the river", "x"]
+
+
+def _installed(runtime: str) -> bool:
+    return importlib.util.find_spec(runtime) is not None
+
+
+@pytest.fixture(scope="module")
+def references(tiny_models: dict[str, Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """float32 transformers vectors per family (test_hf checks this encoder equals transformers called directly)."""
+    images = [pattern(i, size=(40 + 7 * i, 30 + 5 * i)) for i in range(5)]
+    out = {}
+    for family in FAMILIES:
+        enc = load_encoder(str(tiny_models[family]), device="cpu")
+        out[family] = (enc.encode_images(images), enc.encode_texts(TEXTS))
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("precision", "runtime"), VARIANTS)
+def test_precision_runtime_stays_close_to_float32(tiny_models: dict[str, Path], runtime_cache: Path,
+                                                  references: dict[str, tuple[np.ndarray, np.ndarray]], family: str,
+                                                  precision: str, runtime: str) -> None:
+    if not _installed(runtime):
+        pytest.skip(f"{runtime} not installed")
+    enc = load_encoder(str(tiny_models[family]), device="cpu", precision=precision, runtime=runtime,
+                       cache_dir=runtime_cache)
+    assert encoder_choices(enc) == {t: TowerChoice(t, precision, runtime) for t in ("image", "text")}
+    images = [pattern(i, size=(40 + 7 * i, 30 + 5 * i)) for i in range(5)]
+    img, txt = enc.encode_images(images), enc.encode_texts(TEXTS)
+    ref_img, ref_txt = references[family]
+    floor = TINY_MIN_COSINE[precision]
+    assert np.sum(img * ref_img, axis=1).min() >= floor
+    assert np.sum(txt * ref_txt, axis=1).min() >= floor
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
+    verdicts = check_parity(enc)
+    for tower, verdict in verdicts.items():
+        assert (verdict.tower, verdict.precision, verdict.runtime) == (tower, precision, runtime)
+        assert verdict.min_cosine >= floor and verdict.n_items == 8
+        assert verdict.passed == (verdict.min_cosine >= PARITY_MIN_COSINE)
+
+
+@pytest.mark.parametrize(("precision", "runtime"), [("fp32", "torch"), *VARIANTS])
+def test_tower_session_conformance(tiny_siglip: Path, runtime_cache: Path, precision: str, runtime: str) -> None:
+    """Every runtime's session: (n, dim) float32, a row does not depend on its batch, runs are deterministic."""
+    if not _installed(runtime):
+        pytest.skip(f"{runtime} not installed")
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision=precision, runtime=runtime, cache_dir=runtime_cache)
+    pre = enc.image_preprocessor()
+    batch = collate_pixels([pre(pattern(i)) for i in range(4)])
+    tokens = enc.tokenize(probe_texts()[:4])
+    for tower, inputs in (("image", batch), ("text", tokens)):
+        session = enc.session(tower)
+        assert session.choice == TowerChoice(tower, precision, runtime)
+        out = session.run(inputs)
+        assert out.dtype == np.float32 and out.shape == (4, enc.info.dim)
+        np.testing.assert_array_equal(out, session.run(inputs))
+        alone = session.run({k: v[1:2] for k, v in inputs.items()})
+        # int8 quantizes activations per batch (dynamic ranges): the same row can move slightly with its batch
+        assert compare(TowerChoice(tower, precision, runtime), out[1:2], alone).min_cosine >= (
+            0.999 if precision == "int8" else 0.99999)
+
+
+def test_auto_keeps_a_choice_that_passes_parity(tiny_siglip: Path, runtime_cache: Path) -> None:
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision="auto", cache_dir=runtime_cache)
+    for tower in ("image", "text"):
+        enc.session(tower)
+        assert enc.parity[tower].passed and enc.parity[tower].choice == enc.session(tower).choice
+
+
+def test_auto_skips_a_choice_whose_parity_fails(tiny_siglip: Path, runtime_cache: Path) -> None:
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision="auto", cache_dir=runtime_cache)
+    first = enc.build("image", "auto")[0].choice
+    cache = enc.cache()
+    assert cache is not None
+    saved = cache.read_parity(first)
+    assert saved is not None
+    try:  # a recorded failure of the first choice makes auto take the next one
+        cache.write_parity(first, {**{k: v for k, v in saved.items() if k != "format"}, "min_cosine": 0.5})
+        session, verdict = enc.build("image", "auto")
+        assert session.choice != first and verdict is not None and verdict.passed
+    finally:
+        cache.write_parity(first, {k: v for k, v in saved.items() if k != "format"})
+
+
+def test_default_is_float32_torch_without_export(tiny_siglip: Path, tmp_path: Path) -> None:
+    enc = load_encoder(str(tiny_siglip), device="cpu", cache_dir=tmp_path / "cache")
+    assert encoder_choices(enc) == {t: TowerChoice(t, "fp32", "torch") for t in ("image", "text")}
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unknown_precision_is_invalid_input(tiny_siglip: Path) -> None:
+    with pytest.raises(InvalidInputError, match="unknown precision"):
+        load_encoder(str(tiny_siglip), device="cpu", precision="int4")
+    with pytest.raises(InvalidInputError, match="unknown precision"):
+        load_encoder(str(tiny_siglip), device="cpu", text_precision="half")
+
+
+def test_runtime_not_installed_is_unavailable(tiny_siglip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(UnavailableError, match="'onnxruntime' is not installed"):
+        load_encoder(str(tiny_siglip), device="cpu", precision="int8", runtime="onnxruntime")
+    # an explicit precision without a runtime falls back to the next runtime that runs it
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision="int8")
+    assert encoder_choices(enc)["image"] == TowerChoice("image", "int8", "torch")
