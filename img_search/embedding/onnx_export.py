@@ -208,7 +208,7 @@ def _require(module: str, purpose: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise UnavailableError(f"{purpose} needs the {module!r} package; `pip install img-search[cpu]`")
+        raise UnavailableError(f"{purpose} needs the {module!r} package (a dependency of img-search: reinstall it)")
 
 
 def export_tower(encoder: Any, tower: str, kind: str, cache: RuntimeCache) -> Path:

@@ -137,8 +137,8 @@ def require_runtime(name: str, usable: Iterable[str] | None = None) -> Runtime:
     usable = tuple(installed_runtimes() if usable is None else usable)
     if name not in usable:
         raise UnavailableError(
-            f"runtime {name!r} is not installed here; install it (`pip install img-search[cpu]` brings onnxruntime "
-            f"and openvino) or choose another runtime")
+            f"runtime {name!r} is not installed here; install it (`pip install {runtime.module}`; OpenVINO is the "
+            f"`img-search[openvino]` extra) or choose another runtime")
     return runtime
 
 
