@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from img_search import __version__
@@ -53,6 +54,7 @@ _KIND_NAMES: tuple[tuple[type[ImgSearchError], str], ...] = (
     (ConflictError, "conflict"),
     (UnavailableError, "unavailable"),
 )
+_UNPARSABLE_BODY = "There was an error parsing the body"  # fastapi.routing's detail for a body it cannot parse
 _HTTP_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
 
@@ -109,11 +111,30 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code
     kind = _HTTP_KINDS.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
     message = str(exc.detail)
+    if status == 400:
+        # FastAPI's and Starlette's answer to a body their parsers gave up on (bytes that are not UTF-8, a broken
+        # multipart stream): the same 422 as malformed JSON, saying what the route expected
+        expected = "multipart/form-data" if "multipart" in request.headers.get("content-type", "") else "JSON"
+        detail = "" if message == _UNPARSABLE_BODY else f" ({message})"
+        return _error(422, "invalid_input", f"the request body cannot be parsed as {expected}{detail}")
     if status == 404 and message == "Not Found":
         message = f"no such route: {request.method} {request.url.path}"
-    elif status == 405:
-        message = f"{request.method} is not allowed on {request.url.path}"
-    return _error(status, kind, message, headers=dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else None
+    if status == 405:
+        allowed = _allowed_methods(request)
+        message = f"{request.method} is not allowed on {request.url.path} (allowed: {', '.join(allowed)})"
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    return _error(status, kind, message, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route offers at this path (Starlette's 405 names only the first route that matched)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 class BodyLimit:

@@ -3,14 +3,15 @@
 
 Bounds here are the API's documented contract (docs/SERVICE.md): ``limit`` 1..``MAX_LIMIT``, queries up to
 ``MAX_QUERY_CHARS`` characters, ids up to ``MAX_KEY_CHARS``. Every request model forbids unknown fields, so a
-misspelt field is a 422, not a silently ignored option.
+misspelt field is a 422, not a silently ignored option, and validates strictly: ``"limit": "10"`` or
+``"force": 1`` are refused rather than guessed at (a JSON integer is accepted where a number is expected).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from img_search.search.collection import DEFAULT_LIMIT, Hit
 
@@ -23,7 +24,17 @@ UPLOAD_PATH = "/api/v1/search/image"  # the one route whose body may be larger (
 # a character Python's str.strip() keeps, written so JSON Schema (ECMA) and pydantic (Rust regex) read it alike
 NOT_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
-Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"How many hits to return (1-{MAX_LIMIT}).")]
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 5.0 as an integer; so does the API (strict mode still refuses "5" and 5.5)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+# constraints before the validator, so that they reach the JSON schema as minimum / maximum
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"How many hits to return (1-{MAX_LIMIT}).",),
+                  BeforeValidator(_integral)]
 Threshold = Annotated[
     float | None,
     Field(allow_inf_nan=False, description="Drop hits below this calibrated probability (SigLIP text queries) or "
@@ -36,7 +47,7 @@ ModelName = Annotated[
                       "Omitted: the rollout decides."),
 ]
 UserId = Annotated[
-    Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_CHARS)] | StrictInt | None,
+    Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_CHARS)] | JsonInt | None,
     Field(description="Sticky rollout bucket: a hash of this id (23 and \"23\" are one user)."),
 ]
 SessionKey = Annotated[
@@ -50,7 +61,7 @@ SessionKey = Annotated[
 class SearchRequest(BaseModel):
     """A text query."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"query": "sunset over mountains", "limit": 5},
                      {"query": "a dog on the beach", "limit": 10, "threshold": 0.01, "user_id": 23}],
     })
@@ -191,7 +202,7 @@ class RolloutRequest(BaseModel):
     """A new rollout: ``percentage`` of searches to SigLIP (0 rolls back to CLIP); ``force`` routes them to SigLIP
     even while its collection is incomplete."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"percentage": 10}, {"percentage": 0}, {"percentage": 100, "force": True}]})
 
     percentage: float = Field(ge=0, le=100, allow_inf_nan=False)
