@@ -3,6 +3,8 @@
     python bench/ann_backends.py run --n 100000                      # every 100k config, one subprocess each
     python bench/ann_backends.py run --n 1000000 --configs faiss-hnsw,faiss-ivf,hnswlib,usearch-f32,qdrant_edge
     python bench/ann_backends.py report                              # table + plot into docs/PERFORMANCE.md
+    python bench/ann_backends.py run --n 20000 --data minilm         # the same on real text embeddings
+    python bench/ann_backends.py single --n 20000 --data minilm      # re-measure only the single-query ratios
 
 Per config: build the index through our wrapper (``create_index`` + ``add`` in 100k-vector chunks; lazy work such as
 IVF training, ScaNN's build or Qdrant's optimizer is forced by one search and counted in the build time), then sweep
@@ -347,6 +349,41 @@ def run_one(name: str, n: int, n_queries: int, cache: Path, source: str = "synth
     }
 
 
+def run_single(name: str, n: int, n_queries: int, cache: Path, results: Path, source: str) -> dict[str, Any]:
+    """Re-measure only the single-query ratio of a config at the setting its last ``run`` reported (for a quieter
+    moment on a shared machine); updates ``overhead.single`` in that result file."""
+    cfg = configs(n)[name]
+    path = _result_path(results, n, name, source)
+    previous = json.loads(path.read_text())
+    data = load_data(source, n, n_queries, cache)
+    base, queries = data["base"], data["queries"]
+    index = create_index(cfg.backend, dim=base.shape[1], metric="cosine", **cfg.params)
+    for start in range(0, n, CHUNK):
+        index.add(np.arange(start, min(n, start + CHUNK), dtype=np.int64), np.asarray(base[start : start + CHUNK]))
+    if previous["chosen"]["params"]:
+        index.set_search_params(**previous["chosen"]["params"])
+    index.search(queries[:1], K)
+    n_one = int(min(len(queries), max(50, SINGLE_PASS_SECONDS / max(previous["latency"]["p50_ms"] * 1e-3, 1e-6))))
+    assert cfg.raw is not None
+    one = single_query_ratio(index, RAW[cfg.raw], queries, n_one)
+    logger.info("%s: single query: wrapper %.1f us, raw %.1f us, ratio %.3f (median of %d passes over %d)",
+                name, one["wrapper_us"], one["raw_us"], one["ratio"], one["passes"], n_one)
+    previous["overhead"]["single"] = one | {"timestamp": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.write_text(json.dumps(previous, indent=1))
+    return one
+
+
+def cmd_single(args: argparse.Namespace) -> None:
+    for name in args.configs.split(","):
+        cmd = [sys.executable, __file__, "single-one", "--config", name, "--n", str(args.n), "--queries",
+               str(args.queries), "--cache", str(args.cache), "--results", str(args.results), "--data", args.data]
+        subprocess.run(cmd, check=True)
+
+
+def cmd_single_one(args: argparse.Namespace) -> None:
+    run_single(args.config, args.n, args.queries, args.cache, args.results, args.data)
+
+
 def run_contention(name: str, n: int, n_queries: int, cache: Path, results: Path, rounds: int = 3) -> dict[str, Any]:
     """Throughput and single-query latency at the reported setting, alone vs beside one busy CPU-bound process.
 
@@ -642,13 +679,13 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     report = sub.add_parser("report")
     report.add_argument("--results", type=Path, default=RESULTS)
-    for name in ("run", "one", "contention", "contention-one", "updates", "updates-one"):
+    for name in ("run", "one", "contention", "contention-one", "updates", "updates-one", "single", "single-one"):
         p = sub.add_parser(name)
         p.add_argument("--results", type=Path, default=RESULTS)
         p.add_argument("--n", type=int, default=100_000)
         p.add_argument("--queries", type=int, default=1_000)
         p.add_argument("--cache", type=Path, default=ann_data.DEFAULT_CACHE)
-        if name in ("run", "one"):
+        if name in ("run", "one", "single", "single-one"):
             p.add_argument("--data", choices=DATA_SOURCES, default="synthetic",
                            help="synthetic (ann_data.load) or minilm (real text embeddings, ann_data.load_minilm)")
         if name == "run":
@@ -656,13 +693,17 @@ def main() -> None:
             p.add_argument("--timeout", type=int, default=3600, help="seconds per config")
         elif name in ("contention", "updates"):
             p.add_argument("--configs", default="faiss-hnsw,hnswlib,usearch-f32,scann,qdrant_edge")
+        elif name == "single":
+            p.add_argument("--configs", default="faiss-flat,faiss-ivf,faiss-ivf_pq,faiss-hnsw,hnswlib,usearch-f32,"
+                           "usearch-i8,scann,qdrant_edge,qdrant_edge-float,qdrant-local")
         else:
             p.add_argument("--config", required=True)
-        if name.endswith("-one") and name != "one":
+        if name.endswith("-one") and name not in ("one", "single-one"):
             p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     commands = {"run": cmd_run, "one": cmd_one, "report": cmd_report, "contention": cmd_contention,
-                "contention-one": cmd_contention_one, "updates": cmd_updates, "updates-one": cmd_updates_one}
+                "contention-one": cmd_contention_one, "updates": cmd_updates, "updates-one": cmd_updates_one,
+                "single": cmd_single, "single-one": cmd_single_one}
     commands[args.cmd](args)
 
 
