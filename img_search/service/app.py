@@ -55,6 +55,7 @@ _KIND_NAMES: tuple[tuple[type[ImgSearchError], str], ...] = (
     (UnavailableError, "unavailable"),
 )
 _UNPARSABLE_BODY = "There was an error parsing the body"  # fastapi.routing's detail for a body it cannot parse
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _HTTP_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
 
@@ -128,13 +129,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route offers at this path (Starlette's 405 names only the first route that matched)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "__none__"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method some route answers at this path (Starlette's 405 names only the first route that matched)."""
+    routes = request.app.router.routes
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
 
 
 class BodyLimit:
