@@ -73,6 +73,7 @@ class Served:
     def status(self) -> dict[str, Any]:
         """What health reports of this collection."""
         collection = self.searcher.collection if self.searcher is not None else None
+        # Searcher has no public "is the model loaded" yet (asked of search/'s owner); reading it loads nothing
         encoder_loaded = self.searcher is not None and self.searcher._encoder is not None
         return {
             "name": self.name, "model": self.model.name, "family": self.model.family, "role": self.role,

@@ -13,6 +13,7 @@ made for each request and not kept.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -123,6 +124,7 @@ class Thumbnails:
     @staticmethod
     def _store(target: Path, data: bytes) -> None:
         # a temporary name then os.replace: a reader never sees half a file; two writers race harmlessly
+        tmp: str | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -131,3 +133,6 @@ class Thumbnails:
             os.replace(tmp, target)
         except OSError as exc:
             logger.warning("cannot cache thumbnail %s (%s)", target, exc)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)

@@ -30,7 +30,7 @@ def health(registry: RegistryDep, router_: RouterDep) -> HealthResponse:
               "degraded" if any(c.problem for c in collections) else "ok")
     return HealthResponse(
         status=status, version=__version__, index_dir=str(index_dir),
-        read_only=immutable or not os.access(index_dir, os.W_OK), images=images,
+        read_only=immutable or (index_dir.exists() and not os.access(index_dir, os.W_OK)), images=images,
         models=[s.model.name for s in served], collections=collections,
         rollout=RolloutStatus(**router_.status()),
     )
