@@ -20,9 +20,10 @@ from img_search.search.searcher import Searcher
 class LockedEncoder:
     """An ``Encoder`` whose forward passes run one at a time.
 
-    A fast tokenizer from ``tokenizers`` is not safe to call from two threads at once with padding or truncation
-    (it changes those settings on the shared Rust object per call: "Already borrowed"), and torch already uses
-    every core for one forward pass on CPU; the service's thread pool would otherwise run them concurrently.
+    A shared fast tokenizer called from two threads at once can fail with ``RuntimeError: Already borrowed``
+    (huggingface/tokenizers#537, huggingface/transformers#47085: padding and truncation are set on the shared Rust
+    object per call), and torch already uses every core for one forward pass on CPU; the service's thread pool
+    would otherwise run them concurrently.
     """
 
     def __init__(self, inner: Encoder) -> None:
