@@ -188,15 +188,13 @@ class CollectionRegistry:
         return [self._served[k] for k in sorted(self._served)]
 
     def get(self, name: str) -> Served:
-        """The collection named ``name``, or the one of the model ``name`` (Hub id or local path); else
-        ``NotFoundError`` listing what is served."""
-        from img_search.embedding.hf import canonical_model_id
-
+        """The collection named ``name``, or the one of the model recorded as ``name`` (its Hub id, or the
+        absolute path of a local checkpoint: compared as text, never looked up on disk); else ``NotFoundError``
+        listing what is served."""
         everything = self.served()
         found = next((s for s in everything if s.name == name), None)
         if found is None:
-            model = canonical_model_id(name)
-            found = next((s for s in everything if s.model.name == model), None)
+            found = next((s for s in everything if s.model.name == name), None)
         if found is None:
             known = ", ".join(f"{s.name} ({s.model.name})" for s in everything) or "none (nothing is indexed)"
             raise NotFoundError(f"no collection or model named {name!r}; served: {known}")

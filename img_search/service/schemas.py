@@ -143,7 +143,7 @@ class ImageInfo(BaseModel):
 
     id: int
     path: str
-    status: Literal["ok", "error", "deleted"] | str
+    status: str = Field(description="ok (searchable), error (could not be indexed) or deleted (gone from its folder).")
     error: str | None = Field(description="Why the file could not be indexed (status error).")
     size_bytes: int | None
     modified: str | None = Field(description="File modification time, ISO 8601 UTC.")

@@ -142,6 +142,8 @@ BAD_SEARCHES: dict[str, tuple[Any, int, str, str]] = {
     "threshold text": ({"query": "x", "threshold": "high"}, 422, "invalid_input", "body.threshold"),
     "unknown field": ({"query": "x", "limt": 3}, 422, "invalid_input", "body.limt"),
     "unknown model": ({"query": "x", "model": "nope"}, 404, "not_found", "image_assets_siglip"),
+    # model names are compared as text: a path in a request is never resolved on the server's disk
+    "relative model path": ({"query": "x", "model": "../models0/tiny-siglip"}, 404, "not_found", "served:"),
     "user_id bool": ({"query": "x", "user_id": True}, 422, "invalid_input", "body.user_id"),
     "not an object": ([1, 2], 422, "invalid_input", "body"),
 }
