@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+GRACEFUL_SHUTDOWN_S = 10  # requests in flight get this long to finish after SIGTERM; searches take milliseconds
+
 
 def run(settings: Settings, host: str | None = None, port: int | None = None, *, log_level: str = "info") -> None:
     """Serve ``settings.index_dir`` on ``host``:``port`` (default ``service.host`` / ``service.port``) with uvicorn
@@ -32,8 +34,9 @@ def run(settings: Settings, host: str | None = None, port: int | None = None, *,
     except ImportError as exc:
         raise UnavailableError(f"the service needs the serve extra: pip install 'img-search[serve]' ({exc})"
                                ) from None
-    uvicorn.run(create_app(settings), host=host or settings.service.host, port=port or settings.service.port,
-                log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(create_app(settings), host=settings.service.host if host is None else host,
+                port=settings.service.port if port is None else port, log_level=log_level,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 
 __all__ = ["run"]

@@ -106,6 +106,11 @@ def _model_param(model: str | None) -> str | None:
     return canonical_model_id(model)  # a relative path means the caller's directory, not the server's
 
 
+def to_hits(rows: list[dict[str, Any]]) -> list[Hit]:
+    """The ``Hit`` objects of rows returned by the search functions (what the CLI's human-readable output prints)."""
+    return [Hit(r["path"], r["cosine"], r["probability"], r["image_id"], r["width"], r["height"]) for r in rows]
+
+
 def _hits(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [Hit(h["path"], h["cosine"], h["probability"], h["id"], h["width"], h["height"]).to_dict()
             for h in payload["hits"]]

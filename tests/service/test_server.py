@@ -89,6 +89,7 @@ def test_end_to_end_search_through_the_client(server: str, indexed: tuple[Path, 
     assert [h["cosine"] for h in hits] == pytest.approx([h.cosine for h in local], abs=1e-5)
     assert [h["probability"] for h in hits] == pytest.approx([h.probability for h in local], abs=1e-6)
     assert list(hits[0]) == list(local[0].to_dict())  # the --json keys, in order
+    assert [h.path for h in client.to_hits(hits)] == [h.path for h in local]
     query = photos / "a" / "img05.jpg"
     similar = client.search_image(server, query, limit=20, model="image_assets")
     assert len(similar) == N_PHOTOS - 1 and str(query) not in [h["path"] for h in similar]
