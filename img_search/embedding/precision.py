@@ -6,12 +6,12 @@ separately because the fastest choice differs: a batch of 32 images is compute-b
 dominated by per-op overhead (torch's bf16 autocast made a single SigLIP query ~4x *slower*, issue 8).
 
 ``auto`` on a CPU picks, per tower, the first entry of ``AUTO_PLAN[tower]`` whose instruction-set requirement the
-CPU meets (read at run time from ``/proc/cpuinfo``) and for which a runtime is installed. The plan comes from
-``bench/cpu_precision.py`` on the SigLIP-base architecture (figures in docs/PERFORMANCE.md, "CPU precisions and
-runtimes"): on an AVX-512 VNNI + BF16 EPYC, ONNX Runtime int8 (dynamic quantization of the MatMuls) was the fastest
-for both towers at a minimum cosine to float32 of ~0.9997; bf16 comes next where the CPU has native bf16 (OpenVINO
-for the text tower: torch autocast is slower than fp32 for one query). On CUDA/MPS ``auto`` is ``fp16`` through torch
-(the project's machines have no GPU: that branch is untested).
+CPU meets (read at run time from ``/proc/cpuinfo``) and whose runtime is installed; the encoder then keeps it only if
+its parity check passes (``embedding.parity``), else takes the next. The plan comes from ``bench/cpu_precision.py``
+on the SigLIP-base architecture (figures in docs/PERFORMANCE.md, "CPU precisions and runtimes"): on an AVX-512 VNNI
++ BF16 EPYC the image tower is fastest as OpenVINO bf16 (an extra), then ONNX Runtime int8 (the core install's
+choice); the text tower as ONNX Runtime int8, by far. On CUDA/MPS ``auto`` is ``fp16`` through torch (the project's
+machines have no GPU: that branch is untested).
 """
 
 from __future__ import annotations
@@ -53,26 +53,35 @@ class TowerChoice:
 
 @dataclass(frozen=True)
 class PlanStep:
-    """One rung of ``auto``: ``precision`` if the CPU has any of ``flags`` (empty: always), run by the first
-    installed runtime of ``runtimes``."""
+    """One rung of ``auto``: ``precision`` on ``runtime``, if the CPU has any of ``flags`` (empty: always)."""
 
     precision: str
-    flags: frozenset[str]
-    runtimes: tuple[str, ...]
+    runtime: str
+    flags: frozenset[str] = frozenset()
 
 
-# Ordered fastest first (bench/cpu_precision.py). int8 needs a dot-product instruction to win; bf16 needs native bf16.
-# torch bf16 autocast is left out of the text plan: one query ran slower than float32 with it.
+# Fastest first, from bench/cpu_precision.py on the SigLIP-base architecture (2-core EPYC, AVX-512 VNNI + BF16;
+# speed relative to torch fp32 in the same rounds, minimum cosine to it):
+#   image, batch 16: OpenVINO bf16 5.1x (0.99997) > ONNX Runtime int8 4.5x (0.9997) > torch int8 2.5x (0.9997) >
+#                    OpenVINO / ONNX Runtime fp32 2.4x > torch bf16 1.4x
+#   text, 1 query:   ONNX Runtime int8 p50 49 ms (0.9997) > OpenVINO bf16 92 ms > ONNX Runtime fp32 130 ms >
+#                    OpenVINO fp32 168 ms > torch int8 245 ms > torch bf16 796 ms > torch fp32 1181 ms
+# int8 needs a dot-product instruction to win and bf16 native bf16; without either, fp32 on a graph runtime.
 AUTO_PLAN: dict[str, tuple[PlanStep, ...]] = {
     "image": (
-        PlanStep("int8", INT8_FLAGS, ("onnxruntime", "torch")),
-        PlanStep("bf16", BF16_FLAGS, ("openvino", "torch")),
-        PlanStep("fp32", frozenset(), ("onnxruntime", "openvino", "torch")),
+        PlanStep("bf16", "openvino", BF16_FLAGS),
+        PlanStep("int8", "onnxruntime", INT8_FLAGS),
+        PlanStep("int8", "torch", INT8_FLAGS),
+        PlanStep("fp32", "onnxruntime"),
+        PlanStep("fp32", "openvino"),
+        PlanStep("bf16", "torch", BF16_FLAGS),
     ),
     "text": (
-        PlanStep("int8", INT8_FLAGS, ("onnxruntime", "torch")),
-        PlanStep("bf16", BF16_FLAGS, ("openvino",)),
-        PlanStep("fp32", frozenset(), ("onnxruntime", "openvino", "torch")),
+        PlanStep("int8", "onnxruntime", INT8_FLAGS),
+        PlanStep("bf16", "openvino", BF16_FLAGS),
+        PlanStep("fp32", "onnxruntime"),
+        PlanStep("fp32", "openvino"),
+        PlanStep("int8", "torch", INT8_FLAGS),  # torch bf16 autocast is left out: one query ran slower than fp32
     ),
 }
 # an explicit precision: the runtimes that can run it, fastest first (same measurements)
@@ -152,13 +161,10 @@ def precision_candidates(
             raise InvalidInputError(f"runtime {runtime!r} runs on CPU only; on {device} the runtime is torch")
         return [TowerChoice(tower, ACCELERATOR_PRECISION if precision == "auto" else precision, "torch")]
     flags = frozenset(cpu_features() if features is None else features)
-    out: list[TowerChoice] = []
     if precision == "auto":
-        for step in AUTO_PLAN[tower]:
-            if step.flags and not step.flags & flags:
-                continue
-            out += [TowerChoice(tower, step.precision, r) for r in step.runtimes
-                    if r in usable and runtime in ("auto", r)]
+        out = [TowerChoice(tower, step.precision, step.runtime) for step in AUTO_PLAN[tower]
+               if (not step.flags or step.flags & flags) and step.runtime in usable
+               and runtime in ("auto", step.runtime)]
         reference = TowerChoice(tower, "fp32", "torch" if runtime == "auto" else runtime)
         return out + ([reference] if reference not in out else [])
     able = EXPLICIT_RUNTIMES[precision]
