@@ -94,6 +94,12 @@ EXPLICIT_RUNTIMES: dict[str, tuple[str, ...]] = {
 ACCELERATOR_PRECISION = "fp16"  # CUDA / MPS: half precision through torch (untested on the project's machines)
 
 
+def is_accelerator(device: str) -> bool:
+    """CUDA / MPS device strings; "cpu" and an unresolved "auto" count as CPU (a light text query never needs a GPU,
+    and resolving "auto" would import torch)."""
+    return device.startswith(("cuda", "mps"))
+
+
 def check_precision(precision: str) -> str:
     """``precision`` normalised (``--dtype`` spellings accepted); raises ``InvalidInputError`` when unknown."""
     value = DTYPE_ALIASES.get(precision, precision)
@@ -142,8 +148,8 @@ def precision_candidates(
     its parity check); ``resolve_precision`` is the first entry.
 
     ``precision``: auto | fp32 | bf16 | fp16 | int8 (or a ``--dtype`` spelling). ``device``: the torch device string;
-    off CPU everything runs through torch and ``auto`` is fp16. ``features``: CPU flags (default: ``cpu_features()``).
-    ``runtimes``: the runtimes usable here (default: the installed ones, ``embedding.runtime.installed_runtimes()``).
+    on CUDA / MPS everything runs through torch and ``auto`` is fp16 ("auto" counts as CPU here). ``features``: CPU
+    flags (default: ``cpu_features()``). ``runtimes``: the runtimes usable here (default: the installed ones, ``embedding.runtime.installed_runtimes()``).
     ``runtime``: force one (``auto`` = fastest usable). Raises ``InvalidInputError`` for an unknown precision, tower
     or runtime, or a runtime that cannot run the precision; ``UnavailableError`` when a forced runtime is not usable.
     An explicit precision never silently becomes another one; ``auto`` ends with fp32 on torch, the reference.
@@ -156,7 +162,7 @@ def precision_candidates(
     usable = tuple(installed_runtimes() if runtimes is None else runtimes)
     if runtime != "auto":
         require_runtime(runtime, usable)
-    if not device.startswith("cpu"):
+    if is_accelerator(device):
         if runtime not in ("auto", "torch"):
             raise InvalidInputError(f"runtime {runtime!r} runs on CPU only; on {device} the runtime is torch")
         return [TowerChoice(tower, ACCELERATOR_PRECISION if precision == "auto" else precision, "torch")]

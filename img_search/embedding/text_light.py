@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.embedding.base import Encoder, FeatureVector, ModelInfo, PixelBatch, l2_normalize
-from img_search.embedding.precision import TowerChoice, precision_candidates
+from img_search.embedding.precision import TowerChoice, is_accelerator, precision_candidates
 from img_search.errors import UnavailableError
 from img_search.registry import Registry
 
@@ -270,6 +270,8 @@ def load_text_encoder(model: str, precision: str = "auto", *, cache_dir: Path | 
         return loader
 
     candidates = precision_candidates(precision, "text", device=device, runtime=runtime)
+    if is_accelerator(device):  # the exported graphs run on CPU; a GPU search keeps the torch encoder
+        candidates = []
     cache = RuntimeCache.find(model, cache_dir)
     manifest = cache.manifest() if cache is not None else None
     if cache is not None and manifest is not None and manifest.get("tokenizer") is not None:

@@ -56,6 +56,8 @@ def test_auto_on_an_accelerator_is_fp16_on_torch() -> None:
     # untestable here for real (no GPU): only the decision is checked
     assert resolve_precision("auto", "text", device="cuda", features=EPYC, runtimes=ALL) == TowerChoice(
         "text", "fp16", "torch")
+    # an unresolved "auto" device is treated as CPU (resolving it would import torch)
+    assert resolve_precision("auto", "text", device="auto", features=EPYC, runtimes=ALL).runtime == "onnxruntime"
     with pytest.raises(InvalidInputError, match="CPU only"):
         resolve_precision("fp32", "image", device="cuda", runtime="onnxruntime", runtimes=ALL)
 
