@@ -149,9 +149,10 @@ def precision_candidates(
 
     ``precision``: auto | fp32 | bf16 | fp16 | int8 (or a ``--dtype`` spelling). ``device``: the torch device string;
     on CUDA / MPS everything runs through torch and ``auto`` is fp16 ("auto" counts as CPU here). ``features``: CPU
-    flags (default: ``cpu_features()``). ``runtimes``: the runtimes usable here (default: the installed ones, ``embedding.runtime.installed_runtimes()``).
-    ``runtime``: force one (``auto`` = fastest usable). Raises ``InvalidInputError`` for an unknown precision, tower
-    or runtime, or a runtime that cannot run the precision; ``UnavailableError`` when a forced runtime is not usable.
+    flags (default: ``cpu_features()``). ``runtimes``: the runtimes usable here (default: the installed ones,
+    ``embedding.runtime.installed_runtimes()``). ``runtime``: force one (``auto`` = fastest usable). Raises
+    ``InvalidInputError`` for an unknown precision, tower or runtime, or a runtime that cannot run the precision;
+    ``UnavailableError`` when a forced runtime is not usable.
     An explicit precision never silently becomes another one; ``auto`` ends with fp32 on torch, the reference.
     """
     from img_search.embedding.runtime import RUNTIMES, installed_runtimes, require_runtime
