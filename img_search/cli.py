@@ -27,7 +27,14 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from img_search import __version__
-from img_search.errors import EXIT_INTERRUPTED, EXIT_USAGE, ImageDecodeError, ImgSearchError, exit_code
+from img_search.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ImageDecodeError,
+    ImgSearchError,
+    InvalidInputError,
+    exit_code,
+)
 from img_search.settings import DEFAULT_MODEL, DEFAULTS, DEVICES_HELP, DTYPES, Settings, load_settings
 
 logger = logging.getLogger("img_search")
@@ -81,6 +88,11 @@ AnnThresholdOpt = Annotated[
     int | None,
     typer.Option("--ann-threshold", min=0, help="Use the ANN backend from this many vectors on "
                                                 f"[default: {DEFAULTS.search.ann_threshold}].", show_default=False),
+]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option("--server", help="Ask this running `img-search serve` (e.g. http://127.0.0.1:8000) instead of "
+                                  "loading the model here [env IMG_SEARCH_SERVER].", show_default=False),
 ]
 MaxPixelsOpt = Annotated[
     int | None,
@@ -267,15 +279,25 @@ def _print_summary(summary: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- search
 def _search_settings(index_dir: Path | None, model: str | None, device: str | None, dtype: str | None,
-                     backend: str | None, ann_threshold: int | None, max_image_pixels: int | None = None) -> Settings:
+                     backend: str | None, ann_threshold: int | None, max_image_pixels: int | None = None,
+                     server: str | None = None) -> Settings:
     search: dict[str, Any] = {}
     if backend is not None:
         # naming a backend means "use it": exact stays exact, an ANN backend applies at any size
         search = {"ann_backend": backend, "ann_threshold": 0}
     if ann_threshold is not None:
         search["ann_threshold"] = ann_threshold
-    return _settings(index_dir, model=model, device=device, dtype=dtype, max_image_pixels=max_image_pixels,
-                     search=search or None)
+    settings = _settings(index_dir, model=model, device=device, dtype=dtype, max_image_pixels=max_image_pixels,
+                         search=search or None, server=server)
+    if settings.server and (backend is not None or ann_threshold is not None):
+        raise InvalidInputError("--backend and --ann-threshold choose this process's search index; a server "
+                                "(--server / IMG_SEARCH_SERVER) searches with its own: drop one or the other")
+    return settings
+
+
+def _server_scope(index_dir: Path | None, model: str | None) -> dict[str, Any]:
+    """What the command asked for by flag, for the client to check against what the server serves."""
+    return {"index_dir": index_dir, "model": model}
 
 
 def _print_hits(hits: list[Any], as_json: bool, what: str) -> None:
@@ -303,16 +325,24 @@ def search(
     ann_threshold: AnnThresholdOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    server: ServerOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Text -> image: the indexed images that best match QUERY."""
-    from img_search.search.searcher import open_searcher
-
     _setup_logging(verbose)
     with _edge():
-        settings = _search_settings(index_dir, model, device, dtype, backend, ann_threshold)
-        hits = open_searcher(settings).search_text(query, limit=limit, threshold=threshold)
+        settings = _search_settings(index_dir, model, device, dtype, backend, ann_threshold, server=server)
+        if settings.server:
+            from img_search.service import client
+
+            rows = client.search_text(settings.server, query, limit=limit, threshold=threshold,
+                                      **_server_scope(index_dir, model))
+            hits = client.to_hits(rows)
+        else:
+            from img_search.search.searcher import open_searcher
+
+            hits = open_searcher(settings).search_text(query, limit=limit, threshold=threshold)
     _print_hits(hits, as_json, display_path(repr(query)))
 
 
@@ -328,18 +358,26 @@ def similar(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     max_image_pixels: MaxPixelsOpt = None,
+    server: ServerOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Image -> image: the indexed images most similar to IMAGE (cosine; the file itself is left out)."""
-    from img_search.search.searcher import open_searcher
-
     _setup_logging(verbose)
     with _edge():
-        settings = _search_settings(index_dir, model, device, dtype, backend, ann_threshold, max_image_pixels)
-        searcher = open_searcher(settings)
+        settings = _search_settings(index_dir, model, device, dtype, backend, ann_threshold, max_image_pixels,
+                                    server=server)
         try:
-            hits = searcher.search_image(str(image), limit=limit, threshold=threshold)
+            if settings.server:
+                from img_search.service import client
+
+                rows = client.search_image(settings.server, str(image), limit=limit, threshold=threshold,
+                                           **_server_scope(index_dir, model))
+                hits = client.to_hits(rows)
+            else:
+                from img_search.search.searcher import open_searcher
+
+                hits = open_searcher(settings).search_image(str(image), limit=limit, threshold=threshold)
         except ImageDecodeError as exc:
             raise ImageDecodeError(f"{display_path(str(image))}: {exc}") from None
     _print_hits(hits, as_json, display_path(str(image)))
@@ -392,6 +430,32 @@ def _human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+# ----------------------------------------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    index_dir: IndexDirOpt = None,
+    host: Annotated[str | None, typer.Option("--host", help=f"Address to listen on [default: "
+                                                            f"{DEFAULTS.service.host}].", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help=f"Port [default: "
+                                                                              f"{DEFAULTS.service.port}].",
+                                             show_default=False)] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Serve the index over HTTP (docs/SERVICE.md): search, similar, thumbnails, health, admin rollout."""
+    from img_search import service
+    from img_search.data.images import configure_pixel_limit
+    from img_search.service.config import load_service_settings
+
+    _setup_logging(max(verbose, 1))
+    with _edge():
+        nested = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        settings = load_service_settings(index_dir, device=device, dtype=dtype, service=nested or None)
+        configure_pixel_limit(settings.max_image_pixels)
+        service.run(settings, log_level="debug" if verbose > 1 else "info")
 
 
 # ---------------------------------------------------------------------------------------------------------- export

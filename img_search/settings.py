@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     # globs matched against the path relative to the indexed folder (`**` allowed), on top of the default list
     exclude: tuple[str, ...] = ()
     default_excludes: bool = True
+    # URL of a running `img-search serve`; when set, `search` / `similar` ask it instead of loading a model
+    server: str | None = None
     search: SearchSettings = Field(default_factory=SearchSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
 

@@ -153,3 +153,53 @@ def test_huge_limit_returns_what_exists_at_the_same_cost(indexed: dict[str, str]
     n_huge, rss_huge = _peak_rss_kib("search", "a dog", "--json", "--limit", "2147483647", env=indexed)
     assert (n_small, n_huge) == (10, 13)
     assert rss_huge <= 1.1 * rss_small
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_search_and_similar_through_a_running_server(indexed: dict[str, str], photo_dir: Path,
+                                                     tmp_path: Path) -> None:
+    import time
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "img_search", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                              env=dict(os.environ, **indexed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/api/v1/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.3)
+        local = json.loads(cli("search", "a red car", "--json", "-n", "5", env=indexed).stdout)
+        remote = json.loads(cli("search", "a red car", "--json", "-n", "5", env={**indexed,
+                                                                                 "IMG_SEARCH_SERVER": url}).stdout)
+        assert [h["path"] for h in remote] == [h["path"] for h in local]
+        every = json.loads(cli("search", "x", "--json", "-n", "13", "--server", url, env=indexed).stdout)
+        odd = [h["path"] for h in every if "odd-" in h["path"]]  # a name that is not UTF-8, through HTTP
+        assert len(every) == 13 and odd and os.path.exists(os.fsencode(odd[0]))
+        query = str(photo_dir / "a" / "img01.jpg")
+        near = json.loads(cli("similar", query, "--json", "-n", "3", "--server", url, env=indexed).stdout)
+        assert len(near) == 3 and query not in [h["path"] for h in near]
+        other = cli("search", "x", "--server", url, "--index-dir", str(tmp_path / "elsewhere"), env=indexed,
+                    check=False)
+        assert other.returncode == 1 and other.stderr.count("\n") == 1 and "elsewhere" in other.stderr
+        both = cli("search", "x", "--server", url, "--backend", "exact", env=indexed, check=False)
+        assert both.returncode == 2 and "--backend" in both.stderr
+    finally:
+        server.terminate()
+        server.wait(30)
+    down = cli("search", "x", "--server", url, env=indexed, check=False)
+    assert down.returncode == 1 and "no img-search service answers" in down.stderr

@@ -4,7 +4,7 @@
 on the first query that needs it (an image already in the catalog is searched by its stored vector, no model).
 The searcher owns calibration: the model's learned ``sigmoid(exp(t') * cos + b)`` (``search.calibration``), taken
 from the loaded encoder (the truth) or, before it is loaded, from the values the catalog recorded.
-A ``Searcher`` is safe to share between threads.
+A ``Searcher`` is safe to share between threads: the model is loaded once and runs one forward pass at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,6 +55,9 @@ class Searcher:
         self._encoder: Encoder | None = None
         self._factory: Callable[[], Encoder] | None = None
         self._load_lock = threading.Lock()
+        # one forward pass at a time: on CPU torch already spreads one over every core, and a fast tokenizer shared
+        # by two threads can fail with "Already borrowed" (huggingface/tokenizers#537)
+        self._encode_lock = threading.Lock()
         model = collection.model
         self.calibration: Calibration | None = Calibration.maybe(model.logit_scale, model.logit_bias)
         if isinstance(encoder, Encoder):
@@ -83,6 +87,11 @@ class Searcher:
         assert self._encoder is not None
         return self._encoder
 
+    @property
+    def encoder_loaded(self) -> bool:
+        """Whether the model is loaded (a query that needs it has run, or it was given)."""
+        return self._encoder is not None
+
     def refresh(self) -> bool:
         """Pick up what `index` committed since the collection was opened (the model stays loaded)."""
         return self.collection.refresh()
@@ -95,7 +104,8 @@ class Searcher:
         if not isinstance(query, str) or not query.strip():
             raise InvalidInputError("the query text is empty")
         threshold = check_threshold(threshold)
-        vec = self.encoder.encode_texts([query])
+        with self._encode_lock:
+            vec = self.encoder.encode_texts([query])
         return self._hits(vec, limit, threshold, calibrated=True)[0]
 
     def search_image(self, path: str, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,
@@ -108,6 +118,38 @@ class Searcher:
         vec, own_id = self._image_vector(path, max_image_pixels)
         exclude = frozenset({own_id}) if own_id is not None else frozenset()
         return self._hits(vec[None, :], limit, threshold, calibrated=False, exclude_ids=exclude)[0]
+
+    def search_bytes(self, data: bytes, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None) -> list[Hit]:
+        """Images similar to the image file content ``data`` (an upload); cosine only, no probability.
+
+        Content that is indexed is searched by its stored vector (no model run) and finds its own catalog copies
+        too; other content is decoded (``ImageDecodeError`` when it is not an image) and embedded.
+        """
+        from img_search.data.images import content_hash, decode_image
+
+        threshold = check_threshold(threshold)
+        collection = self.collection
+        vector = collection.catalog().vector_for(collection.model.id, content_hash(data))
+        if vector is None:
+            vector = self._encode_images([decode_image(data)])[0]
+        return self._hits(np.asarray(vector, np.float32)[None, :], limit, threshold, calibrated=False)[0]
+
+    def search_id(self, image_id: int, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None) -> list[Hit]:
+        """Images similar to the catalog image ``image_id``, by its stored vector (no model run), itself left out.
+
+        Raises ``NotFoundError`` when no live image has that id or the collection holds no vector for it.
+        """
+        threshold = check_threshold(threshold)
+        catalog = self.collection.catalog()
+        row = catalog.images_by_id([image_id], live_only=True).get(image_id)
+        if row is None or row.content_hash is None:
+            raise NotFoundError(f"no indexed image has id {image_id}")
+        vector = catalog.vector_for(self.collection.model.id, row.content_hash)
+        if vector is None:
+            raise NotFoundError(f"image {image_id} has no vector for model {self.collection.model.name!r} (not "
+                                "embedded with it yet)")
+        return self._hits(vector[None, :], limit, threshold, calibrated=False,
+                          exclude_ids=frozenset({image_id}))[0]
 
     def search_vectors(self, queries: NDArray[np.float32], *, limit: int = DEFAULT_LIMIT,
                        threshold: float | None = None, calibrated: bool = True) -> list[list[Hit]]:
@@ -150,4 +192,8 @@ class Searcher:
             return stored, own_id
         kwargs = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
         image = decode_image(data, **kwargs)
-        return self.encoder.encode_images([image])[0], own_id
+        return self._encode_images([image])[0], own_id
+
+    def _encode_images(self, images: list[Any]) -> NDArray[np.float32]:
+        with self._encode_lock:
+            return self.encoder.encode_images(images)

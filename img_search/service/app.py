@@ -11,6 +11,7 @@ body over the size limit a 413, and every answer, 500 included, is an ``ErrorRes
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,6 +61,18 @@ _HTTP_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped (``\\uXXXX``), as the CLI's ``--json`` prints it.
+
+    A file name that is not UTF-8 reaches Python as a str with surrogate escapes (``os.fsdecode``); UTF-8 cannot
+    encode those (pydantic's serializer and Starlette's default response both fail on them), while an ASCII-escaped
+    ``"\\udcff"`` round-trips: ``os.fsencode(json.loads(body)["path"])`` is the name on disk.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_kind(exc: ImgSearchError) -> str:
     """The stable ``error`` name of a library error's kind ("internal" for an error of no kind)."""
     return next((name for kind, name in _KIND_NAMES if isinstance(exc, kind)), "internal")
@@ -70,7 +83,7 @@ def _error(status: int, kind: str, message: str, details: list[dict[str, Any]] |
     body: dict[str, Any] = {"error": kind, "message": message}
     if details is not None:
         body["details"] = details
-    return JSONResponse(body, status_code=status, headers=headers)
+    return AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
 async def _library_error(request: Request, exc: Exception) -> JSONResponse:
@@ -214,6 +227,7 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None) -> F
 
     app = FastAPI(
         title="img-search", version=__version__, description=API_DESCRIPTION, lifespan=lifespan,
+        default_response_class=AsciiJSONResponse,
         openapi_tags=[
             {"name": "search", "description": "Text and image queries; routed by the SigLIP rollout."},
             {"name": "images", "description": "Catalog images: metadata and thumbnails."},

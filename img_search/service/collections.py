@@ -30,7 +30,6 @@ from img_search.errors import (
     NotFoundError,
 )
 from img_search.search.searcher import Searcher, encoder_factory, open_searcher
-from img_search.service.queries import LockedEncoder
 from img_search.service.rollout import Decision, Rollout, Side, decide, incomplete_reason, request_bucket
 from img_search.settings import Settings
 
@@ -42,9 +41,8 @@ SearcherOpener = Callable[[Settings, ModelRow], Searcher]
 
 
 def default_opener(settings: Settings, model: ModelRow) -> Searcher:
-    """``open_searcher`` for ``model`` with an encoder that loads on first use and runs one forward at a time."""
-    load = encoder_factory(model.name, settings)
-    return open_searcher(settings, model.name, encoder=lambda: LockedEncoder(load()))
+    """``open_searcher`` for ``model``: the encoder loads on first use and runs one forward pass at a time."""
+    return open_searcher(settings, model.name, encoder=encoder_factory(model.name, settings))
 
 
 @dataclass
@@ -73,8 +71,7 @@ class Served:
     def status(self) -> dict[str, Any]:
         """What health reports of this collection."""
         collection = self.searcher.collection if self.searcher is not None else None
-        # Searcher has no public "is the model loaded" yet (asked of search/'s owner); reading it loads nothing
-        encoder_loaded = self.searcher is not None and self.searcher._encoder is not None
+        encoder_loaded = self.searcher is not None and self.searcher.encoder_loaded
         return {
             "name": self.name, "model": self.model.name, "family": self.model.family, "role": self.role,
             "dim": self.model.dim, "points": self.points,

@@ -22,7 +22,7 @@ from img_search.embedding.base import Encoder
 from img_search.pipeline.runner import IndexOptions, index_folders
 from img_search.search.searcher import Searcher, open_searcher
 from img_search.service.app import create_app
-from img_search.service.queries import LockedEncoder
+from img_search.service.embedding import LockedEncoder
 from img_search.settings import Settings, load_settings
 
 API_KEY = "test-admin-key"
