@@ -80,7 +80,24 @@ class ServiceSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Jobs (img_search/jobs, docs/SERVICE.md "Jobs"): RQ over Redis when redis_url is set (also from the seed's
+    # REDIS_URL, service/config.py), else one in-process worker thread. queue_name names the RQ queue and prefixes
+    # every key the project keeps in Redis.
+    redis_url: str | None = None
+    queue_name: str = "img-search"
+    # POST /api/v1/admin/index indexes only folders inside these (canonical paths; empty: the route refuses all)
+    allowed_roots: tuple[str, ...] = ()
+    reembed_batch_size: int = Field(100, ge=1, le=10_000)  # images per re-embedding job (seed 002: 100)
+    job_timeout_s: int = Field(3600, ge=10)  # RQ's limit on one job (a batch, or one index run of a folder)
+    # A running job renews a lease in Redis every job_lease_s / 3; a job whose lease lapsed (its worker was killed)
+    # is enqueued again by the sweeper, which runs every sweep_interval_s in each worker and on status requests.
+    job_lease_s: float = Field(30.0, gt=0)
+    sweep_interval_s: float = Field(10.0, gt=0)
+    job_max_attempts: int = Field(3, ge=1)  # a batch failing this often is reported failed, not retried
+    # serve --watch: a changed folder is indexed once no event came for watch_debounce_s; where the OS cannot watch
+    # (inotify limits) the folder is rescanned every watch_rescan_s instead
+    watch_debounce_s: float = Field(2.0, ge=0)
+    watch_rescan_s: float = Field(60.0, gt=0)
     # the admin routes (/api/v1/admin/*) need this key in the X-API-Key header; unset: they answer 404 (disabled)
     api_key: SecretStr | None = None
     # One collection per model (seed 002): the CLIP collection in service and the SigLIP one replacing it. Names,
@@ -114,6 +131,31 @@ class ServiceSettings(BaseModel):
         if not value.strip():
             raise ValueError("the model name is empty")
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix:// (got {value!r})")
+        return value
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not cls.COLLECTION_NAME.match(value):
+            raise ValueError(f"queue names are 1-64 letters, digits, '_', '-' or '.' (got {value!r})")
+        return value
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _allowed_roots(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        roots = tuple(os.path.expanduser(str(v)) for v in value)
+        relative = [r for r in roots if not os.path.isabs(r)]
+        if relative:
+            raise ValueError(f"allowed_roots must be absolute paths (got {relative[0]!r})")
+        return roots
 
     @field_validator("api_key")
     @classmethod

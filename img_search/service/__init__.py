@@ -12,6 +12,8 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from img_search.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -19,9 +21,11 @@ logger = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 10  # requests in flight get this long to finish after SIGTERM; searches take milliseconds
 
 
-def run(settings: Settings, host: str | None = None, port: int | None = None, *, log_level: str = "info") -> None:
+def run(settings: Settings, host: str | None = None, port: int | None = None, *, log_level: str = "info",
+        watch: Sequence[str] = ()) -> None:
     """Serve ``settings.index_dir`` on ``host``:``port`` (default ``service.host`` / ``service.port``) with uvicorn
-    until SIGINT/SIGTERM. One process: the rollout state changed through the admin route lives in it.
+    until SIGINT/SIGTERM. One process: the rollout state changed through the admin route lives in it. ``watch``:
+    folders whose new and changed images are indexed as they come (``serve --watch``; ``jobs.watch``).
 
     Raises ``UnavailableError`` when the ``serve`` extra (fastapi, uvicorn) is not installed.
     """
@@ -34,7 +38,7 @@ def run(settings: Settings, host: str | None = None, port: int | None = None, *,
     except ImportError as exc:
         raise UnavailableError(f"the service needs the serve extra: pip install 'img-search[serve]' ({exc})"
                                ) from None
-    uvicorn.run(create_app(settings), host=settings.service.host if host is None else host,
+    uvicorn.run(create_app(settings, watch=watch), host=settings.service.host if host is None else host,
                 port=settings.service.port if port is None else port, log_level=log_level,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 

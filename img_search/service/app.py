@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
@@ -197,11 +197,13 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal", f"internal error ({type(exc).__name__}); see the server log")
 
 
-def create_app(settings: Settings, *, opener: SearcherOpener | None = None) -> FastAPI:
+def create_app(settings: Settings, *, opener: SearcherOpener | None = None, watch: Sequence[str] = ()) -> FastAPI:
     """The service over ``settings.index_dir``. ``opener`` builds each collection's ``Searcher`` (default
-    ``collections.default_opener``; tests inject searchers with ready encoders). Nothing is opened until the
+    ``collections.default_opener``; tests inject searchers with ready encoders). ``watch``: folders to watch for
+    new and changed images (``serve --watch``; ``service.jobs.ServiceJobs.watch``). Nothing is opened until the
     lifespan starts (``with TestClient(app)``, or uvicorn)."""
-    from img_search.service.routes import admin, health, images, search
+    from img_search.service.jobs import ServiceJobs
+    from img_search.service.routes import admin, health, images, jobs, search
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -217,12 +219,16 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None) -> F
         app.state.rollout = rollout
         app.state.router = Router(registry, rollout)
         app.state.thumbnails = Thumbnails(settings.index_dir, svc.thumbnail_size)
+        app.state.jobs = ServiceJobs(settings, registry)
         served = ", ".join(f"{s.name} ({s.model.name}, {s.points} points)" for s in registry.served()) or "none"
         logger.info("serving %s: collections %s; rollout: %s", settings.index_dir, served,
                     app.state.router.status()["reason"])
         try:
+            if watch:
+                await run_in_threadpool(app.state.jobs.watch, watch)
             yield
         finally:
+            app.state.jobs.close()
             registry.close()
 
     app = FastAPI(
@@ -242,7 +248,7 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None) -> F
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    for module in (search, images, health, admin):
+    for module in (search, images, health, admin, jobs):
         app.include_router(module.router)
     return app
 

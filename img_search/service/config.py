@@ -1,7 +1,8 @@
 """The service's settings: ``settings.load_settings`` plus the seed's environment variables as aliases.
 
 Seed 002 configured its service with ``USE_SIGLIP``, ``SIGLIP_ROLLOUT_PERCENTAGE``, ``SIGLIP_COLLECTION``,
-``SIGLIP_MODEL_NAME``, ``SIGLIP_PRETRAINED``, ``SIGLIP_EMBEDDING_DIM``, ``GPU_BATCH_SIZE`` and ``DEVICE``. Each is
+``SIGLIP_MODEL_NAME``, ``SIGLIP_PRETRAINED``, ``SIGLIP_EMBEDDING_DIM``, ``GPU_BATCH_SIZE``, ``DEVICE`` and (its RQ
+jobs) ``REDIS_URL``. Each is
 accepted as an alias of one of our settings (``SEED_ALIASES``); the setting's own ``IMG_SEARCH_*`` variable wins
 when both are set, and a flag (a keyword of ``load_service_settings``) wins over both. Like any environment
 variable, an alias beats ``config.toml``. An empty variable counts as unset.
@@ -94,6 +95,7 @@ SEED_ALIASES: tuple[SeedAlias, ...] = (
     SeedAlias("SIGLIP_EMBEDDING_DIM", ("service", "siglip_dim")),
     SeedAlias("GPU_BATCH_SIZE", ("batch_size",)),
     SeedAlias("DEVICE", ("device",)),
+    SeedAlias("REDIS_URL", ("service", "redis_url")),  # the seed's RQ set-up: jobs go to Redis when set
 )
 _PRETRAINED = "SIGLIP_PRETRAINED"
 

@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import APIKeyHeader
 
 from img_search.service.collections import CollectionRegistry, Routed, Router
+from img_search.service.jobs import ServiceJobs
 from img_search.service.rollout import Rollout
 from img_search.service.schemas import MAX_KEY_CHARS
 from img_search.service.thumbnails import Thumbnails
@@ -44,11 +45,17 @@ def get_thumbnails(request: Request) -> Thumbnails:
     return thumbnails
 
 
+def get_jobs(request: Request) -> ServiceJobs:
+    jobs: ServiceJobs = request.app.state.jobs
+    return jobs
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[CollectionRegistry, Depends(get_registry)]
 RolloutDep = Annotated[Rollout, Depends(get_rollout)]
 RouterDep = Annotated[Router, Depends(get_router)]
 ThumbnailsDep = Annotated[Thumbnails, Depends(get_thumbnails)]
+JobsDep = Annotated[ServiceJobs, Depends(get_jobs)]
 
 
 def routed_from_query(

@@ -229,3 +229,74 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             409: "Conflicts with the catalog's state", 413: "Request body too large",
             415: "Unsupported media type", 422: "Invalid request", 503: "Unavailable here"}
     return {s: {"model": ErrorResponse, "description": text.get(s, "Error")} for s in statuses}
+
+
+# ---------------------------------------------------------------------------------------------------------- jobs
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+MAX_REEMBED_BATCH = 10_000  # images per job: bounds what one job holds in memory and loses when its worker dies
+
+
+class ReembedRequest(BaseModel):
+    """A full re-embedding of the catalog with ``model`` (a collection name, or the Hub id / path of a configured
+    or indexed model; default: the SigLIP collection's), ``batch_size`` images per job (default
+    ``service.reembed_batch_size``: 100). ``missing_only`` leaves out images that already have a vector."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{}, {"model": "image_assets_siglip", "batch_size": 100}, {"missing_only": True}]})
+
+    model: ModelName = None
+    batch_size: Annotated[int | None, Field(ge=1, le=MAX_REEMBED_BATCH), BeforeValidator(_integral)] = None
+    missing_only: bool = False
+
+
+class IndexRequest(BaseModel):
+    """An index job of ``folder`` (absolute; inside ``service.allowed_roots``) with ``model`` (default: every
+    model of the catalog)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"folder": "/photos/2024"}, {"folder": "/photos/new", "model": "image_assets_siglip"}]})
+
+    folder: str = Field(min_length=1, max_length=MAX_PATH_CHARS, description="Absolute path of the folder.")
+    model: ModelName = None
+
+
+class JobStatus(BaseModel):
+    """A run of jobs: a re-embedding (batches of images) or an index of a folder (one job).
+
+    ``state``: idle (no run yet), queued, running, finished, failed (some batch failed for good). ``total`` jobs
+    = ``queued`` + ``running`` + ``done`` + ``failed``; ``retries``: jobs enqueued again after their worker died or
+    they failed. ``percent`` of the images (re-embedding) or jobs (index) settled; ``images_per_second`` and
+    ``eta_seconds`` from the batches done so far. ``target_points`` / ``source_points``: live images with a vector
+    of the run's model and of its source collection (CLIP, else every live image); ``complete`` when equal.
+    ``saved_index``: whether the saved search index was synced after the last batch (searches see new vectors
+    either way)."""
+
+    run_id: str | None
+    kind: Literal["reembed", "index"]
+    backend: Literal["rq", "inprocess"]
+    state: Literal["idle", "queued", "running", "finished", "failed"]
+    model: str | None
+    collection: str | None
+    folder: str | None
+    total: int
+    queued: int
+    running: int
+    done: int
+    failed: int
+    retries: int
+    images_total: int | None
+    images_done: int
+    images_failed: int
+    percent: float
+    images_per_second: float | None
+    eta_seconds: float | None
+    created_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    saved_index: str | None
+    target_points: int | None
+    source_collection: str | None
+    source_points: int | None
+    complete: bool | None
+    workers: int | None = Field(None, description="RQ workers listening on the queue (1 in process).")
+    errors: list[str] = Field(description="The first failures (image or batch, with the reason).")

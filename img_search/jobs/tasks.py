@@ -1,0 +1,194 @@
+"""What a job does, whichever queue runs it: the task payloads, the worker-side ``Runtime`` and ``execute``.
+
+A task says *what* to compute and is decided by the process that enqueues it (the index directory, the images or
+folder, the model, and the settings that define what the index holds: excludes, pixel limit, search backend). The
+``Runtime`` of the process that runs it says *how* (device, precision, forward batch size, decode processes) and
+keeps loaded encoders between jobs. Tasks are small frozen dataclasses, picklable for RQ.
+
+``TASKS`` maps a task kind to its runner (a registry, as everywhere in img-search).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from img_search.embedding.base import Encoder
+from img_search.errors import CatalogLockedError, UnknownNameError
+from img_search.pipeline.progress import LogProgress
+from img_search.pipeline.reembed import HashSource
+from img_search.settings import SearchSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+# an index job waits this long for another `index` run (which holds the catalog's writer lock) before failing; a
+# failed job is retried by the sweeper, so this only bounds how long one attempt blocks a worker
+INDEX_LOCK_WAIT_S = 600.0
+_LOCK_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ReembedTask:
+    """One re-embedding batch: vectors of ``model`` for ``sources`` in the catalog of ``index_dir``."""
+
+    index_dir: str
+    model: str  # canonical model name (Hub id or absolute local path)
+    sources: tuple[HashSource, ...]
+    max_image_pixels: int | None = None
+    kind: str = "reembed"
+
+    @property
+    def size(self) -> int:
+        return len(self.sources)
+
+
+@dataclass(frozen=True)
+class IndexTask:
+    """``index`` of one folder (incremental) with each of ``models``, in the catalog of ``index_dir``."""
+
+    index_dir: str
+    folder: str  # canonical path
+    models: tuple[str, ...]
+    include_hidden: bool = False
+    excludes: tuple[str, ...] = ()
+    default_excludes: bool = True
+    max_image_pixels: int | None = None
+    search: SearchSettings = field(default_factory=SearchSettings)
+    kind: str = "index"
+
+    @property
+    def size(self) -> int:
+        return 1
+
+
+Task = ReembedTask | IndexTask
+
+
+@dataclass
+class TaskResult:
+    """What one job did: images (or, for index jobs, files) done and failed, and a short summary."""
+
+    ok: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Runtime:
+    """The running process's side of a job: its settings (device, dtype, batch size, decode workers) and its
+    encoders, loaded once per model and kept. ``encoders``: a look-up tried first (the service hands in the
+    encoders its collections already hold); ``decode_workers``: override of the settings' decode processes
+    (the service's in-process worker uses 0: no fork inside a threaded server). Thread-safe."""
+
+    def __init__(self, settings: Settings, *, encoders: Callable[[str], Encoder | None] | None = None,
+                 decode_workers: int | None = None) -> None:
+        from img_search.pipeline.runner import default_workers
+
+        self.settings = settings
+        self._lookup = encoders
+        self._cache: dict[str, Encoder] = {}
+        self._lock = threading.Lock()
+        chosen = decode_workers if decode_workers is not None else settings.workers
+        self.decode_workers = default_workers() if chosen is None else chosen
+
+    def encoder(self, model: str) -> Encoder:
+        """The encoder of ``model`` (canonical name), loaded on first use with the settings' device and dtype."""
+        from img_search.search.searcher import encoder_factory
+
+        with self._lock:
+            found = self._lookup(model) if self._lookup is not None else None
+            if found is not None:
+                return found
+            if model not in self._cache:
+                logger.info("loading model %s for jobs", model)
+                self._cache[model] = encoder_factory(model, self.settings)()
+            return self._cache[model]
+
+
+def run_reembed(task: ReembedTask, runtime: Runtime) -> TaskResult:
+    """Embed the task's images with its model and upsert the vectors (``pipeline.reembed``)."""
+    from img_search.catalog import Catalog
+    from img_search.pipeline.reembed import reembed, register_model
+
+    t0 = time.monotonic()
+    encoder = runtime.encoder(task.model)
+    index_dir = Path(task.index_dir)
+    with Catalog.in_dir(index_dir) as catalog:
+        model_id = register_model(catalog, task.model, encoder.info)
+        path = catalog.path
+    stats = reembed(list(task.sources), encoder, path, model_id, batch_size=runtime.settings.batch_size,
+                    workers=runtime.decode_workers, progress=LogProgress(), max_image_pixels=task.max_image_pixels)
+    errors = [f"{i.source.paths[0] if i.source.paths else i.source.content_hash.hex()}: {i.error}"
+              for i in stats.failed]
+    return TaskResult(stats.embedded, len(stats.failed), errors, time.monotonic() - t0)
+
+
+def run_index(task: IndexTask, runtime: Runtime) -> TaskResult:
+    """``pipeline.runner.index_folders`` over the task's folder, once per model; waits (up to
+    ``INDEX_LOCK_WAIT_S``) while another ``index`` holds the catalog's writer lock."""
+    from img_search.pipeline.runner import IndexOptions, index_folders
+
+    t0 = time.monotonic()
+    result = TaskResult()
+    for model in task.models:
+        options = IndexOptions(model=model, batch_size=runtime.settings.batch_size, workers=runtime.decode_workers,
+                               max_image_pixels=task.max_image_pixels, include_hidden=task.include_hidden,
+                               excludes=task.excludes, default_excludes=task.default_excludes)
+        deadline = time.monotonic() + INDEX_LOCK_WAIT_S
+        while True:
+            try:
+                summary = index_folders([task.folder], Path(task.index_dir), options,
+                                        encoder_factory=lambda m=model: runtime.encoder(m),  # type: ignore[misc]
+                                        progress=LogProgress(), search=task.search)
+                break
+            except CatalogLockedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(_LOCK_POLL_S)
+        result.ok += summary.embedded + summary.reused
+        result.failed += len(summary.failed)
+        result.errors += [f"{f.path}: {f.reason}" for f in summary.failed[:10]]
+        result.detail[model] = {"scanned": summary.scanned, "embedded": summary.embedded, "reused": summary.reused,
+                                "unchanged": summary.unchanged, "deleted": summary.deleted,
+                                "failed": len(summary.failed)}
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+TASKS: dict[str, Callable[[Any, Runtime], TaskResult]] = {"reembed": run_reembed, "index": run_index}
+
+
+def execute(task: Task, runtime: Runtime) -> TaskResult:
+    """Run ``task`` in this process. Raises ``UnknownNameError`` for a kind without a runner, and whatever the
+    runner raises (the queue records it and retries the job)."""
+    runner = TASKS.get(task.kind)
+    if runner is None:
+        raise UnknownNameError(f"unknown job kind {task.kind!r}; valid: {', '.join(sorted(TASKS))}")
+    return runner(task, runtime)
+
+
+def finalize_reembedding(index_dir: str, model: str, search: SearchSettings) -> bool:
+    """Bring the saved search index of ``model`` up to date with the catalog (``VectorStore.sync``) under the
+    catalog's writer lock, taken without waiting. Returns False when another ``index`` holds the lock (the caller
+    tries again later; searches catch up in memory meanwhile) or the model has no vectors yet."""
+    from img_search.catalog import Catalog
+    from img_search.catalog.lock import IndexLock
+    from img_search.search.store import VectorStore
+
+    try:
+        with IndexLock(Path(index_dir)), Catalog.in_dir(Path(index_dir)) as catalog:
+            row = catalog.get_model(model)
+            if row is None or row.dim is None:
+                return False
+            backend = VectorStore(Path(index_dir), catalog, row, search).sync()
+    except CatalogLockedError as exc:
+        logger.info("saved index of %s not synced yet: %s", model, exc)
+        return False
+    logger.info("saved %s index of %s synced after re-embedding", backend, model)
+    return True

@@ -1,0 +1,174 @@
+"""One conformance suite for every job queue backend (``jobs.queue.QUEUES``): the in-process worker and RQ on the
+real Redis (jobs run by an RQ worker in this process, in burst mode)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import Models, job_settings, make_photos
+from helpers import make_jpeg
+
+from img_search.catalog import Catalog
+from img_search.jobs.queue import QUEUES, JobQueue, job_status, open_queue, submit_index, submit_reembedding
+from img_search.jobs.tasks import Runtime
+from img_search.search.store import VectorStore
+from img_search.settings import Settings
+
+
+@dataclass
+class Backend:
+    settings: Settings
+    queue: JobQueue
+    drain: Callable[[str], None]
+
+
+@pytest.fixture(params=sorted(QUEUES))
+def make_backend(request: pytest.FixtureRequest, models: Models,
+                 rq_settings: Callable[..., Settings]) -> Iterator[Callable[..., Backend]]:
+    made: list[JobQueue] = []
+
+    def make(index_dir: Path, *, model: str | None = None, **service: Any) -> Backend:
+        if request.param == "rq":
+            from img_search.jobs.worker import work
+
+            settings = rq_settings(index_dir, model=model, **service)
+            queue = open_queue(settings)
+
+            def drain(run_id: str) -> None:
+                for _ in range(10):  # a failed batch comes back through the sweeper: work until settled
+                    work(settings, burst=True, logging_level="WARNING", runtime=Runtime(settings,
+                                                                                       encoders=models.lookup))
+                    queue.reconcile()
+                    snap = queue.snapshot(run_id)
+                    if snap is not None and snap.settled and not (snap.meta.kind == "reembed" and not snap.synced):
+                        return
+                raise AssertionError(f"run {run_id} did not settle")
+        else:
+            settings = job_settings(index_dir, models, model=model, **service)
+            queue = open_queue(settings, Runtime(settings, encoders=models.lookup, decode_workers=0))
+
+            def drain(run_id: str) -> None:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    snap = queue.snapshot(run_id)
+                    if snap is not None and snap.settled and (snap.meta.kind != "reembed" or snap.synced):
+                        return
+                    time.sleep(0.05)
+                raise AssertionError(f"run {run_id} did not settle")
+        assert queue.backend == request.param
+        made.append(queue)
+        return Backend(settings, queue, drain)
+
+    yield make
+    for queue in made:
+        queue.close()
+
+
+def _vectors(index_dir: Path, model: str) -> dict[bytes, np.ndarray]:
+    with Catalog.in_dir(index_dir, readonly=True) as cat:
+        row = cat.get_model(model)
+        assert row is not None
+        rows = cat.db.execute("SELECT content_hash, vector FROM embeddings WHERE model_id = ?", (row.id,)).fetchall()
+    return {h: np.frombuffer(v, np.float32) for h, v in rows}
+
+
+def test_full_reembedding_completes_the_collection(make_backend: Callable[..., Backend], models: Models,
+                                                   source_index: tuple[Path, Path], tmp_path: Path) -> None:
+    photos, index_dir = source_index
+    be = make_backend(index_dir)
+    siglip = str(models.siglip)
+    before = job_status(be.queue, be.settings, model=siglip)
+    assert before["state"] == "idle" and before["target_points"] == 0 and before["source_points"] == 12
+    assert before["complete"] is False and before["source_collection"] == "image_assets"
+
+    meta = submit_reembedding(be.queue, be.settings, siglip, batch_size=5)
+    assert meta.sizes == (5, 5, 2)
+    be.drain(meta.run_id)
+
+    status = job_status(be.queue, be.settings, model=siglip)
+    assert status["run_id"] == meta.run_id and status["state"] == "finished"
+    assert (status["total"], status["done"], status["failed"], status["queued"], status["running"]) == (3, 3, 0, 0, 0)
+    assert status["images_done"] == 12 and status["images_failed"] == 0 and status["percent"] == 100.0
+    assert status["target_points"] == status["source_points"] == 12 and status["complete"] is True
+    assert status["collection"] == "image_assets_siglip" and status["saved_index"] == "synced"
+    assert status["images_per_second"] is not None and status["images_per_second"] > 0
+    assert status["eta_seconds"] is None
+
+    # the same vectors `index` computes with that model, one per content hash
+    reference = tmp_path / "reference"
+    models.index(photos, reference, "siglip")
+    got, want = _vectors(index_dir, siglip), _vectors(reference, siglip)
+    assert got.keys() == want.keys() and len(got) == 12
+    for h in want:
+        np.testing.assert_allclose(got[h], want[h], atol=1e-5)
+
+    # the saved search index was synced once the last batch was done
+    with Catalog.in_dir(index_dir, readonly=True) as cat:
+        row = cat.get_model(siglip)
+        assert row is not None
+        current = VectorStore(index_dir, cat, row, be.settings.search).current()
+    assert current is not None and current.count == 12
+
+    # idempotent: running it all again changes nothing and duplicates nothing
+    again = submit_reembedding(be.queue, be.settings, siglip, batch_size=4)
+    be.drain(again.run_id)
+    redone = _vectors(index_dir, siglip)
+    assert redone.keys() == got.keys()
+    for h in got:
+        np.testing.assert_allclose(redone[h], got[h], atol=1e-5)  # other batches: other float sums
+    # missing_only: nothing is missing, so no batch
+    none_missing = submit_reembedding(be.queue, be.settings, siglip, missing_only=True)
+    assert none_missing.sizes == ()
+
+
+def test_changed_files_are_reported_not_embedded(make_backend: Callable[..., Backend], models: Models,
+                                                 source_index: tuple[Path, Path]) -> None:
+    photos, index_dir = source_index
+    be = make_backend(index_dir)
+    changed = sorted(photos.rglob("*.jpg"))[0]
+    make_jpeg(changed, seed=999)  # other bytes than the catalog recorded
+    meta = submit_reembedding(be.queue, be.settings, str(models.siglip), batch_size=100)
+    be.drain(meta.run_id)
+    status = job_status(be.queue, be.settings, run_id=meta.run_id)
+    assert status["state"] == "finished" and status["images_done"] == 11 and status["images_failed"] == 1
+    assert status["target_points"] == 11 and status["source_points"] == 12 and status["complete"] is False
+    assert any(str(changed) in e and "changed since it was indexed" in e for e in status["errors"])
+
+
+def test_index_job_and_failed_batches(make_backend: Callable[..., Backend], models: Models, tmp_path: Path) -> None:
+    index_dir = tmp_path / "index"
+    photos = make_photos(tmp_path / "photos", n=4)
+    # an empty catalog: the index job uses settings.model (here the tiny SigLIP) ...
+    be = make_backend(index_dir, model=str(models.siglip), job_max_attempts=2)
+    meta = submit_index(be.queue, be.settings, str(photos))
+    be.drain(meta.run_id)
+    status = job_status(be.queue, be.settings, run_id=meta.run_id)
+    assert status["kind"] == "index" and status["state"] == "finished" and status["images_done"] == 4
+    assert status["folder"] == str(photos)
+    with Catalog.in_dir(index_dir, readonly=True) as cat:
+        assert cat.status_counts() == {"ok": 4}
+    # ... then every model of the catalog; a job that raises is tried job_max_attempts times, then failed for good
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("x")
+    failing = submit_index(be.queue, be.settings, str(not_a_folder))
+    be.drain(failing.run_id)
+    status = job_status(be.queue, be.settings, run_id=failing.run_id)
+    assert status["state"] == "failed" and status["failed"] == 1 and status["retries"] == 1
+    assert any("is not a folder" in e for e in status["errors"]), status["errors"]
+
+
+def test_unknown_backend_and_run(models: Models, tmp_path: Path) -> None:
+    from img_search.errors import NotFoundError, UnknownNameError
+
+    settings = job_settings(tmp_path, models)
+    with pytest.raises(UnknownNameError, match="valid: inprocess, rq"):
+        open_queue(settings, backend="celery")
+    queue = open_queue(settings)
+    with pytest.raises(NotFoundError, match="no job run"):
+        job_status(queue, settings, run_id="abc")
