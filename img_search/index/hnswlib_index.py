@@ -199,14 +199,14 @@ class HnswlibIndex:
         """
         state = self._index.__getstate__()[0]
         if state.get("ser_version") != 1:
-            labels = np.asarray(self._index.get_ids_list(), dtype=np.int64)
-            return labels, np.asarray(self._index.get_items(labels), dtype=np.float32)
+            listed = np.asarray(self._index.get_ids_list(), dtype=np.int64)
+            return listed, np.asarray(self._index.get_items(listed), dtype=np.float32)
         n, size = int(state["cur_element_count"]), int(state["size_data_per_element"])
         block = np.asarray(state["data_level0"]).view(np.uint8)[: n * size].reshape(n, size)
         offset, label_at = int(state["offset_data"]), int(state["label_offset"])
         vectors = np.ascontiguousarray(block[:, offset : offset + 4 * self.dim]).view(np.float32)
-        labels = np.ascontiguousarray(block[:, label_at : label_at + 8]).view(np.uint64).reshape(-1)
-        return labels.astype(np.int64), vectors
+        raw_labels = np.ascontiguousarray(block[:, label_at : label_at + 8]).view(np.uint64).reshape(-1)
+        return raw_labels.astype(np.int64), vectors
 
     def save(self, path: Path) -> None:
         check_writable(self)
