@@ -409,6 +409,13 @@ def info(
         calib = "no calibrated probability" if m["logit_bias"] is None else \
             f"calibration sigmoid(exp({m['logit_scale']:.4f})*cos {m['logit_bias']:+.4f})"
         _out(f"model {display_path(m['name'])} ({m['family']}, {m['dim']} dims): {m['images']} images; {calib}")
+        if m["precisions"]:
+            _out("  vectors: " + ", ".join(f"{c['images']} {c['precision']} on {c['runtime']}"
+                                         for c in m["precisions"]))
+        for check in m["parity_checks"]:
+            verdict = "passed" if check["passed"] else "FAILED (never mixed into the collection)"
+            _out(f"  parity {check['tower']} {check['precision']} on {check['runtime']}: min cosine to fp32 "
+                 f"{check['min_cosine']:.5f} (threshold {check['threshold']}) {verdict}")
         saved = m["search_index"]
         if saved:
             _out(f"  search index: {saved['backend']}, {saved['vectors']} vectors, "

@@ -41,7 +41,10 @@ def catalog_info(index_dir: Path, *, failures: int = 20) -> dict[str, Any]:
             "models": [
                 {"name": m.name, "family": m.family, "dim": m.dim, "logit_scale": m.logit_scale,
                  "logit_bias": m.logit_bias, "images": counts.get(m.id, 0),
-                 "search_index": _saved_index(index_dir, m.id)}
+                 "search_index": _saved_index(index_dir, m.id),
+                 "precisions": [{"precision": pr, "runtime": rt, "images": n}
+                                for pr, rt, n in catalog.precision_counts(m.id)],
+                 "parity_checks": catalog.parity_checks(m.id)}
                 for m in catalog.models()
             ],
             "folders": [{"path": p, "last_indexed": _when(t)} for p, t in catalog.roots()],

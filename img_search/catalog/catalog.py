@@ -361,11 +361,14 @@ class Catalog:
         *,
         model_id: int | None = None,
         vectors: NDArray[np.float32] | None = None,
+        precision: str = "fp32",
+        runtime: str = "torch",
     ) -> None:
         """Write image rows and (for the ok ones, in order) their vectors in ONE transaction.
 
-        A run killed at any point leaves either all of a batch or none of it, so a re-run neither loses
-        nor duplicates anything.
+        ``vectors``: float32 (n_ok, dim), computed by the image tower at ``precision`` on ``runtime`` (recorded with
+        each vector). A run killed at any point leaves either all of a batch or none of it, so a re-run neither
+        loses nor duplicates anything.
         """
         now = time.time()
         ok = [r for r in records if r.error is None]
@@ -375,10 +378,11 @@ class Catalog:
                     raise ValueError("vectors must match the ok records one to one, with a model id")
                 vecs = np.ascontiguousarray(vectors, dtype=np.float32)
                 db.executemany(
-                    "INSERT INTO embeddings (content_hash, model_id, vector, dtype, created_at) "
-                    "VALUES (?, ?, ?, 'float32', ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
-                    "vector = excluded.vector, created_at = excluded.created_at",
-                    [(r.content_hash, model_id, vecs[i].tobytes(), now) for i, r in enumerate(ok)],
+                    "INSERT INTO embeddings (content_hash, model_id, vector, dtype, precision, runtime, created_at) "
+                    "VALUES (?, ?, ?, 'float32', ?, ?, ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
+                    "vector = excluded.vector, precision = excluded.precision, runtime = excluded.runtime, "
+                    "created_at = excluded.created_at",
+                    [(r.content_hash, model_id, vecs[i].tobytes(), precision, runtime, now) for i, r in enumerate(ok)],
                 )
             self._upsert_images(db, records, now)
 
@@ -473,6 +477,45 @@ class Catalog:
             "WHERE i.status = 'ok' GROUP BY e.model_id"
         )
         return {m: n for m, n in rows}
+
+    # -- precisions (schema v2) ------------------------------------------------------------------
+    def precision_counts(self, model_id: int) -> list[tuple[str, str, int]]:
+        """(precision, runtime, live images) of a model's vectors; a v1 catalog holds only fp32 torch vectors."""
+        if self.schema_version < 2:
+            n = self.embedding_counts().get(model_id, 0)
+            return [("fp32", "torch", n)] if n else []
+        rows = self.db.execute(
+            "SELECT e.precision, e.runtime, COUNT(*) FROM images i JOIN embeddings e ON e.content_hash = "
+            "i.content_hash AND e.model_id = ? WHERE i.status = 'ok' GROUP BY e.precision, e.runtime "
+            "ORDER BY COUNT(*) DESC", (model_id,))
+        return [(str(p), str(r), int(n)) for p, r, n in rows]
+
+    def record_parity(self, model_id: int, *, tower: str, precision: str, runtime: str, min_cosine: float,
+                      threshold: float, passed: bool) -> None:
+        """Record (or replace) the parity check of ``precision`` on ``runtime`` for a model's ``tower``."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO parity_checks (model_id, tower, precision, runtime, min_cosine, threshold, passed, "
+                "checked_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (model_id, tower, precision, runtime) DO UPDATE "
+                "SET min_cosine = excluded.min_cosine, threshold = excluded.threshold, passed = excluded.passed, "
+                "checked_at = excluded.checked_at",
+                (model_id, tower, precision, runtime, float(min_cosine), float(threshold), int(passed), time.time()),
+            )
+
+    def parity_checks(self, model_id: int) -> list[dict[str, Any]]:
+        """Every recorded parity check of a model (none in a v1 catalog)."""
+        if self.schema_version < 2:
+            return []
+        rows = self.db.execute(
+            "SELECT tower, precision, runtime, min_cosine, threshold, passed, checked_at FROM parity_checks "
+            "WHERE model_id = ? ORDER BY tower, precision, runtime", (model_id,))
+        return [{"tower": t, "precision": p, "runtime": r, "min_cosine": c, "threshold": th, "passed": bool(ok),
+                 "checked_at": at} for t, p, r, c, th, ok, at in rows]
+
+    def failed_precisions(self, model_id: int, tower: str = "image") -> set[tuple[str, str]]:
+        """(precision, runtime) pairs whose parity check failed for the tower: never mixed into the collection."""
+        return {(c["precision"], c["runtime"]) for c in self.parity_checks(model_id)
+                if c["tower"] == tower and not c["passed"]}
 
     def failures(self, limit: int | None = None) -> list[ImageRow]:
         sql = f"SELECT {_IMAGE_COLS} FROM images WHERE status = 'error' ORDER BY path"

@@ -71,8 +71,31 @@ def _v1(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+def _v2(db: sqlite3.Connection) -> None:
+    """Issue 8: how each vector was computed, and the parity checks of each precision (nothing is re-embedded:
+    existing vectors were computed in float32 by torch, the only way before)."""
+    _run(
+        db,
+        """
+        ALTER TABLE embeddings ADD COLUMN precision TEXT NOT NULL DEFAULT 'fp32';   -- fp32 | bf16 | fp16 | int8
+        ALTER TABLE embeddings ADD COLUMN runtime TEXT NOT NULL DEFAULT 'torch';    -- torch | onnxruntime | openvino
+        CREATE TABLE parity_checks (
+            model_id INTEGER NOT NULL REFERENCES models (id),
+            tower TEXT NOT NULL,                -- image | text
+            precision TEXT NOT NULL,
+            runtime TEXT NOT NULL,
+            min_cosine REAL NOT NULL,           -- lowest cosine to float32 torch over the fixed probe set
+            threshold REAL NOT NULL,
+            passed INTEGER NOT NULL,
+            checked_at REAL NOT NULL,
+            PRIMARY KEY (model_id, tower, precision, runtime)
+        )
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 # schema versions a read-only open reads as they are (readers never migrate); add a version here only when every
-# reader query works on it
-READABLE_VERSIONS = frozenset({1})
+# reader query works on it (catalog.Catalog answers the v2 questions of a v1 catalog: everything fp32 on torch)
+READABLE_VERSIONS = frozenset({1, 2})

@@ -73,3 +73,49 @@ def test_model_dimension_change_needs_recompute(tmp_path: Path) -> None:
             cat.ensure_model("m", family="siglip", dim=8, logit_scale=1.0, logit_bias=-1.0)
         assert cat.ensure_model("m", family="siglip", dim=8, logit_scale=1.0, logit_bias=-1.0, recompute=True) == mid
         assert cat.embedded_hashes(mid) == set()
+
+
+def _v1_catalog(path: Path) -> None:
+    """A catalog as the release before schema v2 wrote it: v1 tables, one model, two images with vectors."""
+    import sqlite3
+
+    from img_search.catalog.schema import MIGRATIONS
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("BEGIN")
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO models (name, family, dim, logit_scale, logit_bias, created_at) "
+               "VALUES ('m', 'siglip', 2, 1.0, 0.0, 0)")
+    for i in range(2):
+        h = bytes([i]) * 16
+        db.execute("INSERT INTO images (path, size, mtime_ns, content_hash, status, updated_at) "
+                   "VALUES (?, 1, 1, ?, 'ok', 0)", (f"/p/{i}.jpg".encode(), h))
+        db.execute("INSERT INTO embeddings (content_hash, model_id, vector, dtype, created_at) "
+                   "VALUES (?, 1, ?, 'float32', 0)", (h, np.array([1.0, float(i)], np.float32).tobytes()))
+    db.execute("COMMIT")
+    db.close()
+
+
+def test_a_v1_catalog_is_read_as_it_is_and_upgraded_in_place_by_a_writer(tmp_path: Path) -> None:
+    from img_search.catalog.schema import SCHEMA_VERSION
+
+    path = tmp_path / "catalog.sqlite3"
+    _v1_catalog(path)
+    with Catalog(path, readonly=True) as reader:  # readers never migrate
+        assert reader.schema_version == 1
+        assert reader.precision_counts(1) == [("fp32", "torch", 2)] and reader.parity_checks(1) == []
+    with Catalog(path) as writer:
+        assert writer.schema_version == SCHEMA_VERSION >= 2
+        ids, vecs = writer.load_vectors(1, 2)  # nothing re-embedded, nothing lost
+        assert ids.tolist() == [1, 2] and vecs.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+        assert writer.precision_counts(1) == [("fp32", "torch", 2)]
+        writer.record([ImageRecord("/p/9.jpg", 1, 1, b"\x09" * 16)], model_id=1,
+                      vectors=np.ones((1, 2), np.float32), precision="int8", runtime="onnxruntime")
+        writer.record_parity(1, tower="image", precision="int8", runtime="onnxruntime", min_cosine=0.9997,
+                             threshold=0.999, passed=True)
+        writer.record_parity(1, tower="image", precision="fp16", runtime="torch", min_cosine=0.98,
+                             threshold=0.999, passed=False)
+        assert sorted(writer.precision_counts(1)) == [("fp32", "torch", 2), ("int8", "onnxruntime", 1)]
+        assert writer.failed_precisions(1) == {("fp16", "torch")}
