@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -212,7 +213,11 @@ def check_folder(folder: str, allowed_roots: Sequence[str]) -> str:
     if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
         raise FolderNotAllowedError(f"{folder!r} (that is {path}) is not inside the allowed roots "
                                     f"(service.allowed_roots: {', '.join(roots)})")
-    if not Path(path).is_dir():
+    try:
+        is_dir = os.path.isdir(path)  # os.path: False for every OSError (a name too long, a loop)
+    except ValueError:
+        is_dir = False
+    if not is_dir:
         raise NotFoundError(f"{folder!r} is not an existing folder")
     return path
 

@@ -256,7 +256,8 @@ class IndexRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"folder": "/photos/2024"}, {"folder": "/photos/new", "model": "image_assets_siglip"}]})
 
-    folder: str = Field(min_length=1, max_length=MAX_PATH_CHARS, description="Absolute path of the folder.")
+    folder: str = Field(min_length=1, max_length=MAX_PATH_CHARS, pattern=r"^/[^\x00]*$",
+                        description="Absolute path of the folder (no NUL byte).")
     model: ModelName = None
 
 
