@@ -94,7 +94,7 @@ def test_bad_job_requests_are_4xx(make_client: Callable[..., TestClient], indexe
 def test_index_jobs_stay_inside_the_allowed_roots(make_client: Callable[..., TestClient], models: Models,
                                                   fresh_index: Callable[..., tuple[Path, Path]],
                                                   tmp_path: Path) -> None:
-    photos, index_dir = fresh_index(clip=True, siglip=True)
+    _, index_dir = fresh_index(clip=True, siglip=True)
     root = tmp_path / "allowed"
     make_photos(root / "new", n=3, start=50)
     outside = make_photos(tmp_path / "secret", n=2, start=80)
