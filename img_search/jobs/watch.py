@@ -186,6 +186,8 @@ class Watcher:
     def _on_event(self, event: Any) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if event.is_directory and event.event_type not in ("created", "deleted", "moved"):
+            return  # a folder's "modified" comes with an event of the file that changed in it
         paths = [os.fsdecode(event.src_path)] + ([os.fsdecode(event.dest_path)] if event.dest_path else [])
         now = time.monotonic()
         for path in paths:

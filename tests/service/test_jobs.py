@@ -162,3 +162,23 @@ def test_redis_down_is_503_and_search_still_works(make_client: Callable[..., Tes
     answer = client.get("/api/v1/admin/siglip/status", headers=KEY)
     assert answer.status_code == 503 and "cannot reach Redis" in answer.json()["message"]
     assert client.post("/api/v1/search", json={"query": "a photo"}).status_code == 200
+
+
+def test_serve_watch_indexes_new_images(models: Models, fresh_index: Callable[..., tuple[Path, Path]]) -> None:
+    from helpers import make_jpeg
+
+    from img_search.service.app import create_app
+
+    photos, index_dir = fresh_index(clip=True, siglip=True)
+    settings = service_settings(index_dir, models, watch_debounce_s=0.3)
+    app = create_app(settings, opener=models.opener(), watch=[str(photos)])
+    with TestClient(app) as client:
+        assert app.state.jobs.watcher.status()[0]["mode"] == "events"
+        new = make_jpeg(photos / "a" / "arrived.jpg", seed=77)
+        deadline = time.monotonic() + 30
+        while [c["points"] for c in client.get("/api/v1/health").json()["collections"]] != [13, 13]:
+            assert time.monotonic() < deadline, "the new image was not indexed with both models"
+            time.sleep(0.05)
+        with Catalog.in_dir(index_dir, readonly=True) as cat:
+            row = cat.image(str(new))
+            assert row is not None and row.status == "ok"
