@@ -1,0 +1,167 @@
+"""Re-embedding through RQ workers vs `index`, on the same images and the same model, in one run.
+
+Run: .venv/bin/python bench/reembed.py [--images 200] [--workers 1] [--rounds 1] [--redis redis://127.0.0.1:6379/12]
+
+1. A folder of real-size JPEGs (1024x768, bench/embed_throughput.make_jpegs) and the real
+   google/siglip-base-patch16-224 architecture with random weights (same FLOPs; no download).
+2. `index`: ``pipeline.runner.index_folders`` of the folder into a fresh index directory with that model, in this
+   process, timed from the call (model load, scan, decode workers, embedding, writes, saved-index sync) to its end.
+3. Re-embedding: a catalog of the same folder indexed with a tiny model (the "CLIP" collection in service), then
+   ``enqueue_full_reembedding(batch_size=100)`` with the base model on RQ; ``--workers`` RQ worker processes
+   (``python -m img_search.jobs.worker``) are started and idle beforehand, as in a deployment; timed from the
+   enqueue to the run settled with the saved index synced (model load in the worker included, as in 2).
+4. Both use the same settings: device and precision ``auto``, batch size 32, decode workers
+   ``default_workers()``. The model's exported runtime cache is warmed once before either is timed.
+
+Prints a Markdown table (images/s of each, the ratio; the issue's target is >= 0.8) and writes
+bench/results/reembed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from embed_throughput import ARCH, CACHE, build_model, make_jpegs  # noqa: E402
+
+from img_search.settings import Settings, load_settings  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "reembed.json"
+
+
+def time_index(folder: Path, model: Path, index_dir: Path, settings: Settings) -> tuple[float, float]:
+    """(wall seconds of index_folders, its embed-loop images/s)."""
+    from img_search.pipeline.runner import IndexOptions, default_workers, index_folders
+    from img_search.search.searcher import encoder_factory
+
+    options = IndexOptions(model=str(model), batch_size=settings.batch_size, workers=default_workers())
+    t0 = time.perf_counter()
+    summary = index_folders([str(folder)], index_dir, options, encoder_factory=encoder_factory(str(model), settings),
+                            search=settings.search)
+    return time.perf_counter() - t0, summary.images_per_second
+
+
+def start_workers(n: int, index_dir: Path, redis_url: str, queue: str, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "IMG_SEARCH_INDEX_DIR": str(index_dir), "IMG_SEARCH_SERVICE__REDIS_URL": redis_url,
+           "IMG_SEARCH_SERVICE__QUEUE_NAME": queue}
+    procs = []
+    for i in range(n):
+        log = open(log_dir / f"worker-{i}.log", "wb")  # noqa: SIM115 (kept open for the process)
+        procs.append(subprocess.Popen([sys.executable, "-m", "img_search.jobs.worker"], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+    return procs
+
+
+def time_reembed(model: Path, settings: Settings, n_workers: int) -> tuple[float, dict[str, Any]]:
+    """(wall seconds from enqueue to settled + synced, final status)."""
+    import redis
+    from rq import Worker
+
+    from img_search.jobs.queue import enqueue_full_reembedding, job_status, open_queue
+
+    assert settings.service.redis_url is not None
+    queue = open_queue(settings)
+    client = redis.Redis.from_url(settings.service.redis_url)
+    with tempfile.TemporaryDirectory() as logs:
+        procs = start_workers(n_workers, settings.index_dir, settings.service.redis_url,
+                              settings.service.queue_name, Path(logs))
+        try:
+            from rq import Queue
+
+            rq_queue = Queue(settings.service.queue_name, connection=client)
+            deadline = time.monotonic() + 120
+            while Worker.count(queue=rq_queue) < n_workers:  # started and listening before the clock starts
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the RQ workers did not start: " + (Path(logs) / "worker-0.log").read_text())
+                time.sleep(0.2)
+            time.sleep(1.0)
+            t0 = time.perf_counter()
+            run_id = enqueue_full_reembedding(batch_size=100, model=str(model), settings=settings, queue=queue)
+            while True:
+                snap = queue.snapshot(run_id)
+                if snap is not None and snap.settled and snap.synced:
+                    break
+                time.sleep(0.1)
+            wall = time.perf_counter() - t0
+            return wall, job_status(queue, settings, run_id=run_id)
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGINT)
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            keys = list(client.scan_iter(match=f"*{settings.service.queue_name}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            queue.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=1, help="RQ worker processes")
+    parser.add_argument("--rounds", type=int, default=1, help="index / re-embedding pairs, alternating")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/12")
+    args = parser.parse_args()
+
+    from img_search.embedding.tiny import TinySpec, build_tiny_model
+    from img_search.pipeline.runner import IndexOptions, index_folders
+    from img_search.search.searcher import encoder_factory
+
+    folder = make_jpegs(CACHE / f"reembed_photos_{args.images}", args.images)
+    model = build_model(CACHE / "siglip-base-random")
+    tiny = CACHE / "tiny-clip"
+    if not (tiny / "config.json").exists():
+        build_tiny_model(tiny, TinySpec(family="clip"))
+    base = load_settings(Path(tempfile.gettempdir()) / "img-search-bench-none")
+    encoder_factory(str(model), base)()  # warm the exported-runtime cache: neither timing pays an export
+
+    rows: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = Path(tmp) / "index"
+            index_s, loop_rate = time_index(folder, model, fresh, load_settings(fresh))
+            source = Path(tmp) / "source"
+            index_folders([str(folder)], source, IndexOptions(model=str(tiny), workers=0),
+                          encoder_factory=encoder_factory(str(tiny), base))
+            queue = f"bench-{uuid.uuid4().hex[:8]}"
+            settings = load_settings(source, service={"redis_url": args.redis, "queue_name": queue})
+            reembed_s, status = time_reembed(model, settings, args.workers)
+        assert status["complete"] and status["images_done"] == args.images, status
+        rows.append({"round": r, "index_s": index_s, "index_images_per_s": args.images / index_s,
+                     "index_loop_images_per_s": loop_rate, "reembed_s": reembed_s,
+                     "reembed_images_per_s": args.images / reembed_s,
+                     "reembed_batch_images_per_s": status["images_per_second"], "retries": status["retries"]})
+        print(f"round {r}: index {index_s:.1f}s, re-embedding {reembed_s:.1f}s", file=sys.stderr)
+
+    idx = statistics.median(row["index_images_per_s"] for row in rows)
+    rem = statistics.median(row["reembed_images_per_s"] for row in rows)
+    result = {"images": args.images, "model": ARCH + " (random weights)", "rq_workers": args.workers,
+              "cores": os.cpu_count(), "rounds": rows, "index_images_per_s": idx, "reembed_images_per_s": rem,
+              "ratio": rem / idx}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"| {args.images} images, {ARCH} (random weights), {os.cpu_count()} cores | images/s |")
+    print("|---|---|")
+    print(f"| `index` (index_folders: model load, scan, embed, write, sync) | {idx:.2f} |")
+    print(f"| re-embedding on RQ, {args.workers} worker(s) (enqueue -> settled and synced) | {rem:.2f} |")
+    print(f"| ratio re-embedding / index (target >= 0.8) | {rem / idx:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
