@@ -19,6 +19,7 @@ from img_search.settings import SearchSettings, Settings
 logger = logging.getLogger(__name__)
 
 _STOP = None
+CLOSE_WAIT_S = 60.0  # a shutting-down service waits this long for the job in progress
 
 
 @dataclass
@@ -45,6 +46,7 @@ class InProcessJobQueue:
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
 
     # ------------------------------------------------------------------ JobQueue
     def submit(self, meta: RunMeta, tasks: Sequence[Task]) -> None:
@@ -82,17 +84,22 @@ class InProcessJobQueue:
         return 0
 
     def close(self) -> None:
+        """Stop the worker thread: the job it runs finishes (waited for up to ``CLOSE_WAIT_S``), queued ones are
+        dropped (their runs stay incomplete: submit again, with ``missing_only`` for a re-embedding)."""
         if self._thread is not None:
+            self._closing.set()
             self._queue.put(_STOP)
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=CLOSE_WAIT_S)
             self._thread = None
 
     # ------------------------------------------------------------------ worker thread
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
+            if item is _STOP or self._closing.is_set():
+                if item is _STOP:
+                    return
+                continue
             run_id, n = item
             with self._lock:
                 run = self._runs[run_id]

@@ -176,7 +176,8 @@ def execute(task: Task, runtime: Runtime) -> TaskResult:
 def finalize_reembedding(index_dir: str, model: str, search: SearchSettings) -> bool:
     """Bring the saved search index of ``model`` up to date with the catalog (``VectorStore.sync``) under the
     catalog's writer lock, taken without waiting. Returns False when another ``index`` holds the lock (the caller
-    tries again later; searches catch up in memory meanwhile) or the model has no vectors yet."""
+    tries again later; searches catch up in memory meanwhile); True when synced, or when the model has no vectors
+    at all (nothing to sync)."""
     from img_search.catalog import Catalog
     from img_search.catalog.lock import IndexLock
     from img_search.search.store import VectorStore
@@ -185,7 +186,7 @@ def finalize_reembedding(index_dir: str, model: str, search: SearchSettings) -> 
         with IndexLock(Path(index_dir)), Catalog.in_dir(Path(index_dir)) as catalog:
             row = catalog.get_model(model)
             if row is None or row.dim is None:
-                return False
+                return True
             backend = VectorStore(Path(index_dir), catalog, row, search).sync()
     except CatalogLockedError as exc:
         logger.info("saved index of %s not synced yet: %s", model, exc)

@@ -3,6 +3,7 @@ the allowed roots, and the admin key."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -182,3 +183,26 @@ def test_serve_watch_indexes_new_images(models: Models, fresh_index: Callable[..
         with Catalog.in_dir(index_dir, readonly=True) as cat:
             row = cat.image(str(new))
             assert row is not None and row.status == "ok"
+
+
+def test_job_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from img_search.errors import ConfigError
+    from img_search.service.config import load_service_settings
+
+    for name in ("REDIS_URL", "IMG_SEARCH_SERVICE__REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_service_settings(tmp_path).service.redis_url is None  # no Redis: jobs run in process
+    monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")  # the seed's variable
+    assert load_service_settings(tmp_path).service.redis_url == "redis://redis:6379/0"
+    monkeypatch.setenv("IMG_SEARCH_SERVICE__REDIS_URL", "redis://other:6379/1")  # our own name wins
+    assert load_service_settings(tmp_path).service.redis_url == "redis://other:6379/1"
+    monkeypatch.setenv("IMG_SEARCH_SERVICE__REDIS_URL", "localhost:6379")
+    with pytest.raises(ConfigError, match="redis_url must start with redis://"):
+        load_service_settings(tmp_path)
+    monkeypatch.delenv("IMG_SEARCH_SERVICE__REDIS_URL")
+    monkeypatch.setenv("IMG_SEARCH_SERVICE__ALLOWED_ROOTS", '["photos"]')
+    with pytest.raises(ConfigError, match="allowed_roots must be absolute"):
+        load_service_settings(tmp_path)
+    monkeypatch.setenv("IMG_SEARCH_SERVICE__ALLOWED_ROOTS", '["~/photos", "/srv/photos"]')
+    roots = load_service_settings(tmp_path).service.allowed_roots
+    assert roots == (os.path.expanduser("~/photos"), "/srv/photos")
