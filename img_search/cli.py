@@ -35,7 +35,7 @@ from img_search.errors import (
     InvalidInputError,
     exit_code,
 )
-from img_search.settings import DEFAULT_MODEL, DEFAULTS, DEVICES_HELP, DTYPES, Settings, load_settings
+from img_search.settings import DEFAULT_MODEL, DEFAULTS, DEVICES_HELP, DTYPES, PRECISIONS, Settings, load_settings
 
 logger = logging.getLogger("img_search")
 
@@ -68,8 +68,14 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help=f"{DEVICES_HELP}
                                                show_default=False)]
 DtypeOpt = Annotated[
     str | None,
-    typer.Option("--dtype", help=f"{' | '.join(DTYPES)} (auto: fp16 on GPU, fp32 on CPU) [default: {DEFAULTS.dtype}].",
-                 show_default=False),
+    typer.Option("--dtype", help=f"Deprecated: use --precision ({' | '.join(DTYPES)}).", show_default=False,
+                 hidden=True),
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option("--precision", help=f"{' | '.join(PRECISIONS)}: how the model computes, per tower (auto: the "
+                                     "fastest this CPU supports whose parity check passes; docs/PERFORMANCE.md) "
+                                     f"[default: {DEFAULTS.precision}].", show_default=False),
 ]
 LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, help="How many hits to show (at most what exists).")]
 ThresholdOpt = Annotated[
@@ -196,6 +202,7 @@ def index(
                                                      "the main process].")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    precision: PrecisionOpt = None,
     recompute: Annotated[bool, typer.Option("--recompute", help="Re-embed every file, changed or not.")] = False,
     max_image_pixels: MaxPixelsOpt = None,
     include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--skip-hidden", show_default=False,
@@ -221,8 +228,8 @@ def index(
     signal.signal(signal.SIGTERM, _raise_interrupt)
     with _edge():
         settings = _settings(index_dir, model=model, batch_size=batch_size, workers=workers, device=device,
-                             dtype=dtype, max_image_pixels=max_image_pixels, include_hidden=include_hidden,
-                             default_excludes=default_excludes)
+                             dtype=dtype, precision=precision, max_image_pixels=max_image_pixels,
+                             include_hidden=include_hidden, default_excludes=default_excludes)
         model_name = settings.model or DEFAULT_MODEL
         options = IndexOptions(
             model=model_name, batch_size=settings.batch_size,
@@ -265,7 +272,8 @@ def _print_summary(summary: Any) -> None:
     ]
     _out(", ".join(parts) + f" in {summary.seconds:.1f}s")
     if summary.embedded:
-        _out(f"throughput: {summary.images_per_second:.1f} images/s with {display_path(summary.model)}")
+        _out(f"throughput: {summary.images_per_second:.1f} images/s with {display_path(summary.model)} "
+             f"({summary.precision or 'fp32 on torch'})")
     if summary.failed:
         _out("skipped files (recorded in the catalog; fix or remove them, then re-run):")
         for failure in summary.failed[:50]:
@@ -279,16 +287,16 @@ def _print_summary(summary: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- search
 def _search_settings(index_dir: Path | None, model: str | None, device: str | None, dtype: str | None,
-                     backend: str | None, ann_threshold: int | None, max_image_pixels: int | None = None,
-                     server: str | None = None) -> Settings:
+                     precision: str | None, backend: str | None, ann_threshold: int | None,
+                     max_image_pixels: int | None = None, server: str | None = None) -> Settings:
     search: dict[str, Any] = {}
     if backend is not None:
         # naming a backend means "use it": exact stays exact, an ANN backend applies at any size
         search = {"ann_backend": backend, "ann_threshold": 0}
     if ann_threshold is not None:
         search["ann_threshold"] = ann_threshold
-    settings = _settings(index_dir, model=model, device=device, dtype=dtype, max_image_pixels=max_image_pixels,
-                         search=search or None, server=server)
+    settings = _settings(index_dir, model=model, device=device, dtype=dtype, precision=precision,
+                         max_image_pixels=max_image_pixels, search=search or None, server=server)
     if settings.server and (backend is not None or ann_threshold is not None):
         raise InvalidInputError("--backend and --ann-threshold choose this process's search index; a server "
                                 "(--server / IMG_SEARCH_SERVER) searches with its own: drop one or the other")
@@ -325,6 +333,7 @@ def search(
     ann_threshold: AnnThresholdOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    precision: PrecisionOpt = None,
     server: ServerOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
@@ -332,7 +341,8 @@ def search(
     """Text -> image: the indexed images that best match QUERY."""
     _setup_logging(verbose)
     with _edge():
-        settings = _search_settings(index_dir, model, device, dtype, backend, ann_threshold, server=server)
+        settings = _search_settings(index_dir, model, device, dtype, precision, backend, ann_threshold,
+                                    server=server)
         if settings.server:
             from img_search.service import client
 
@@ -357,6 +367,7 @@ def similar(
     ann_threshold: AnnThresholdOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    precision: PrecisionOpt = None,
     max_image_pixels: MaxPixelsOpt = None,
     server: ServerOpt = None,
     as_json: JsonOpt = False,
@@ -365,8 +376,8 @@ def similar(
     """Image -> image: the indexed images most similar to IMAGE (cosine; the file itself is left out)."""
     _setup_logging(verbose)
     with _edge():
-        settings = _search_settings(index_dir, model, device, dtype, backend, ann_threshold, max_image_pixels,
-                                    server=server)
+        settings = _search_settings(index_dir, model, device, dtype, precision, backend, ann_threshold,
+                                    max_image_pixels, server=server)
         try:
             if settings.server:
                 from img_search.service import client
@@ -450,6 +461,7 @@ def serve(
                                              show_default=False)] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    precision: PrecisionOpt = None,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Serve the index over HTTP (docs/SERVICE.md): search, similar, thumbnails, health, admin rollout."""
@@ -460,7 +472,8 @@ def serve(
     _setup_logging(max(verbose, 1))
     with _edge():
         nested = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-        settings = load_service_settings(index_dir, device=device, dtype=dtype, service=nested or None)
+        settings = load_service_settings(index_dir, device=device, dtype=dtype, precision=precision,
+                                         service=nested or None)
         configure_pixel_limit(settings.max_image_pixels)
         service.run(settings, log_level="debug" if verbose > 1 else "info")
 

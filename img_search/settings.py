@@ -16,6 +16,7 @@ serialisable (``model_dump``) for worker processes. Invalid values raise ``Confi
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -26,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from img_search.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "IMG_SEARCH_"
 CONFIG_FILENAME = "config.toml"
@@ -39,7 +42,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 # query over 20k base-size vectors in a few ms; above that the ANN backend wins.
 DEFAULT_ANN_THRESHOLD = 20_000
 DEVICES_HELP = "auto | cpu | cuda | cuda:N | mps"
-DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")
+DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")  # the deprecated --dtype's values
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")  # as embedding.precision.PRECISIONS
+_DTYPE_TO_PRECISION = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -182,7 +187,11 @@ class Settings(BaseSettings):
     # None: `index` uses DEFAULT_MODEL; `search`/`similar` the model the catalog holds most images of
     model: str | None = None
     device: str = "auto"
-    dtype: str = "auto"
+    # per tower, how the model computes: auto | fp32 | bf16 | fp16 | int8 (embedding/precision.py; `auto` is the
+    # fastest the CPU supports whose parity check passes)
+    precision: str = "auto"
+    # deprecated spelling of precision (auto | float32 | float16 | bfloat16); used only when precision is not set
+    dtype: str | None = None
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     # None: half the cores, 1 to 4 (pipeline/runner.default_workers)
     workers: int | None = Field(None, ge=0)
@@ -205,9 +214,16 @@ class Settings(BaseSettings):
 
     @field_validator("dtype")
     @classmethod
-    def _dtype(cls, value: str) -> str:
-        if value not in DTYPES:
-            raise ValueError(f"unknown dtype {value!r}; valid: {', '.join(DTYPES)}")
+    def _dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in DTYPES:
+            raise ValueError(f"unknown dtype {value!r}; valid: {', '.join(DTYPES)} (deprecated: use precision)")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"unknown precision {value!r}; valid: {', '.join(PRECISIONS)}")
         return value
 
     @field_validator("model")
@@ -281,5 +297,10 @@ def load_settings(index_dir: str | os.PathLike[str] | None = None, **overrides: 
         settings = bound(index_dir=directory, **given)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors(), toml)) from None
+    values = {name: getattr(settings, name) for name in Settings.model_fields}
+    if values["dtype"] is not None and "precision" not in settings.model_fields_set:
+        logger.warning("--dtype / dtype is deprecated: use --precision (%s -> %s)", values["dtype"],
+                       _DTYPE_TO_PRECISION[values["dtype"]])
+        values["precision"] = _DTYPE_TO_PRECISION[values["dtype"]]
     # hand back the plain class: picklable for worker processes, no file path baked into its type
-    return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})
+    return Settings.model_construct(**values)

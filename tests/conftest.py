@@ -6,8 +6,11 @@ Every model is written with ``save_pretrained`` and loaded back through the user
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import make_jpeg
+
+# the runtime cache (exported graphs, parity verdicts) of this test session: shared by every test and subprocess, so
+# each tiny model is exported once, and never the user's own ~/.cache
+_CACHE = tempfile.mkdtemp(prefix="img-search-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.fixture(scope="session")

@@ -203,3 +203,24 @@ def test_search_and_similar_through_a_running_server(indexed: dict[str, str], ph
         server.wait(30)
     down = cli("search", "x", "--server", url, env=indexed, check=False)
     assert down.returncode == 1 and "no img-search service answers" in down.stderr
+
+
+def test_precision_is_recorded_and_a_search_loads_no_torch(photo_dir: Path, tmp_path: Path, tiny_siglip: Path) -> None:
+    """`index` with the default precision (auto) records how each vector was computed and the parity checks; a
+    later `search` answers through the light text path (ONNX Runtime + tokenizers), never importing torch."""
+    env = {"IMG_SEARCH_INDEX_DIR": str(tmp_path / "idx"), "IMG_SEARCH_MODEL": str(tiny_siglip)}
+    summary = json.loads(cli("index", str(photo_dir), "--json", env=env).stdout)
+    assert summary["embedded"] == 12 and summary["precision"]
+    model = json.loads(cli("info", "--json", env=env).stdout)["models"][0]
+    assert sum(c["images"] for c in model["precisions"]) == 12
+    towers = {c["tower"] for c in model["parity_checks"] if c["passed"]}
+    assert towers == {"image", "text"}
+    code = ("import json, sys\nfrom img_search.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code, "search", "a red car", "--json", "-n", "3"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, **env))
+    assert len(json.loads(proc.stdout)) == 3 and proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
+    fp32 = json.loads(cli("search", "a red car", "--json", "-n", "3", "--precision", "fp32", env=env).stdout)
+    assert len(fp32) == 3  # an explicit precision for the query is served too
+    bad = cli("index", str(photo_dir), "--precision", "int4", env=env, check=False)
+    assert bad.returncode == 2 and "unknown precision 'int4'" in bad.stderr

@@ -24,7 +24,8 @@ from img_search.data.folder import FileEntry, ScanProblem, scan_folder
 from img_search.data.images import check_pixel_limit, content_hash
 from img_search.data.paths import canonical_folder
 from img_search.embedding.base import Encoder
-from img_search.errors import InvalidInputError, ModelNotFoundError, NotFoundError
+from img_search.embedding.precision import TowerChoice
+from img_search.errors import ConflictError, InvalidInputError, ModelNotFoundError, NotFoundError
 from img_search.pipeline.progress import LogProgress, Progress
 from img_search.settings import DEFAULT_BATCH_SIZE, SearchSettings
 
@@ -86,6 +87,7 @@ class IndexSummary:
     deleted: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    precision: str | None = None  # how the image tower computed this run's vectors ("int8 on onnxruntime")
     interrupted: bool = False
 
     @property
@@ -252,7 +254,10 @@ def index_folders(
                     model_name, family=info.family, dim=info.dim, logit_scale=info.logit_scale,
                     logit_bias=info.logit_bias, recompute=options.recompute,
                 )
-                _embed(plan.todo, encoder, catalog.path, model_id, options, summary, progress or LogProgress())
+                choice = _prepare_encoder(encoder, catalog, model_id)
+                summary.precision = f"{choice.precision} on {choice.runtime}"
+                _embed(plan.todo, encoder, catalog.path, model_id, options, summary, progress or LogProgress(),
+                       choice)
             for root in roots:
                 catalog.touch_root(root)
             if model_id is not None:
@@ -278,13 +283,44 @@ def _sync_vector_index(index_dir: Path, catalog: Catalog, model_name: str, searc
         VectorStore(index_dir, catalog, model, search or SearchSettings()).sync()
 
 
+def _prepare_encoder(encoder: Encoder, catalog: Catalog, model_id: int) -> TowerChoice:
+    """Build the encoder's runtimes once (exported graphs, the fast text-query path) and record the parity check of
+    each tower in the catalog; return how the image tower computes the vectors of this run.
+
+    Raises ``ConflictError`` when the image tower's precision failed its parity check (now, or as recorded earlier):
+    a collection never mixes in vectors of a precision whose check failed.
+    """
+    from img_search.embedding import encoder_choices
+    from img_search.embedding.onnx_export import prepare_runtime
+
+    if not hasattr(encoder, "choices"):  # encoders without precisions (Jina v4, test doubles): float32 torch
+        return encoder_choices(encoder)["image"]
+    verdicts = prepare_runtime(encoder)
+    for v in verdicts.values():
+        catalog.record_parity(model_id, tower=v.tower, precision=v.precision, runtime=v.runtime,
+                              min_cosine=v.min_cosine, threshold=v.threshold, passed=v.passed)
+        logger.info("parity %s %s on %s: min cosine to float32 %.5f (threshold %s) %s", v.tower, v.precision,
+                    v.runtime, v.min_cosine, v.threshold, "passed" if v.passed else "FAILED")
+    image = verdicts["image"]
+    if not image.passed:
+        raise ConflictError(
+            f"the image tower at {image.precision} on {image.runtime} failed its parity check (min cosine to float32 "
+            f"{image.min_cosine:.5f} < {image.threshold}); its vectors would not be faithful: use --precision auto "
+            "or fp32"
+        )
+    return image.choice
+
+
 def _embed(todo: list[FileEntry], encoder: Encoder, catalog_path: Path, model_id: int, options: IndexOptions,
-           summary: IndexSummary, progress: Progress) -> None:
+           summary: IndexSummary, progress: Progress, choice: TowerChoice) -> None:
     from img_search.pipeline.loop import run_loop
     from img_search.pipeline.reader import FileLoader
     from img_search.pipeline.writer import CatalogWriter
 
-    stats = run_loop(todo, FileLoader(options.max_image_pixels), encoder, lambda: CatalogWriter(catalog_path, model_id),
+    def sink() -> CatalogWriter:
+        return CatalogWriter(catalog_path, model_id, precision=choice.precision, runtime=choice.runtime)
+
+    stats = run_loop(todo, FileLoader(options.max_image_pixels), encoder, sink,
                      batch_size=options.batch_size, workers=options.workers, progress=progress)
     summary.embedded += stats.embedded
     summary.failed.extend(Failure(i.source.path, i.error or "") for i in stats.failed)

@@ -26,10 +26,13 @@ QUEUE_DEPTH = 4
 
 
 class CatalogWriter:
-    def __init__(self, catalog_path: Path, model_id: int | None, on_commit: Callable[[int, int], None] | None = None):
+    def __init__(self, catalog_path: Path, model_id: int | None, on_commit: Callable[[int, int], None] | None = None,
+                 *, precision: str = "fp32", runtime: str = "torch"):
+        """``precision`` / ``runtime``: how the image tower computed the vectors (recorded with each one)."""
         self.catalog_path = catalog_path
         self.model_id = model_id
         self.on_commit = on_commit
+        self.precision, self.runtime = precision, runtime
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_DEPTH)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="img-search-writer", daemon=True)
@@ -54,7 +57,8 @@ class CatalogWriter:
                 records, vectors = item  # type: ignore[misc]
                 try:
                     assert catalog is not None
-                    catalog.record(records, model_id=self.model_id, vectors=vectors)
+                    catalog.record(records, model_id=self.model_id, vectors=vectors, precision=self.precision,
+                                   runtime=self.runtime)
                     if self.on_commit:
                         n_ok = 0 if vectors is None else int(vectors.shape[0])
                         self.on_commit(n_ok, len(records) - n_ok)

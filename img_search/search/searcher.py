@@ -28,12 +28,26 @@ logger = logging.getLogger(__name__)
 
 
 def encoder_factory(model: str, settings: Settings) -> Callable[[], Encoder]:
-    """A zero-argument loader of ``model`` with the settings' device and dtype (torch is imported when called)."""
+    """A zero-argument loader of ``model``'s full encoder (both towers) at the settings' device and precision, as
+    `index` uses it (torch is imported when called)."""
 
     def factory() -> Encoder:
         from img_search.embedding import load_encoder
 
-        return load_encoder(model, device=settings.device, dtype=settings.dtype)
+        return load_encoder(model, device=settings.device, precision=settings.precision)
+
+    return factory
+
+
+def query_encoder_factory(model: str, settings: Settings) -> Callable[[], Encoder]:
+    """A zero-argument loader of ``model`` for queries: the fast text path (ONNX Runtime + tokenizers, no torch)
+    that `index` prepared in the runtime cache, else the torch encoder (``embedding.load_text_encoder``). Image
+    queries work through either."""
+
+    def factory() -> Encoder:
+        from img_search.embedding import load_text_encoder
+
+        return load_text_encoder(model, precision=settings.precision, device=settings.device)
 
     return factory
 
@@ -44,7 +58,7 @@ def open_searcher(settings: Settings, model: str | None = None, *,
     in ``settings.index_dir``, with the settings' search backend. Raises ``CatalogNotFoundError`` and the errors of
     ``Collection.open``."""
     collection = Collection.open(settings.index_dir, model or settings.model, settings.search)
-    return Searcher(collection, encoder or encoder_factory(collection.model.name, settings))
+    return Searcher(collection, encoder or query_encoder_factory(collection.model.name, settings))
 
 
 class Searcher:

@@ -29,7 +29,7 @@ from img_search.errors import (
     ImgSearchError,
     NotFoundError,
 )
-from img_search.search.searcher import Searcher, encoder_factory, open_searcher
+from img_search.search.searcher import Searcher, open_searcher, query_encoder_factory
 from img_search.service.rollout import Decision, Rollout, Side, decide, incomplete_reason, request_bucket
 from img_search.settings import Settings
 
@@ -42,7 +42,7 @@ SearcherOpener = Callable[[Settings, ModelRow], Searcher]
 
 def default_opener(settings: Settings, model: ModelRow) -> Searcher:
     """``open_searcher`` for ``model``: the encoder loads on first use and runs one forward pass at a time."""
-    return open_searcher(settings, model.name, encoder=encoder_factory(model.name, settings))
+    return open_searcher(settings, model.name, encoder=query_encoder_factory(model.name, settings))
 
 
 @dataclass

@@ -49,7 +49,7 @@ class EmbeddingService:
                     from img_search.embedding import load_encoder
 
                     encoder = LockedEncoder(load_encoder(self.model, device=self.settings.device,
-                                                         dtype=self.settings.dtype))
+                                                         precision=self.settings.precision))
                     if self.dim is not None and encoder.info.dim != self.dim:
                         raise DimensionMismatchError(
                             f"{self.model} gives {encoder.info.dim}-dim vectors but the settings say {self.dim} "
@@ -95,7 +95,7 @@ def _settings(settings: Settings | None) -> Settings:
 
 def _service(cls: type[EmbeddingService], model: str, settings: Settings, collection: str, dim: int
              ) -> EmbeddingService:
-    key = (cls.__name__, model, settings.device, settings.dtype)
+    key = (cls.__name__, model, settings.device, settings.precision)
     with _cache_lock:
         service = _services.get(key)
         if service is None:
