@@ -188,6 +188,17 @@ class Collection:
     def __len__(self) -> int:
         return len(self._view.index)
 
+    def close(self) -> None:
+        """Release the index (a read-only view's private files) and this thread's catalog connection."""
+        close = getattr(self._view.index, "close", None)
+        if callable(close):
+            close()
+        catalog = getattr(self._local, "catalog", None)
+        if catalog is not None:
+            catalog.close()
+            self._local.catalog = None
+        self._watch.close()
+
     # ------------------------------------------------------------------ search
     def search(self, queries: NDArray[np.float32], *, limit: int = DEFAULT_LIMIT,
                exclude_ids: frozenset[int] = frozenset()) -> list[list[tuple[ImageRow, float]]]:

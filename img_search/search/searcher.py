@@ -106,6 +106,10 @@ class Searcher:
         """Whether the model is loaded (a query that needs it has run, or it was given)."""
         return self._encoder is not None
 
+    def close(self) -> None:
+        """Release the collection's files and connections (the encoder is left to the garbage collector)."""
+        self.collection.close()
+
     def refresh(self) -> bool:
         """Pick up what `index` committed since the collection was opened (the model stays loaded)."""
         return self.collection.refresh()
