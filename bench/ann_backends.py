@@ -5,6 +5,7 @@
     python bench/ann_backends.py report                              # table + plot into docs/PERFORMANCE.md
     python bench/ann_backends.py run --n 20000 --data minilm         # the same on real text embeddings
     python bench/ann_backends.py single --n 20000 --data minilm      # re-measure only the single-query ratios
+    python bench/ann_backends.py largek --n 20000 --data minilm      # large k: approximate vs exhaustive path
 
 Per config: build the index through our wrapper (``create_index`` + ``add`` in 100k-vector chunks; lazy work such as
 IVF training, ScaNN's build or Qdrant's optimizer is forced by one search and counted in the build time), then sweep
@@ -16,9 +17,9 @@ faiss) are timed alternately in the same process (best of 3-7 runs each), and th
 The **single-query** ratio (what a service sees: one query per call) is measured at that setting too: each pass runs
 every query once through the wrapper and once through the library's own single-query call, the two calls
 interleaved query by query with their order alternating (whichever call runs first after Python work pays for
-waking the library's threads: measured, that alone moved faiss HNSW's ratio between 0.36 and 1.67); a pass's ratio
-is the median raw call time over the median wrapper call time, and the median of ``SINGLE_PASSES`` passes is
-reported.
+waking the library's threads and the second finds the query's data in cache: measured, that alone moved faiss
+HNSW's ratio between 0.36 and 1.67); per pass and per kind, the geometric mean of the median time as first call and
+the median time as second call; the median over ``SINGLE_PASSES`` passes of raw / wrapper is reported.
 
 ``--data minilm`` runs the same measurements on real text embeddings instead (``ann_data.load_minilm``: 384-d
 all-MiniLM-L6-v2 vectors of docstring sentences from installed packages; results land in ``ann_minilm_<n>_*.json``).
@@ -50,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ann_data
 
-from img_search.index import create_index
+from img_search.index import BACKENDS, create_index
 
 logger = logging.getLogger("bench.ann_backends")
 
@@ -226,10 +227,12 @@ def single_query_ratio(index: Any, raw: Callable[[Any, np.ndarray], Callable[[],
                        n_queries: int, passes: int = SINGLE_PASSES) -> dict[str, Any]:
     """Wrapper vs raw library, one query per call, calls interleaved query by query (alternating which goes first).
 
-    Each call is timed on its own. A pass's ratio is the median raw call time over the median wrapper call time
-    (= wrapper q/s / raw q/s): medians, because on a shared machine another tenant's burst lands on single calls of
+    Each call is timed on its own. The second call of a pair runs warm (the same query's graph nodes in cache, the
+    library's threads awake), so each kind's times are bimodal; a pass therefore takes, for each kind, the geometric
+    mean of its median time as first call and its median time as second call, and its ratio is raw over wrapper
+    (= wrapper q/s / raw q/s). Medians, because on a shared machine another tenant's burst lands on single calls of
     either kind at random (pass totals moved by +-10 % between passes here). Returns the per-pass ratios, their median
-    (the figure reported), the ratio of the pass totals too, and the median per-call times in microseconds.
+    (the figure reported), the ratio of the pass totals too, and the per-call times in microseconds.
     """
     rows = [np.ascontiguousarray(queries[i : i + 1]) for i in range(n_queries)]
     raw_calls = [raw(index, r) for r in rows]
@@ -255,7 +258,10 @@ def single_query_ratio(index: Any, raw: Callable[[Any, np.ndarray], Callable[[],
                 index.search(rows[i], K)
                 t2 = clock()
                 tr[i], tw[i] = t1 - t0, t2 - t1
-        w_med, r_med = float(np.median(tw)), float(np.median(tr))
+        # medians per position in the pair: the second call of a pair runs warm (same query, threads awake), so
+        # each kind's times are bimodal and a plain median would land anywhere between the modes
+        w_med = float(np.sqrt(np.median(tw[0::2]) * np.median(tw[1::2])))
+        r_med = float(np.sqrt(np.median(tr[0::2]) * np.median(tr[1::2])))
         ratios.append(r_med / w_med)
         total_ratios.append(float(tr.sum() / tw.sum()))
         w_us.append(w_med * 1e6)
@@ -382,6 +388,35 @@ def cmd_single(args: argparse.Namespace) -> None:
 
 def cmd_single_one(args: argparse.Namespace) -> None:
     run_single(args.config, args.n, args.queries, args.cache, args.results, args.data)
+
+
+def cmd_largek(args: argparse.Namespace) -> None:
+    """ms per query for large k, approximate path forced vs exhaustive path forced (where EXACT_K_FRACTION comes
+    from). Forces the path by replacing each backend module's ``exact_is_cheaper``: a measurement hook, not an API."""
+    import importlib
+
+    data = load_data(args.data, args.n, args.queries, args.cache)
+    base, queries = np.asarray(data["base"]), data["queries"][:20]
+    print("| config | k (of n) | approximate (ms) | exhaustive (ms) |\n|---|---:|---:|---:|")
+    for name in args.configs.split(","):
+        cfg = configs(args.n)[name]
+        module = importlib.import_module(BACKENDS[cfg.backend].partition(":")[0])
+        index = create_index(cfg.backend, dim=base.shape[1], metric="cosine", **cfg.params)
+        index.add(np.arange(args.n, dtype=np.int64), base)
+        index.search(queries[:1], K)
+        original = module.exact_is_cheaper
+        try:
+            for frac in (0.01, 0.025, 0.05, 0.1, 0.2):
+                k, ms = int(frac * args.n), {}
+                for mode in ("approximate", "exhaustive"):
+                    module.exact_is_cheaper = lambda kk, nn, exhaustive=(mode == "exhaustive"): exhaustive
+                    t0 = time.perf_counter()
+                    for i in range(len(queries)):
+                        index.search(queries[i : i + 1], k)
+                    ms[mode] = (time.perf_counter() - t0) / len(queries) * 1e3
+                print(f"| {name} | {k} ({frac:.1%}) | {ms['approximate']:.2f} | {ms['exhaustive']:.2f} |", flush=True)
+        finally:
+            module.exact_is_cheaper = original
 
 
 def run_contention(name: str, n: int, n_queries: int, cache: Path, results: Path, rounds: int = 3) -> dict[str, Any]:
@@ -642,6 +677,24 @@ def _plot(by_n: dict[int, list[dict[str, Any]]]) -> None:
 
 
 TABLE_START, TABLE_END = "<!-- ann-backends:table:start -->", "<!-- ann-backends:table:end -->"
+SINGLE_START, SINGLE_END = "<!-- ann-backends:single:start -->", "<!-- ann-backends:single:end -->"
+
+
+def _single_table(groups: dict[tuple[str, int], list[dict[str, Any]]]) -> list[str]:
+    """One row per config: the single-query wrapper / raw ratio on each data set that has one."""
+    keys = sorted((key for key, rows in groups.items() if any((r.get("overhead") or {}).get("single") for r in rows)),
+                  key=lambda key: (DATA_SOURCES.index(key[0]), key[1]))
+    names = [c for c in configs(100_000) if any(r["config"] == c for key in keys for r in groups[key])]
+    head = " | ".join(f"{'synthetic' if src == 'synthetic' else 'MiniLM'} {_fmt_n(n)}: ratio (raw / wrapper us)"
+                      for src, n in keys)
+    lines = [f"| config | {head} |", "|---|" + "---:|" * len(keys)]
+    for name in names:
+        cells = []
+        for key in keys:
+            one = next(((r.get("overhead") or {}).get("single") for r in groups[key] if r["config"] == name), None)
+            cells.append(f"**{one['ratio']:.3f}** ({one['raw_us']:.1f} / {one['wrapper_us']:.1f})" if one else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -669,6 +722,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         text = head + block + rest.split(TABLE_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n## ANN backends\n\n" + block + "\n"
+    if SINGLE_START in text and SINGLE_END in text:
+        single = "\n".join([SINGLE_START, "", *_single_table(groups), "", SINGLE_END])
+        head, rest = text.split(SINGLE_START, 1)
+        text = head + single + rest.split(SINGLE_END, 1)[1]
     DOC.write_text(text)
     print(block)
 
@@ -679,13 +736,14 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     report = sub.add_parser("report")
     report.add_argument("--results", type=Path, default=RESULTS)
-    for name in ("run", "one", "contention", "contention-one", "updates", "updates-one", "single", "single-one"):
+    for name in ("run", "one", "contention", "contention-one", "updates", "updates-one", "single", "single-one",
+                 "largek"):
         p = sub.add_parser(name)
         p.add_argument("--results", type=Path, default=RESULTS)
         p.add_argument("--n", type=int, default=100_000)
         p.add_argument("--queries", type=int, default=1_000)
         p.add_argument("--cache", type=Path, default=ann_data.DEFAULT_CACHE)
-        if name in ("run", "one", "single", "single-one"):
+        if name in ("run", "one", "single", "single-one", "largek"):
             p.add_argument("--data", choices=DATA_SOURCES, default="synthetic",
                            help="synthetic (ann_data.load) or minilm (real text embeddings, ann_data.load_minilm)")
         if name == "run":
@@ -693,6 +751,8 @@ def main() -> None:
             p.add_argument("--timeout", type=int, default=3600, help="seconds per config")
         elif name in ("contention", "updates"):
             p.add_argument("--configs", default="faiss-hnsw,hnswlib,usearch-f32,scann,qdrant_edge")
+        elif name == "largek":
+            p.add_argument("--configs", default="faiss-hnsw,hnswlib,qdrant_edge")
         elif name == "single":
             p.add_argument("--configs", default="faiss-flat,faiss-ivf,faiss-ivf_pq,faiss-hnsw,hnswlib,usearch-f32,"
                            "usearch-i8,scann,qdrant_edge,qdrant_edge-float,qdrant-local")
@@ -703,7 +763,7 @@ def main() -> None:
     args = parser.parse_args()
     commands = {"run": cmd_run, "one": cmd_one, "report": cmd_report, "contention": cmd_contention,
                 "contention-one": cmd_contention_one, "updates": cmd_updates, "updates-one": cmd_updates_one,
-                "single": cmd_single, "single-one": cmd_single_one}
+                "single": cmd_single, "single-one": cmd_single_one, "largek": cmd_largek}
     commands[args.cmd](args)
 
 

@@ -64,7 +64,7 @@ BoolArray = NDArray[np.bool_]
 EXACT_K_FRACTION = 0.1
 # A query whose squared norm is this close to 1 is already unit length to float32 precision: dividing it by its norm
 # would change each coordinate by about an ulp, so cosine search passes it on as is (saves a copy per query).
-_UNIT_TOL = 1e-6
+UNIT_TOL = 1e-6
 _F32 = np.dtype(np.float32)
 
 
@@ -142,7 +142,7 @@ def unit_queries(q: FloatArray) -> FloatArray:
     """L2-normalised copy of (n, dim) float32 queries; a single query already of unit length is returned as is."""
     if q.shape[0] == 1:
         row = q[0]
-        if abs(float(row.dot(row)) - 1.0) <= _UNIT_TOL:  # ndarray.dot: the cheapest call for one row (0.3 us)
+        if abs(float(row.dot(row)) - 1.0) <= UNIT_TOL:  # ndarray.dot: the cheapest call for one row (0.3 us)
             return q
     return normalize(q)
 

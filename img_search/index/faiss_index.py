@@ -40,6 +40,8 @@ import faiss as _faiss
 import numpy as np
 
 from img_search.index.base import (
+    EXACT_K_FRACTION,
+    UNIT_TOL,
     BoolArray,
     FloatArray,
     IdArray,
@@ -61,6 +63,7 @@ from img_search.index.exact import ExactIndex
 
 logger = logging.getLogger(__name__)
 
+_F32 = np.dtype(np.float32)
 # faiss' bundled type stubs miss much of the SWIG API used here (SearchParametersHNSW, hnsw.neighbors, ...)
 faiss: Any = _faiss
 
@@ -131,6 +134,7 @@ class FaissIndex:
         self._selector_dirty = False
         self._params_cache: Any = None  # SearchParameters carrying the selector, rebuilt with it
         self._params_base: Any = None
+        self._one_shape = (1, self.dim)
         self._readonly = False
         self._mmap_source: Path | None = None
         self._gpu_res: Any = None
@@ -358,6 +362,9 @@ class FaissIndex:
         return self._params_cache
 
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+        one = self._search_one(queries, k)
+        if one is not None:
+            return one
         q = as_query(queries, self.dim)
         if self.metric == "cosine":
             q = unit_queries(q)
@@ -381,6 +388,29 @@ class FaissIndex:
             if self._positional:
                 found = self._labels[found]
         return (found, scores) if kk == k else pad_results(found, scores, k)
+
+    def _search_one(self, queries: Any, k: int) -> tuple[IdArray, FloatArray] | None:
+        """The path of a service's typical call, kept to a few operations: one float32 (1, dim) query of unit length
+        (or metric ip), a built CPU index without tombstones, k below the exhaustive threshold, a full answer.
+        ``None`` when any of that does not hold (the general path then answers, with identical results)."""
+        index = self._index
+        if (type(queries) is not np.ndarray or queries.shape != self._one_shape or queries.dtype is not _F32
+                or not queries.flags.c_contiguous or index is None or self._n_tombstones or self.gpu):
+            return None
+        if self.metric == "cosine":
+            row = queries[0]
+            if abs(float(row.dot(row)) - 1.0) > UNIT_TOL:
+                return None
+        n_live = self._labels.shape[0] if self._positional else self._ids.shape[0]
+        if k <= 0 or k >= EXACT_K_FRACTION * n_live:
+            return None
+        # faiss' own search() minus the checks done above: fresh output arrays, then the C++ call
+        scores = np.empty((1, k), dtype=np.float32)
+        found = np.empty((1, k), dtype=np.int64)
+        index.search_c(1, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(found), None)
+        if found[0, k - 1] < 0:  # short: the general path completes it
+            return None
+        return (self._labels[found] if self._positional else found), scores
 
     def _search_exhaustive(self, q: FloatArray, kk: int) -> tuple[IdArray, FloatArray]:
         """Every live vector scored (exactly, except IVF-PQ codes without re-ranking); ids, not positions."""

@@ -28,6 +28,7 @@ import hnswlib
 import numpy as np
 
 from img_search.index.base import (
+    EXACT_K_FRACTION,
     BoolArray,
     FloatArray,
     IdArray,
@@ -50,6 +51,7 @@ from img_search.index.base import (
 logger = logging.getLogger(__name__)
 
 _FILE = "index.hnswlib"
+_F32 = np.dtype(np.float32)
 # vectors fetched per get_items call by the exact path (64k x 768 float32 = 200 MB at most at a time)
 _EXACT_CHUNK = 65_536
 
@@ -87,6 +89,7 @@ class HnswlibIndex:
         self._index.set_num_threads(self._threads)
         self._deleted: set[int] = set()
         self._readonly = False
+        self._one_shape = (1, self.dim)
 
     def __len__(self) -> int:
         return int(self._index.element_count) - len(self._deleted)
@@ -138,7 +141,25 @@ class HnswlibIndex:
             out[row] = True
         return out
 
+    def _search_one(self, queries: Any, k: int) -> tuple[IdArray, FloatArray] | None:
+        """A service's typical call in a few operations: one float32 (1, dim) query, k below the exhaustive
+        threshold, a full answer. ``None`` otherwise (the general path answers, with identical results)."""
+        if (type(queries) is not np.ndarray or queries.shape != self._one_shape or queries.dtype is not _F32
+                or not queries.flags.c_contiguous):
+            return None
+        n_live = self._index.element_count - len(self._deleted)
+        if k <= 0 or k >= EXACT_K_FRACTION * n_live:
+            return None
+        try:  # one row runs on the calling thread whatever num_threads says (hnswlib: rows <= 4 * threads)
+            labels, distances = self._index.knn_query(queries, k)
+        except RuntimeError:  # fewer than k reachable: the general path completes it
+            return None
+        return labels.view(np.int64), 1.0 - distances
+
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+        one = self._search_one(queries, k)
+        if one is not None:
+            return one
         q = as_query(queries, self.dim)
         n_live = int(self._index.element_count) - len(self._deleted)
         if k <= 0 or n_live <= 0:

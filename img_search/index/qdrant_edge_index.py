@@ -51,6 +51,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from img_search.index.base import (
+    EXACT_K_FRACTION,
     QDRANT_SEARCH_PARAM_CASTS,
     BoolArray,
     FloatArray,
@@ -70,6 +71,7 @@ from img_search.index.base import (
 logger = logging.getLogger(__name__)
 
 _UPSERT_BATCH = 8192
+_F32 = np.dtype(np.float32)
 _SHARD_DIR = "shard"
 _PQ = {"x4": "X4", "x8": "X8", "x16": "X16", "x32": "X32", "x64": "X64"}
 
@@ -248,6 +250,7 @@ class QdrantEdgeIndex:
         self._dirty = False
         self._count: int | None = None  # points_count, cached until the next change
         self._readonly = bool(_readonly)
+        self._one_shape = (1, self.dim)
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._view: _ReadOnlyView | None = None
         if _open is not None and self._readonly:  # load(readonly=True): open a private view, never the shard
@@ -363,7 +366,24 @@ class QdrantEdgeIndex:
                                         for row in q])
         return self._shard.query_batch(request)  # type: ignore[no-any-return]
 
+    def _search_one(self, queries: Any, k: int) -> tuple[IdArray, FloatArray] | None:
+        """A service's typical call in a few operations: one float32 (1, dim) query, nothing pending, k below the
+        exhaustive threshold, a full answer. ``None`` otherwise (the general path answers, with identical results)."""
+        n_live = self._count
+        if (type(queries) is not np.ndarray or queries.shape != self._one_shape or queries.dtype is not _F32
+                or not queries.flags.c_contiguous or self._dirty or n_live is None
+                or k <= 0 or k >= EXACT_K_FRACTION * n_live):
+            return None
+        points = self._shard.query(qe.QueryRequest(query=qe.Query.Nearest(queries[0]), limit=k, params=self._params))
+        if len(points) != k:
+            return None
+        return (np.array([[p.id for p in points]], dtype=np.int64),
+                np.array([[p.score for p in points]], dtype=np.float32))
+
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+        one = self._search_one(queries, k)
+        if one is not None:
+            return one
         q = as_query(queries, self.dim)
         if self._dirty:
             self.optimize()

@@ -26,6 +26,8 @@ import numpy as np
 from scann import scann_ops_pybind
 
 from img_search.index.base import (
+    EXACT_K_FRACTION,
+    UNIT_TOL,
     BoolArray,
     FloatArray,
     IdArray,
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 # search_batched_parallel splits the batch across ScaNN's thread pool; below this a single batch call is cheaper
 _PARALLEL_MIN_QUERIES = 256
+_F32 = np.dtype(np.float32)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -91,7 +94,9 @@ class ScannIndex:
         self._dirty = False
         self._memory_cache: int | None = None
         self._kwargs_cache: dict[int, dict[str, Any]] = {}
+        self._args_cache: dict[int, tuple[int, int, int]] = {}
         self._readonly = False
+        self._one_shape = (1, self.dim)
 
     def __len__(self) -> int:
         return len(self._store)
@@ -138,6 +143,7 @@ class ScannIndex:
             if self.reorder > 0:
                 builder = builder.reorder(self.reorder)
         self._kwargs_cache.clear()
+        self._args_cache.clear()
         logger.info("scann: building a searcher over %d vectors", n)
         self._searcher = builder.build()
         self._searcher_ids = self._store.ids.copy()
@@ -147,6 +153,7 @@ class ScannIndex:
         for key, value in params.items():
             setattr(self, key, int(value))
         self._kwargs_cache.clear()
+        self._args_cache.clear()
 
     def _search_kwargs(self, kk: int) -> dict[str, Any]:
         """ScaNN's search arguments for ``kk`` neighbours at the current settings (cached per kk)."""
@@ -157,8 +164,9 @@ class ScannIndex:
                 kwargs["leaves_to_search"] = min(self.leaves_to_search, self._built_leaves)
                 if self.reorder > 0:
                     kwargs["pre_reorder_num_neighbors"] = max(self.reorder, kk)
-            if len(self._kwargs_cache) > 64:  # many distinct k: keep the cache small
+            if len(self._kwargs_cache) > 64:  # many distinct k: keep the caches small
                 self._kwargs_cache.clear()
+                self._args_cache.clear()
             self._kwargs_cache[kk] = kwargs
         return kwargs
 
@@ -174,7 +182,34 @@ class ScannIndex:
     def contains(self, ids: Any) -> BoolArray:
         return self._store.contains(ids)
 
+    def _search_one(self, queries: Any, k: int) -> tuple[IdArray, FloatArray] | None:
+        """A service's typical call in a few operations: one float32 (1, dim) query of unit length (or metric ip),
+        a built searcher, k below the exhaustive threshold, a full answer. ``None`` otherwise (the general path
+        answers, with identical results)."""
+        if (type(queries) is not np.ndarray or queries.shape != self._one_shape or queries.dtype is not _F32
+                or not queries.flags.c_contiguous or self._dirty or self._searcher is None):
+            return None
+        row = queries[0]
+        if self.metric == "cosine" and abs(float(row.dot(row)) - 1.0) > UNIT_TOL:
+            return None
+        n_live = self._searcher_ids.shape[0]
+        if k <= 0 or k >= EXACT_K_FRACTION * n_live:
+            return None
+        args = self._args_cache.get(k)
+        if args is None:  # ScaNN's search(q, final_num_neighbors, pre_reorder_num_neighbors, leaves_to_search)
+            kw = self._search_kwargs(k)
+            args = self._args_cache[k] = (k, kw.get("pre_reorder_num_neighbors", -1), kw.get("leaves_to_search", -1))
+        # the pybind searcher itself: ScaNN's Python search() only adds a docid mapping, unused here
+        inner = self._searcher.searcher if self._searcher.docids is None else self._searcher
+        rows, scores = inner.search(row, *args)
+        if rows.shape[0] != k or scores[-1] != scores[-1]:  # trimmed (short) or NaN-padded
+            return None
+        return self._searcher_ids.take(rows)[None], scores[None]
+
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+        one = self._search_one(queries, k)
+        if one is not None:
+            return one
         q = as_query(queries, self.dim)
         if self.metric == "cosine":
             q = unit_queries(q)

@@ -23,6 +23,7 @@ import numpy as np
 from usearch.index import Index, MetricKind
 
 from img_search.index.base import (
+    EXACT_K_FRACTION,
     BoolArray,
     FloatArray,
     IdArray,
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES: tuple[str, ...] = ("f32", "f16", "i8")
 _FILE = "index.usearch"
+_F32 = np.dtype(np.float32)
 
 
 class UsearchIndex:
@@ -73,6 +75,7 @@ class UsearchIndex:
         self.threads = int(threads)
         self._mmap_source: Path | None = None
         self._readonly = False
+        self._one_shape = (1, self.dim)
         self._index: Any = Index(
             ndim=self.dim,
             metric=MetricKind.Cos if self.metric == "cosine" else MetricKind.IP,
@@ -130,7 +133,25 @@ class UsearchIndex:
             return np.zeros(keys.size, dtype=bool)
         return np.asarray(self._index.contains(keys.astype(np.uint64)), dtype=bool).reshape(-1)
 
+    def _search_one(self, queries: Any, k: int) -> tuple[IdArray, FloatArray] | None:
+        """A service's typical call in a few operations: one float32 (1, dim) query, k below the exhaustive
+        threshold, a full answer. ``None`` otherwise (the general path answers, with identical results)."""
+        if (type(queries) is not np.ndarray or queries.shape != self._one_shape or queries.dtype is not _F32
+                or not queries.flags.c_contiguous):
+            return None
+        n_live = len(self._index)
+        if k <= 0 or k >= EXACT_K_FRACTION * n_live:
+            return None
+        matches = self._index.search(queries, k, threads=self.threads)
+        keys = matches.keys
+        if keys.shape[0] != k:  # one query comes back trimmed to what was found: short
+            return None
+        return keys.view(np.int64)[None], (1.0 - matches.distances)[None]
+
     def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+        one = self._search_one(queries, k)
+        if one is not None:
+            return one
         q = as_query(queries, self.dim)
         n_live = len(self._index)
         if k <= 0 or n_live <= 0:
