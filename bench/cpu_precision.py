@@ -7,7 +7,8 @@ bench/_data). Variants (tower x runtime x precision): torch fp32 / bf16 autocast
 ONNX Runtime fp32 / int8 (dynamic, MatMuls), OpenVINO fp32 / bf16 (inference-precision hint) -- all through the
 library's own sessions (``img_search.embedding.runtime``) and exported graphs (``embedding.onnx_export``) -- plus two
 OpenVINO int8 variants built here with NNCF, measured but not adopted: ``int8-static`` (activations and weights,
-calibrated on generated inputs) and ``int8-weights`` (weights only).
+calibrated on generated inputs) and ``int8-weights`` (weights only); they are skipped where ``nncf`` is not installed
+(``pip install torch==2.13.0 nncf``; it is no dependency of img-search).
 
 Each variant runs in its own worker process (its runtime's thread pool cannot disturb the others, and its import and
 load times are those of a fresh process); the driver asks the workers in turn, round after round, with a pause in

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class OpenVinoSession:
         # an input port can carry several tensor names (the graph's input and a folded cast of it): keep them all
         self.port_names = [frozenset(port.get_names()) for port in self.compiled.inputs]
         self.request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: not safe to share between threads (ONNX Runtime's is)
         self.choice = choice
 
     def run(self, inputs: Inputs) -> NDArray[np.float32]:
@@ -113,8 +115,9 @@ class OpenVinoSession:
         for index, names in enumerate(self.port_names):
             name = next(n for n in inputs if n in names)
             feed[index] = np.ascontiguousarray(inputs[name])
-        result = self.request.infer(feed)
-        return np.array(result[self.compiled.outputs[0]], dtype=np.float32)
+        with self._lock:
+            result = self.request.infer(feed)
+            return np.array(result[self.compiled.outputs[0]], dtype=np.float32)
 
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")

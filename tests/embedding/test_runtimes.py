@@ -131,3 +131,20 @@ def test_runtime_not_installed_is_unavailable(tiny_siglip: Path, monkeypatch: py
     # an explicit precision without a runtime falls back to the next runtime that runs it
     enc = load_encoder(str(tiny_siglip), device="cpu", precision="int8")
     assert encoder_choices(enc)["image"] == TowerChoice("image", "int8", "torch")
+
+
+@pytest.mark.parametrize(("precision", "runtime"), [("fp32", "torch"), *VARIANTS])
+def test_sessions_can_be_shared_between_threads(tiny_siglip: Path, runtime_cache: Path, precision: str,
+                                                runtime: str) -> None:
+    """The service encodes queries from several threads with one encoder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _installed(runtime):
+        pytest.skip(f"{runtime} not installed")
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision=precision, runtime=runtime, cache_dir=runtime_cache)
+    texts = [[t] for t in probe_texts()] * 3
+    serial = [enc.encode_texts(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(enc.encode_texts, texts))
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
