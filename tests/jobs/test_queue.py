@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Models, job_settings, make_photos
 from helpers import make_jpeg
+from jobs_support import Models, job_settings, make_photos
 
 from img_search.catalog import Catalog
 from img_search.jobs.queue import QUEUES, JobQueue, job_status, open_queue, submit_index, submit_reembedding

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Models, job_settings, make_photos
 from helpers import make_jpeg
+from jobs_support import Models, job_settings, make_photos
 
 from img_search.catalog import Catalog
 from img_search.jobs.queue import JobQueue, open_queue, submit_index

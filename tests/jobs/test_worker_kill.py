@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REDIS_URL, Models, make_photos
+from jobs_support import REDIS_URL, Models, make_photos
 
 from img_search.catalog import Catalog
 from img_search.jobs.queue import job_status, open_queue, submit_reembedding

@@ -64,7 +64,8 @@ def service_settings(index_dir: Path, models: Models, **service: Any) -> Setting
     values: dict[str, Any] = {"clip_model": str(models.clip), "siglip_model": str(models.siglip), "clip_dim": 32,
                               "siglip_dim": 32, "api_key": API_KEY}
     values.update(service)
-    return load_settings(index_dir, service=values)
+    # float32, as the session's encoders compute: "auto" may pick int8 on this CPU, and tests compare with them
+    return load_settings(index_dir, precision="fp32", service=values)
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,8 @@ def server(indexed: tuple[Path, Path], models: Models, tmp_path_factory: pytest.
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMG_SEARCH_")}
     env.update({
         "IMG_SEARCH_INDEX_DIR": str(index_dir), "IMG_SEARCH_DEVICE": "cpu",
+        # the answers are compared with the session's float32 encoders ("auto" may pick int8 on this CPU)
+        "IMG_SEARCH_PRECISION": "fp32",
         "IMG_SEARCH_SERVICE__CLIP_MODEL": str(models.clip), "IMG_SEARCH_SERVICE__CLIP_DIM": "32",
         "IMG_SEARCH_SERVICE__SIGLIP_MODEL": str(models.siglip), "SIGLIP_EMBEDDING_DIM": "32",  # a seed alias
         "SIGLIP_ROLLOUT_PERCENTAGE": "50", "IMG_SEARCH_SERVICE__API_KEY": API_KEY,
