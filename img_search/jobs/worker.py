@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from img_search.errors import UnavailableError
+from img_search.errors import ImgSearchError, UnavailableError, exit_code
 from img_search.jobs.tasks import Runtime
 from img_search.settings import Settings
 
@@ -150,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run_workers(load_service_settings(args.index_dir), args.workers, burst=args.burst)
+    try:
+        return run_workers(load_service_settings(args.index_dir), args.workers, burst=args.burst)
+    except ImgSearchError as exc:
+        logger.error("%s", exc)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":
