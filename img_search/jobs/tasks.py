@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from img_search.embedding.base import Encoder
+from img_search.embedding.precision import TowerChoice
 from img_search.errors import CatalogLockedError, UnknownNameError
 from img_search.pipeline.progress import LogProgress
 from img_search.pipeline.reembed import HashSource
@@ -93,6 +94,7 @@ class Runtime:
         self.settings = settings
         self._lookup = encoders
         self._cache: dict[str, Encoder] = {}
+        self._prepared: dict[tuple[str, str], TowerChoice] = {}
         self._lock = threading.Lock()
         chosen = decode_workers if decode_workers is not None else settings.workers
         self.decode_workers = default_workers() if chosen is None else chosen
@@ -111,19 +113,33 @@ class Runtime:
             return self._cache[model]
 
 
+    def prepared(self, index_dir: str, model: str, prepare: Callable[[], TowerChoice]) -> TowerChoice:
+        """``prepare()`` (runtimes built, parity checked and recorded in that catalog) once per index directory
+        and model in this process; its answer after that."""
+        key = (index_dir, model)
+        with self._lock:
+            if key not in self._prepared:
+                self._prepared[key] = prepare()
+            return self._prepared[key]
+
+
 def run_reembed(task: ReembedTask, runtime: Runtime) -> TaskResult:
     """Embed the task's images with its model and upsert the vectors (``pipeline.reembed``)."""
     from img_search.catalog import Catalog
-    from img_search.pipeline.reembed import reembed, register_model
+    from img_search.pipeline.reembed import prepare_encoder, reembed, register_model
 
     t0 = time.monotonic()
     encoder = runtime.encoder(task.model)
     index_dir = Path(task.index_dir)
     with Catalog.in_dir(index_dir) as catalog:
         model_id = register_model(catalog, task.model, encoder.info)
+        # a service hands in its collections' LockedEncoders: the precisions are those of the model inside
+        inner = getattr(encoder, "inner", encoder)
+        choice = runtime.prepared(task.index_dir, task.model, lambda: prepare_encoder(inner, catalog, model_id))
         path = catalog.path
     stats = reembed(list(task.sources), encoder, path, model_id, batch_size=runtime.settings.batch_size,
-                    workers=runtime.decode_workers, progress=LogProgress(), max_image_pixels=task.max_image_pixels)
+                    workers=runtime.decode_workers, progress=LogProgress(), max_image_pixels=task.max_image_pixels,
+                    choice=choice)
     errors = [f"{i.source.paths[0] if i.source.paths else i.source.content_hash.hex()}: {i.error}"
               for i in stats.failed]
     return TaskResult(stats.embedded, len(stats.failed), errors, time.monotonic() - t0)

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from img_search.catalog import Catalog
 from img_search.data.images import check_pixel_limit, content_hash, decode_image, read_file
 from img_search.embedding.base import Encoder, ModelInfo
+from img_search.embedding.precision import TowerChoice
 from img_search.errors import ConflictError, ImgSearchError
 from img_search.pipeline.loop import LoopStats, run_loop
 from img_search.pipeline.progress import Progress
@@ -104,8 +105,10 @@ def register_model(catalog: Catalog, name: str, info: ModelInfo) -> int:
         return ensure()
 
 
-def upsert_vectors(catalog: Catalog, model_id: int, hashes: Sequence[bytes], vectors: NDArray[np.float32]) -> None:
-    """Write ``vectors`` ((n, dim) float32, row i for ``hashes[i]``) of ``model_id`` in one transaction; a vector
+def upsert_vectors(catalog: Catalog, model_id: int, hashes: Sequence[bytes], vectors: NDArray[np.float32], *,
+                   precision: str = "fp32", runtime: str = "torch") -> None:
+    """Write ``vectors`` ((n, dim) float32, row i for ``hashes[i]``) of ``model_id`` in one transaction, with how
+    the image tower computed them (``precision`` on ``runtime``, as ``Catalog.record`` records them); a vector
     already stored for a (hash, model) is replaced, so writing a batch twice changes nothing. Image rows are not
     touched. Raises ``ValueError`` when the counts differ."""
     if vectors.shape[0] != len(hashes):
@@ -114,32 +117,51 @@ def upsert_vectors(catalog: Catalog, model_id: int, hashes: Sequence[bytes], vec
     now = time.time()
     with catalog.transaction() as db:
         db.executemany(
-            "INSERT INTO embeddings (content_hash, model_id, vector, dtype, created_at) "
-            "VALUES (?, ?, ?, 'float32', ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
-            "vector = excluded.vector, created_at = excluded.created_at",
-            [(h, model_id, vecs[i].tobytes(), now) for i, h in enumerate(hashes)],
+            "INSERT INTO embeddings (content_hash, model_id, vector, dtype, precision, runtime, created_at) "
+            "VALUES (?, ?, ?, 'float32', ?, ?, ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
+            "vector = excluded.vector, precision = excluded.precision, runtime = excluded.runtime, "
+            "created_at = excluded.created_at",
+            [(h, model_id, vecs[i].tobytes(), precision, runtime, now) for i, h in enumerate(hashes)],
         )
 
 
 class VectorSink:
     """``loop.Sink`` writing each batch's vectors with ``upsert_vectors`` on its own writer connection."""
 
-    def __init__(self, catalog_path: Path, model_id: int) -> None:
+    def __init__(self, catalog_path: Path, model_id: int, *, precision: str = "fp32", runtime: str = "torch") -> None:
         self.catalog = Catalog(catalog_path)
         self.model_id = model_id
+        self.precision, self.runtime = precision, runtime
 
     def put(self, batch: ReadBatch[HashSource], vectors: NDArray[np.float32] | None) -> None:
         if vectors is not None and batch.ok:
-            upsert_vectors(self.catalog, self.model_id, [i.source.content_hash for i in batch.ok], vectors)
+            upsert_vectors(self.catalog, self.model_id, [i.source.content_hash for i in batch.ok], vectors,
+                           precision=self.precision, runtime=self.runtime)
 
     def close(self) -> None:
         self.catalog.close()
 
 
+def prepare_encoder(encoder: Encoder, catalog: Catalog, model_id: int) -> TowerChoice:
+    """What ``index`` does before embedding (``runner._prepare_encoder``): the encoder's runtimes built, the parity
+    check of each tower recorded in the catalog; returns how the image tower computes. Raises ``ConflictError``
+    when the image tower's precision failed its check: a collection never mixes in unfaithful vectors."""
+    from img_search.pipeline.runner import _prepare_encoder
+
+    return _prepare_encoder(encoder, catalog, model_id)
+
+
 def reembed(sources: Sequence[HashSource], encoder: Encoder, catalog_path: Path, model_id: int, *, batch_size: int,
-            workers: int, progress: Progress, max_image_pixels: int | None = None) -> LoopStats:
+            workers: int, progress: Progress, max_image_pixels: int | None = None,
+            choice: TowerChoice | None = None) -> LoopStats:
     """Embed ``sources`` with ``encoder`` and upsert their vectors as ``model_id``: ``loop.run_loop`` with the
     ``HashLoader`` and a ``VectorSink``. ``batch_size`` images per forward pass, ``workers`` decode processes (0:
-    decode in this thread). Returns the loop's stats (``failed`` items carry their reason)."""
-    return run_loop(sources, HashLoader(max_image_pixels), encoder, lambda: VectorSink(catalog_path, model_id),
-                    batch_size=batch_size, workers=workers, progress=progress, description="re-embedding")
+    decode in this thread); ``choice``: the image tower's precision and runtime, recorded with each vector
+    (``prepare_encoder``; None: float32 torch). Returns the loop's stats (``failed`` items carry their reason)."""
+    precision, runtime = (choice.precision, choice.runtime) if choice is not None else ("fp32", "torch")
+
+    def sink() -> VectorSink:
+        return VectorSink(catalog_path, model_id, precision=precision, runtime=runtime)
+
+    return run_loop(sources, HashLoader(max_image_pixels), encoder, sink, batch_size=batch_size, workers=workers,
+                    progress=progress, description="re-embedding")

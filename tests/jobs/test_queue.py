@@ -108,6 +108,12 @@ def test_full_reembedding_completes_the_collection(make_backend: Callable[..., B
     for h in want:
         np.testing.assert_allclose(got[h], want[h], atol=1e-5)
 
+    # recorded as `index` records them: how each vector was computed (precision, runtime)
+    with Catalog.in_dir(index_dir, readonly=True) as ours, Catalog.in_dir(reference, readonly=True) as theirs:
+        a, b = ours.get_model(siglip), theirs.get_model(siglip)
+        assert a is not None and b is not None
+        assert ours.precision_counts(a.id) == theirs.precision_counts(b.id)
+
     # the saved search index was synced once the last batch was done
     with Catalog.in_dir(index_dir, readonly=True) as cat:
         row = cat.get_model(siglip)
