@@ -114,9 +114,14 @@ def time_reembed(model: Path, settings: Settings, n_workers: int) -> tuple[float
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-            keys = list(client.scan_iter(match=f"*{settings.service.queue_name}*", count=1000))
+            name = settings.service.queue_name
+            keys = list(client.scan_iter(match=f"*{name}*", count=1000))
             if keys:
                 client.delete(*keys)
+            for registry in ("rq:queues", "rq:workers"):
+                members = [m for m in client.smembers(registry) if name.encode() in m]
+                if members:
+                    client.srem(registry, *members)
             queue.close()
 
 

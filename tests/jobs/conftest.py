@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobs_support import REDIS_URL, Models, job_settings, make_photos
+from jobs_support import REDIS_URL, Models, delete_queue_keys, job_settings, make_photos
 
 from img_search.embedding import load_encoder
 from img_search.settings import Settings
@@ -39,9 +39,7 @@ def queue_name(redis_client: Any) -> Iterator[str]:
     """A queue of this test's own; every Redis key naming it (RQ's and ours) is deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
-    keys = list(redis_client.scan_iter(match=f"*{name}*", count=1000))
-    if keys:
-        redis_client.delete(*keys)
+    delete_queue_keys(redis_client, name)
 
 
 @pytest.fixture()

@@ -43,3 +43,14 @@ def job_settings(index_dir: Path, models: Models, *, model: str | None = None, *
                               "siglip_dim": 32}
     values.update(service)
     return load_settings(index_dir, workers=0, batch_size=4, model=model, service=values)
+
+
+def delete_queue_keys(client: Any, name: str) -> None:
+    """Every Redis key naming queue ``name`` (RQ's and ours), and its entries in RQ's global sets."""
+    keys = list(client.scan_iter(match=f"*{name}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    for registry in ("rq:queues", "rq:workers"):
+        members = [m for m in client.smembers(registry) if name.encode() in m]
+        if members:
+            client.srem(registry, *members)

@@ -139,6 +139,10 @@ def rq_queue_name() -> Iterator[str]:
     keys = list(client.scan_iter(match=f"*{name}*", count=1000))
     if keys:
         client.delete(*keys)
+    for registry in ("rq:queues", "rq:workers"):  # RQ's global sets name the queue and its workers too
+        members = [m for m in client.smembers(registry) if name.encode() in m]
+        if members:
+            client.srem(registry, *members)
 
 
 def test_reembedding_on_rq(make_client: Callable[..., TestClient], models: Models, rq_queue_name: str,
