@@ -85,3 +85,4 @@ def read_only_mount(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield mount
     for target in reversed(mounted):
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
+

@@ -13,11 +13,15 @@ throughput or single-query latency, and neighbours stop slowing down).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import importlib.util
 import logging
 import os
+import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,6 +97,50 @@ class OrtSession:
 _OV_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
 
 
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def _keeping_altstack() -> Iterator[None]:
+    """Restore this thread's alternate signal stack after an OpenVINO call.
+
+    OpenVINO's CPU plugin installs alternate signal stacks of its own on the calling thread (seen with strace:
+    ``sigaltstack`` to 11,568-byte buffers during ``compile_model`` and ``infer``) and leaves the last one in place.
+    Once that buffer is freed, the next signal delivered with ``SA_ONSTACK`` -- every handler CPython installs, e.g.
+    the ``SIGCHLD`` of a finished subprocess or decode worker -- cannot get a frame and the kernel kills the process
+    with SIGSEGV (si_code SI_KERNEL). Linux/glibc only; elsewhere a no-op.
+    """
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    saved = _StackT()
+    if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        if saved.ss_flags & _SS_DISABLE:
+            libc.sigaltstack(ctypes.byref(_StackT(None, _SS_DISABLE, 0)), None)
+        else:
+            libc.sigaltstack(ctypes.byref(saved), None)
+
+
+_SS_DISABLE = 2  # <signal.h>
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
 class OpenVinoSession:
     """An OpenVINO CPU compiled model of one exported (ONNX, fp32) tower graph; bf16 is OpenVINO's inference
     precision hint (it converts on the fly where the CPU has native bf16)."""
@@ -100,10 +148,10 @@ class OpenVinoSession:
     def __init__(self, path: Path, choice: TowerChoice, threads: int | None = None) -> None:
         import openvino as ov
 
-        core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION_HINT[choice.precision], "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": threads or cpu_threads()}
-        self.compiled = core.compile_model(str(path), "CPU", config)
+        with _keeping_altstack():
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         # an input port can carry several tensor names (the graph's input and a folded cast of it): keep them all
         self.port_names = [frozenset(port.get_names()) for port in self.compiled.inputs]
         self.request = self.compiled.create_infer_request()
@@ -115,7 +163,7 @@ class OpenVinoSession:
         for index, names in enumerate(self.port_names):
             name = next(n for n in inputs if n in names)
             feed[index] = np.ascontiguousarray(inputs[name])
-        with self._lock:
+        with self._lock, _keeping_altstack():
             result = self.request.infer(feed)
             return np.array(result[self.compiled.outputs[0]], dtype=np.float32)
 

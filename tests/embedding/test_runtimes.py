@@ -148,3 +148,38 @@ def test_sessions_can_be_shared_between_threads(tiny_siglip: Path, runtime_cache
         parallel = list(pool.map(enc.encode_texts, texts))
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_leaves_the_thread_signal_stack_as_it_was(tiny_siglip: Path, runtime_cache: Path,
+                                                           precision: str) -> None:
+    """OpenVINO's CPU plugin swaps the calling thread's alternate signal stack for buffers of its own; left in
+    place, a later SIGCHLD (a finished subprocess or decode worker) killed the process with SIGSEGV (SI_KERNEL).
+    Every OpenVINO call restores it (runtime._keeping_altstack); checked here after compile and infer, and by a
+    real SIGCHLD afterwards."""
+    import ctypes
+    import subprocess
+
+    from img_search.embedding.runtime import _StackT
+
+    if not _installed("openvino"):
+        pytest.skip("openvino not installed")
+    libc = ctypes.CDLL(None)
+
+    def current() -> tuple[int | None, int, int]:
+        st = _StackT()
+        assert libc.sigaltstack(None, ctypes.byref(st)) == 0
+        return st.ss_sp, st.ss_flags, st.ss_size
+
+    before = current()
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision=precision, runtime="openvino",
+                       cache_dir=runtime_cache)
+    pre = enc.image_preprocessor()
+    for tower, inputs in (("image", collate_pixels([pre(pattern(1))])), ("text", enc.tokenize(["a dog"]))):
+        enc.session(tower).run(inputs)
+        assert current() == before
+    del enc
+    import gc
+
+    gc.collect()
+    assert subprocess.run(["true"]).returncode == 0  # a SIGCHLD delivered on this thread's signal stack
