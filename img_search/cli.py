@@ -33,6 +33,7 @@ from img_search.errors import (
     ImageDecodeError,
     ImgSearchError,
     InvalidInputError,
+    NotFoundError,
     exit_code,
 )
 from img_search.settings import DEFAULT_MODEL, DEFAULTS, DEVICES_HELP, DTYPES, PRECISIONS, Settings, load_settings
@@ -485,9 +486,12 @@ def serve(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     precision: PrecisionOpt = None,
+    watch: Annotated[list[Path] | None, typer.Option("--watch", show_default=False,
+                                                     help="Index new and changed images under this folder as they "
+                                                          "appear (repeatable).")] = None,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Serve the index over HTTP (docs/SERVICE.md): search, similar, thumbnails, health, admin rollout."""
+    """Serve the index over HTTP (docs/SERVICE.md): search, similar, thumbnails, health, admin rollout and jobs."""
     from img_search import service
     from img_search.data.images import configure_pixel_limit
     from img_search.service.config import load_service_settings
@@ -498,7 +502,31 @@ def serve(
         settings = load_service_settings(index_dir, device=device, dtype=dtype, precision=precision,
                                          service=nested or None)
         configure_pixel_limit(settings.max_image_pixels)
-        service.run(settings, log_level="debug" if verbose > 1 else "info")
+        folders = [str(f) for f in watch or ()]
+        for folder in folders:
+            if not os.path.isdir(folder):
+                raise NotFoundError(f"--watch {display_path(folder)}: no such folder")
+        service.run(settings, log_level="debug" if verbose > 1 else "info", watch=folders)
+
+
+@app.command()
+def worker(
+    index_dir: IndexDirOpt = None,
+    workers: Annotated[int, typer.Option("--workers", "-n", min=1, help="Worker processes.")] = 1,
+    burst: Annotated[bool, typer.Option("--burst", help="Stop when the queue is empty.")] = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run RQ workers for re-embedding and index jobs (needs REDIS_URL / service.redis_url; docs/SERVICE.md)."""
+    from img_search.data.images import configure_pixel_limit
+    from img_search.jobs.worker import run_workers
+    from img_search.service.config import load_service_settings
+
+    _setup_logging(max(verbose, 1))
+    with _edge():
+        settings = load_service_settings(index_dir)
+        configure_pixel_limit(settings.max_image_pixels)
+        code = run_workers(settings, workers, burst=burst)
+    raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------------------------------------------------- export
