@@ -392,7 +392,8 @@ def cmd_single_one(args: argparse.Namespace) -> None:
 
 def cmd_largek(args: argparse.Namespace) -> None:
     """ms per query for large k, approximate path forced vs exhaustive path forced (where EXACT_K_FRACTION comes
-    from). Forces the path by replacing each backend module's ``exact_is_cheaper``: a measurement hook, not an API."""
+    from). Forces the path by replacing each backend module's ``exact_is_cheaper`` and ``EXACT_K_FRACTION``: a
+    measurement hook, not an API."""
     import importlib
 
     data = load_data(args.data, args.n, args.queries, args.cache)
@@ -404,19 +405,21 @@ def cmd_largek(args: argparse.Namespace) -> None:
         index = create_index(cfg.backend, dim=base.shape[1], metric="cosine", **cfg.params)
         index.add(np.arange(args.n, dtype=np.int64), base)
         index.search(queries[:1], K)
-        original = module.exact_is_cheaper
+        original = module.exact_is_cheaper, module.EXACT_K_FRACTION
         try:
             for frac in (0.01, 0.025, 0.05, 0.1, 0.2):
                 k, ms = int(frac * args.n), {}
                 for mode in ("approximate", "exhaustive"):
                     module.exact_is_cheaper = lambda kk, nn, exhaustive=(mode == "exhaustive"): exhaustive
+                    # the one-query fast paths test the fraction directly: 0 turns them off, inf keeps them on
+                    module.EXACT_K_FRACTION = 0.0 if mode == "exhaustive" else float("inf")
                     t0 = time.perf_counter()
                     for i in range(len(queries)):
                         index.search(queries[i : i + 1], k)
                     ms[mode] = (time.perf_counter() - t0) / len(queries) * 1e3
                 print(f"| {name} | {k} ({frac:.1%}) | {ms['approximate']:.2f} | {ms['exhaustive']:.2f} |", flush=True)
         finally:
-            module.exact_is_cheaper = original
+            module.exact_is_cheaper, module.EXACT_K_FRACTION = original
 
 
 def run_contention(name: str, n: int, n_queries: int, cache: Path, results: Path, rounds: int = 3) -> dict[str, Any]:
