@@ -483,7 +483,13 @@ def _expected(sep: dict[str, Any]) -> ExactIndex:
     return exact
 
 
-def _check_reader(reader: VectorIndex, sep: dict[str, Any], label: str) -> None:
+def _lossy_misses(case: Case) -> int:
+    """One top-10 swap allowed where the backend's scores are quantized (score_tol above float rounding)."""
+    return 1 if case.score_tol > 1e-3 else 0
+
+
+def _check_reader(reader: VectorIndex, sep: dict[str, Any], label: str, max_misses: int = 0) -> None:
+    """``max_misses``: top-10 ids a lossy backend (quantized scores: usearch i8, PQ) may swap for a near tie."""
     exact = _expected(sep)
     assert len(reader) == len(exact), label
     gone = np.concatenate([sep["changes"]["removed_base"], sep["changes"]["half_removed"],
@@ -491,7 +497,8 @@ def _check_reader(reader: VectorIndex, sep: dict[str, Any], label: str) -> None:
     got, _ = reader.search(sep["clear"], K)
     want, _ = exact.search(sep["clear"], K)
     for row, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert set(g.tolist()) == set(w.tolist()), f"{label}: query {row}: {sorted(g)} != exact {sorted(w)}"
+        misses = len(set(w.tolist()) - set(g.tolist()))
+        assert misses <= max_misses, f"{label}: query {row}: {sorted(g)} != exact {sorted(w)}"
     for k in (K, 3 * K, len(exact), len(exact) + 5):
         ids, scores = reader.search(np.concatenate([sep["clear"], sep["emptied"]]), k)
         _check_full_rows(ids, scores, k, exact.ids, f"{label}: reader k={k}")
@@ -533,7 +540,7 @@ def test_reader_never_writes_the_saved_index(case: Case, separated: dict[str, An
     before = _snapshot(tmp_path)
     reader = _open_separated_reader(case, saved)
     _apply_changes(reader, separated["changes"])
-    _check_reader(reader, separated, case.id)
+    _check_reader(reader, separated, case.id, max_misses=_lossy_misses(case))
     del reader
     gc.collect()
     assert _snapshot(tmp_path) == before
@@ -597,6 +604,6 @@ def test_reader_on_read_only_filesystem(case: Case, separated: dict[str, Any], r
         index.close()
     reader = _open_separated_reader(case, ro / case.id)
     _apply_changes(reader, separated["changes"])
-    _check_reader(reader, separated, f"{case.id} (read-only mount)")
+    _check_reader(reader, separated, f"{case.id} (read-only mount)", max_misses=_lossy_misses(case))
     del reader
     gc.collect()
