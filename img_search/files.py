@@ -41,9 +41,18 @@ def fsync_tree(root: Path) -> None:
 
 
 def copy_file_sparse(src: Path, dst: Path) -> None:
-    """Copy one file keeping its holes (Qdrant preallocates large sparse files); a plain copy where the file system
-    cannot report holes (``SEEK_DATA`` / ``SEEK_HOLE``, Linux >= 3.1)."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    """Copy one file keeping its holes (Qdrant preallocates large sparse files); see ``copy_fd_sparse``."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        copy_fd_sparse(fd, dst)
+    finally:
+        os.close(fd)
+
+
+def copy_fd_sparse(fd: int, dst: Path) -> None:
+    """Copy the file open on ``fd`` to ``dst`` keeping its holes; a plain copy where the file system cannot report
+    holes (``SEEK_DATA`` / ``SEEK_HOLE``, Linux >= 3.1)."""
+    with open(fd, "rb", closefd=False) as fin, open(dst, "wb") as fout:
         size = os.fstat(fin.fileno()).st_size
         pos = 0
         try:

@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 import qdrant_edge as qe
 
+from img_search.files import copy_fd_sparse, copy_tree_sparse
 from img_search.index.base import (
     EXACT_K_FRACTION,
     QDRANT_SEARCH_PARAM_CASTS,
@@ -83,55 +84,6 @@ _PQ = {"x4": "X4", "x8": "X8", "x16": "X16", "x32": "X32", "x64": "X64"}
 _IMMUTABLE_FILES = frozenset(
     {"matrix.dat", "quantized.data", "graph.bin", "links_compressed.bin", "id_tracker.mappings"}
 )
-
-
-def _copy_file_sparse(src: Path, dst: Path) -> None:
-    """Copy one file keeping its holes (Qdrant preallocates large sparse files)."""
-    fd = os.open(src, os.O_RDONLY)
-    try:
-        _copy_fd_sparse(fd, dst)
-    finally:
-        os.close(fd)
-
-
-def _copy_fd_sparse(fd: int, dst: Path) -> None:
-    """Copy the file open on ``fd`` to ``dst``, keeping its holes."""
-    with open(fd, "rb", closefd=False) as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        pos = 0
-        try:
-            while pos < size:
-                try:
-                    start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
-                except OSError:  # ENXIO: only a hole is left
-                    break
-                end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-                fin.seek(start)
-                fout.seek(start)
-                remaining = end - start
-                while remaining > 0:
-                    chunk = fin.read(min(remaining, 1 << 24))
-                    if not chunk:
-                        break
-                    fout.write(chunk)
-                    remaining -= len(chunk)
-                pos = end
-        except (AttributeError, OSError):  # no SEEK_DATA here: plain copy
-            fin.seek(0)
-            fout.seek(0)
-            shutil.copyfileobj(fin, fout)
-        fout.truncate(size)
-
-
-def _copy_tree_sparse(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in sorted(src.rglob("*")):
-        target = dst / item.relative_to(src)
-        if item.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _copy_file_sparse(item, target)
 
 
 def _allocated_bytes(path: Path) -> int:
@@ -171,7 +123,7 @@ class _ReadOnlyView:
                         self.linked_bytes += size
                     else:
                         try:
-                            _copy_fd_sparse(fd, here / name)
+                            copy_fd_sparse(fd, here / name)
                         finally:
                             os.close(fd)
                         self.copied_bytes += size
@@ -448,7 +400,7 @@ class QdrantEdgeIndex:
             target = path / _SHARD_DIR
             if target.exists():
                 shutil.rmtree(target)
-            _copy_tree_sparse(self._path, target)
+            copy_tree_sparse(self._path, target)
         (path / "meta.json").write_text(json.dumps(self._config()))
 
     @classmethod
