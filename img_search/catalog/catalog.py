@@ -376,15 +376,30 @@ class Catalog:
             if vectors is not None and len(ok):
                 if model_id is None or vectors.shape[0] != len(ok):
                     raise ValueError("vectors must match the ok records one to one, with a model id")
-                vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-                db.executemany(
-                    "INSERT INTO embeddings (content_hash, model_id, vector, dtype, precision, runtime, created_at) "
-                    "VALUES (?, ?, ?, 'float32', ?, ?, ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
-                    "vector = excluded.vector, precision = excluded.precision, runtime = excluded.runtime, "
-                    "created_at = excluded.created_at",
-                    [(r.content_hash, model_id, vecs[i].tobytes(), precision, runtime, now) for i, r in enumerate(ok)],
-                )
+                self._upsert_vectors(db, model_id, [r.content_hash for r in ok], vectors, precision, runtime, now)
             self._upsert_images(db, records, now)
+
+    def upsert_vectors(self, model_id: int, hashes: Sequence[bytes | None], vectors: NDArray[np.float32], *,
+                       precision: str = "fp32", runtime: str = "torch") -> None:
+        """Write ``vectors`` ((n, dim) float32, row i for ``hashes[i]``) of ``model_id`` in one transaction, with how
+        the image tower computed them; a vector already stored for a (hash, model) is replaced, so writing a batch
+        twice changes nothing. Image rows are not touched (re-embedding jobs). ``ValueError`` if counts differ."""
+        if vectors.shape[0] != len(hashes):
+            raise ValueError(f"{vectors.shape[0]} vectors for {len(hashes)} content hashes")
+        with self.transaction() as db:
+            self._upsert_vectors(db, model_id, hashes, vectors, precision, runtime, time.time())
+
+    @staticmethod
+    def _upsert_vectors(db: sqlite3.Connection, model_id: int, hashes: Sequence[bytes | None],
+                        vectors: NDArray[np.float32], precision: str, runtime: str, now: float) -> None:
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        db.executemany(
+            "INSERT INTO embeddings (content_hash, model_id, vector, dtype, precision, runtime, created_at) "
+            "VALUES (?, ?, ?, 'float32', ?, ?, ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
+            "vector = excluded.vector, precision = excluded.precision, runtime = excluded.runtime, "
+            "created_at = excluded.created_at",
+            [(h, model_id, vecs[i].tobytes(), precision, runtime, now) for i, h in enumerate(hashes)],
+        )
 
     def mark_deleted(self, paths: Iterable[str]) -> int:
         rows = [(time.time(), fs_bytes(p)) for p in paths]

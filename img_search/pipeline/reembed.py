@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from img_search.errors import ConflictError, ImgSearchError
 from img_search.pipeline.loop import LoopStats, run_loop
 from img_search.pipeline.progress import Progress
 from img_search.pipeline.reader import Loaded, ReadBatch
+from img_search.pipeline.runner import prepare_encoder as prepare_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -107,22 +107,8 @@ def register_model(catalog: Catalog, name: str, info: ModelInfo) -> int:
 
 def upsert_vectors(catalog: Catalog, model_id: int, hashes: Sequence[bytes], vectors: NDArray[np.float32], *,
                    precision: str = "fp32", runtime: str = "torch") -> None:
-    """Write ``vectors`` ((n, dim) float32, row i for ``hashes[i]``) of ``model_id`` in one transaction, with how
-    the image tower computed them (``precision`` on ``runtime``, as ``Catalog.record`` records them); a vector
-    already stored for a (hash, model) is replaced, so writing a batch twice changes nothing. Image rows are not
-    touched. Raises ``ValueError`` when the counts differ."""
-    if vectors.shape[0] != len(hashes):
-        raise ValueError(f"{vectors.shape[0]} vectors for {len(hashes)} content hashes")
-    vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-    now = time.time()
-    with catalog.transaction() as db:
-        db.executemany(
-            "INSERT INTO embeddings (content_hash, model_id, vector, dtype, precision, runtime, created_at) "
-            "VALUES (?, ?, ?, 'float32', ?, ?, ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
-            "vector = excluded.vector, precision = excluded.precision, runtime = excluded.runtime, "
-            "created_at = excluded.created_at",
-            [(h, model_id, vecs[i].tobytes(), precision, runtime, now) for i, h in enumerate(hashes)],
-        )
+    """``Catalog.upsert_vectors``: one transaction, idempotent, image rows untouched."""
+    catalog.upsert_vectors(model_id, hashes, vectors, precision=precision, runtime=runtime)
 
 
 class VectorSink:
@@ -140,15 +126,6 @@ class VectorSink:
 
     def close(self) -> None:
         self.catalog.close()
-
-
-def prepare_encoder(encoder: Encoder, catalog: Catalog, model_id: int) -> TowerChoice:
-    """What ``index`` does before embedding (``runner._prepare_encoder``): the encoder's runtimes built, the parity
-    check of each tower recorded in the catalog; returns how the image tower computes. Raises ``ConflictError``
-    when the image tower's precision failed its check: a collection never mixes in unfaithful vectors."""
-    from img_search.pipeline.runner import _prepare_encoder
-
-    return _prepare_encoder(encoder, catalog, model_id)
 
 
 def reembed(sources: Sequence[HashSource], encoder: Encoder, catalog_path: Path, model_id: int, *, batch_size: int,

@@ -254,7 +254,7 @@ def index_folders(
                     model_name, family=info.family, dim=info.dim, logit_scale=info.logit_scale,
                     logit_bias=info.logit_bias, recompute=options.recompute,
                 )
-                choice = _prepare_encoder(encoder, catalog, model_id)
+                choice = prepare_encoder(encoder, catalog, model_id)
                 summary.precision = f"{choice.precision} on {choice.runtime}"
                 _embed(plan.todo, encoder, catalog.path, model_id, options, summary, progress or LogProgress(),
                        choice)
@@ -283,7 +283,7 @@ def _sync_vector_index(index_dir: Path, catalog: Catalog, model_name: str, searc
         VectorStore(index_dir, catalog, model, search or SearchSettings()).sync()
 
 
-def _prepare_encoder(encoder: Encoder, catalog: Catalog, model_id: int) -> TowerChoice:
+def prepare_encoder(encoder: Encoder, catalog: Catalog, model_id: int) -> TowerChoice:
     """Build the encoder's runtimes once (exported graphs, the fast text-query path) and record the parity check of
     each tower in the catalog; return how the image tower computes the vectors of this run.
 
