@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import bind_mount
 
 from img_search.data.paths import Mount, canonical_folder, parse_mountinfo, translate_bind_mount
 
@@ -68,21 +66,6 @@ def test_translate_bind_mount_tables(tmp_path: Path, monkeypatch: pytest.MonkeyP
     shadowed = [*table, _m(8, "8:3", "/", "/data/photos")]  # something else mounted over the target
     assert translate_bind_mount("/mnt/bind", shadowed) == "/mnt/again/photos"  # the next visible name
     assert translate_bind_mount("/mnt/bind", [m for m in shadowed if m.order != 3]) == "/mnt/bind"
-
-
-@contextlib.contextmanager
-def bind_mount(source: Path, target: Path) -> Iterator[None]:
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command")
-    if done.returncode != 0:
-        pytest.skip(f"bind mounts are not permitted here: {done.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(target)], check=True)
 
 
 def test_bind_mounts_to_and_into_a_folder(tmp_path: Path) -> None:

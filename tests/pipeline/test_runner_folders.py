@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_jpeg, pattern
+from helpers import bind_mount, make_jpeg, pattern
 from PIL import Image, PngImagePlugin
 
 from img_search.catalog import Catalog
@@ -129,22 +126,6 @@ def test_one_folder_by_several_paths_is_indexed_once(tmp_path: Path, photo_dir: 
     assert len(_catalog_paths(idx)) == 12
     with Catalog.in_dir(idx) as cat:
         assert [r for r, _ in cat.roots()] == [str(photo_dir), str(photo_dir / "a")]
-
-
-@contextlib.contextmanager
-def bind_mount(source: Path, target: Path) -> Iterator[None]:
-    """``mount --bind source target`` for the block (we run as root); skips the test where it is not permitted."""
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command")
-    if done.returncode != 0:
-        pytest.skip(f"bind mounts are not permitted here: {done.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(target)], check=True)
 
 
 def test_a_bind_mount_of_an_indexed_folder_adds_nothing(tmp_path: Path, photo_dir: Path, tiny_siglip: Path,
