@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from img_search.catalog.metadata import (
+    MetadataMixin,
+    OcrText,
+    PhotoMetadata,
+    ids_for_paths,
+    upsert_ocr,
+    upsert_photo_metadata,
+)
 from img_search.catalog.schema import MIGRATIONS, READABLE_VERSIONS, SCHEMA_VERSION
+from img_search.catalog.text_index import rebuild_text_index
 from img_search.errors import (
     CatalogError,
     CatalogNotFoundError,
@@ -80,6 +89,8 @@ class ImageRecord:
     width: int | None = None
     height: int | None = None
     error: str | None = None  # set -> status 'error'
+    metadata: PhotoMetadata | None = None  # read from the file's headers and XMP sidecar (None: not read this time)
+    ocr: OcrText | None = None  # text read from the pixels (`index --ocr`; None: not read this time)
 
 
 _IMAGE_COLS = "id, path, size, mtime_ns, content_hash, width, height, status, error"
@@ -95,7 +106,7 @@ def prefix_bounds(folder: str) -> tuple[bytes, bytes]:
     return lo, lo[:-1] + bytes([lo[-1] + 1])
 
 
-class Catalog:
+class Catalog(MetadataMixin):
     """One SQLite connection to the catalog of an index directory.
 
     ``readonly=True`` opens it for reading only: never created, never migrated, no journal-mode change, nothing
@@ -378,6 +389,20 @@ class Catalog:
                     raise ValueError("vectors must match the ok records one to one, with a model id")
                 self._upsert_vectors(db, model_id, [r.content_hash for r in ok], vectors, precision, runtime, now)
             self._upsert_images(db, records, now)
+            self._upsert_texts(db, records, now)
+
+    @staticmethod
+    def _upsert_texts(db: sqlite3.Connection, records: Sequence[ImageRecord], now: float) -> None:
+        """The metadata and OCR text carried by ``records``, and their text-index rows (names included)."""
+        ids = ids_for_paths(db, [fs_bytes(r.path) for r in records])
+        upsert_photo_metadata(db, [(ids[fs_bytes(r.path)], r.metadata) for r in records
+                                   if r.metadata is not None and r.error is None], now)
+        ocr = [(r.content_hash, r.ocr) for r in records if r.ocr is not None and r.content_hash is not None]
+        upsert_ocr(db, ocr, now)
+        touched = set(ids.values())
+        if ocr:  # other copies of the same content get the text too
+            touched.update(MetadataMixin._ids_with_hashes(db, [h for h, _ in ocr]))
+        rebuild_text_index(db, touched)
 
     def upsert_vectors(self, model_id: int, hashes: Sequence[bytes | None], vectors: NDArray[np.float32], *,
                        precision: str = "fp32", runtime: str = "torch") -> None:
@@ -405,6 +430,7 @@ class Catalog:
         rows = [(time.time(), fs_bytes(p)) for p in paths]
         with self.transaction() as db:
             db.executemany("UPDATE images SET status = 'deleted', error = NULL, updated_at = ? WHERE path = ?", rows)
+            rebuild_text_index(db, ids_for_paths(db, [p for _, p in rows]).values())
         return len(rows)
 
     # -- vectors --------------------------------------------------------------------------------

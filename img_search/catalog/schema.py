@@ -94,8 +94,68 @@ def _v2(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+def _v3(db: sqlite3.Connection) -> None:
+    """Issue 9: photo metadata, user tags and descriptions, text read from the images (OCR) and one full-text
+    index over all of them (SQLite FTS5, ranked by BM25). Nothing is re-embedded: the text index is filled here with
+    the file and folder names of the images already catalogued; the next `index` run back-fills photo metadata from
+    the file headers."""
+    _run(
+        db,
+        """
+        CREATE TABLE photo_metadata (
+            image_id INTEGER PRIMARY KEY REFERENCES images (id),
+            taken_at TEXT,                      -- local capture time 'YYYY-MM-DDTHH:MM:SS' (EXIF DateTimeOriginal)
+            utc_offset_minutes INTEGER,         -- EXIF OffsetTimeOriginal, NULL when the file does not say
+            camera_make TEXT,
+            camera_model TEXT,
+            lens TEXT,
+            latitude REAL,                      -- decimal degrees (WGS 84), south negative
+            longitude REAL,                     -- decimal degrees, west negative
+            altitude REAL,                      -- metres above sea level
+            orientation INTEGER,                -- EXIF Orientation 1..8
+            rating INTEGER,                     -- XMP xmp:Rating (-1 rejected, 0..5)
+            description TEXT,                   -- XMP dc:description / EXIF ImageDescription
+            keywords TEXT,                      -- JSON list: XMP dc:subject, IPTC keywords, sidecar keywords
+            colors TEXT,                        -- dominant colour names, most covered first, space-separated
+            season TEXT,                        -- spring | summer | autumn | winter (date + hemisphere)
+            sidecar_mtime_ns INTEGER,           -- the XMP sidecar read (re-read when it changes), NULL: none
+            extracted_at REAL NOT NULL
+        );
+        CREATE INDEX photo_metadata_taken_at ON photo_metadata (taken_at);
+        CREATE TABLE tags (
+            image_id INTEGER NOT NULL REFERENCES images (id),
+            tag TEXT NOT NULL,
+            source TEXT NOT NULL,               -- user (img-search tag) | import (img-search import-metadata)
+            added_at REAL NOT NULL,
+            PRIMARY KEY (image_id, tag)
+        ) WITHOUT ROWID;
+        CREATE INDEX tags_tag ON tags (tag);
+        CREATE TABLE annotations (
+            image_id INTEGER PRIMARY KEY REFERENCES images (id),
+            description TEXT,                   -- the user's own description (tag --description, import-metadata)
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE ocr_text (
+            content_hash BLOB PRIMARY KEY,      -- like vectors, text belongs to content: copies share it
+            text TEXT NOT NULL,                 -- lines read, in reading order, newline-separated ('' = none found)
+            confidence REAL,                    -- mean recognition confidence of the lines, 0..1, NULL when none
+            engine TEXT NOT NULL,               -- e.g. rapidocr-onnxruntime 1.4.4
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE VIRTUAL TABLE text_index USING fts5(
+            name, folder, tags, description, keywords, ocr, tokenize = 'unicode61 remove_diacritics 2'
+        )
+        """,
+    )
+    # fill the text index with what a v2 catalog already knows: file and folder names (rowid = images.id)
+    from img_search.catalog.text_index import rebuild_text_index
+
+    rebuild_text_index(db)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 # schema versions a read-only open reads as they are (readers never migrate); add a version here only when every
-# reader query works on it (catalog.Catalog answers the v2 questions of a v1 catalog: everything fp32 on torch)
-READABLE_VERSIONS = frozenset({1, 2})
+# reader query works on it (catalog.Catalog answers the v2 questions of a v1 catalog: everything fp32 on torch, and
+# the v3 ones of an older catalog: no photo metadata, tags or text, searched by vectors alone)
+READABLE_VERSIONS = frozenset({1, 2, 3})

@@ -1,0 +1,91 @@
+"""Schema v3: photo metadata, tags, descriptions, OCR text and the FTS5 text index, and the v2 -> v3 upgrade."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from img_search.catalog import Catalog, ImageRecord, OcrText, PhotoMetadata
+from img_search.catalog.schema import MIGRATIONS, SCHEMA_VERSION
+from img_search.catalog.text_index import query_terms
+
+
+def _hash(i: int) -> bytes:
+    return bytes([i]) * 16
+
+
+def _catalog_at_version(path: Path, version: int) -> None:
+    """A catalog as a release with schema ``version`` wrote it: its migrations only, one image with a vector."""
+    db = sqlite3.connect(path / "catalog.sqlite3", isolation_level=None)
+    for target in range(version):
+        db.execute("BEGIN IMMEDIATE")
+        MIGRATIONS[target](db)
+        db.execute(f"PRAGMA user_version = {target + 1}")
+        db.execute("COMMIT")
+    db.execute("INSERT INTO models (name, family, dim, logit_scale, logit_bias, created_at) VALUES "
+               "('m', 'siglip', 2, 1.0, 0.0, 0)")
+    db.execute("INSERT INTO images (path, size, mtime_ns, content_hash, status, updated_at) VALUES "
+               "(?, 1, 1, ?, 'ok', 0)", (b"/photos/holidays/bakery_sign.jpg", _hash(1)))
+    db.execute("INSERT INTO embeddings (content_hash, model_id, vector, created_at) VALUES (?, 1, ?, 0)",
+               (_hash(1), np.ones(2, np.float32).tobytes()))
+    db.close()
+
+
+def test_v2_catalog_upgrades_in_place_and_its_names_are_searchable(tmp_path: Path) -> None:
+    _catalog_at_version(tmp_path, 2)
+    with Catalog.in_dir(tmp_path, readonly=True) as old:  # readers read v2 as it is: no text, no metadata
+        assert old.schema_version == 2 and old.text_search(["bakery"], 10) == [] and not old.has_own_text()
+        assert [r.image_id for r in old.filter_rows()] == [1]
+    with Catalog.in_dir(tmp_path) as cat:
+        assert cat.schema_version == SCHEMA_VERSION
+        hits = cat.text_search(query_terms("the bakery"), 10)
+        assert [i for i, _ in hits] == [1]
+        assert cat.text_search(["holidays"], 10)[0][0] == 1  # folder names are words too
+        assert not cat.has_own_text()  # names do not count as text of its own
+        ids, vecs = cat.load_vectors(1, 2)  # nothing re-embedded
+        assert ids.tolist() == [1] and vecs.tolist() == [[1.0, 1.0]]
+
+
+def test_metadata_tags_descriptions_and_ocr_are_indexed(tmp_path: Path) -> None:
+    meta = PhotoMetadata(taken_at="2023-06-01T10:00:00", camera_make="Google", camera_model="Pixel 7",
+                         latitude=48.85, longitude=2.35, keywords=("croissant",), colors=("orange", "white"),
+                         season="summer")
+    with Catalog.in_dir(tmp_path) as cat:
+        mid = cat.ensure_model("m", family="siglip", dim=2, logit_scale=1.0, logit_bias=0.0)
+        records = [
+            ImageRecord("/p/a.jpg", 1, 1, _hash(1), 4, 4, metadata=meta),
+            ImageRecord("/p/b.jpg", 1, 1, _hash(2), 4, 4, ocr=OcrText("OPEN\nBoulangerie", 0.9, "test")),
+            ImageRecord("/p/copy_of_b.jpg", 1, 1, _hash(2), 4, 4),
+            ImageRecord("/p/c.jpg", 1, 1, _hash(3), 4, 4),
+        ]
+        cat.record(records, model_id=mid, vectors=np.ones((4, 2), np.float32))
+        assert cat.photo_metadata(1) == meta and meta.camera == "Google Pixel 7"
+        assert [i for i, _ in cat.text_search(["croissant"], 10)] == [1]
+        assert [i for i, _ in cat.text_search(["orange"], 10)] == [1]  # colours and season are text
+        assert sorted(i for i, _ in cat.text_search(["boulangerie"], 10)) == [2, 3]  # OCR follows the content
+        assert cat.has_own_text()
+        cat.add_tags(["/p/c.jpg"], ["birthday"])
+        cat.set_description(["/p/c.jpg"], "Ana's 7th")
+        assert cat.tags_of(4) == ["birthday"] and cat.description_of(4) == "Ana's 7th"
+        assert [i for i, _ in cat.text_search(["birthday"], 10)] == [4]
+        assert [i for i, _ in cat.text_search(["ana"], 10)] == [4]
+        assert cat.image_ids_with_tags(["Birthday"]) == {4}
+        cat.remove_tags(["/p/c.jpg"], ["birthday"])
+        assert cat.text_search(["birthday"], 10) == [] and cat.image_ids_with_tags(["birthday"]) == set()
+        rows = {r.image_id: r for r in cat.filter_rows()}
+        assert rows[1].camera == "Google Pixel 7" and rows[1].latitude == 48.85 and rows[1].taken_at == meta.taken_at
+        assert rows[2].has_text and rows[3].has_text and not rows[4].has_text
+        cat.mark_deleted(["/p/a.jpg"])  # deleted images leave the text index
+        assert cat.text_search(["croissant"], 10) == []
+        assert cat.ocr_hashes() == {_hash(2)}
+
+
+def test_text_query_syntax_is_never_read_as_fts(tmp_path: Path) -> None:
+    with Catalog.in_dir(tmp_path) as cat:
+        cat.record([ImageRecord('/p/say "NEAR" OR AND.jpg', 1, 1, _hash(1), 1, 1)])
+        for text in ['"', "NEAR(", "a OR", "*", "say \"near\"", "col:x", "^"]:
+            terms = query_terms(text)
+            cat.text_search(terms, 5)  # no sqlite3.OperationalError
+        assert [i for i, _ in cat.text_search(query_terms('say "near"'), 5)] == [1]
