@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PIP := $(VENV)/bin/pip
 TORCH := torch==2.13.0
-EXTRAS := dev,ann,scann,eval,dist,serve
+EXTRAS := dev,ann,scann,eval,dist,serve,ocr
 
 .PHONY: demo test lint bench-embed clean-demo
 

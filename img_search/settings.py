@@ -200,6 +200,8 @@ class Settings(BaseSettings):
     # globs matched against the path relative to the indexed folder (`**` allowed), on top of the default list
     exclude: tuple[str, ...] = ()
     default_excludes: bool = True
+    # `index` also reads the text in each picture (data/ocr.py; the `ocr` extra: pip install 'img-search[ocr]')
+    ocr: bool = False
     # URL of a running `img-search serve`; when set, `search` / `similar` ask it instead of loading a model
     server: str | None = None
     search: SearchSettings = Field(default_factory=SearchSettings)
