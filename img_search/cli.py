@@ -529,6 +529,87 @@ def worker(
     raise typer.Exit(code)
 
 
+# -------------------------------------------------------------------------------------------- tags and descriptions
+UNKNOWN_SHOWN = 10  # unknown paths listed by import-metadata without --json
+
+
+def _report_unknown(unknown: list[Any], limit: int | None) -> None:
+    shown = unknown if limit is None else unknown[:limit]
+    for u in shown:
+        where = f" ({u.where})" if u.where else ""
+        typer.echo(f"  {display_path(u.path)}{where}: {u.reason}", err=True)
+    if len(unknown) > len(shown):
+        typer.echo(f"  ... and {len(unknown) - len(shown)} more (--json lists all)", err=True)
+
+
+@app.command()
+def tag(
+    paths: Annotated[list[Path], typer.Argument(help="Indexed image files.", show_default=False)],
+    add: Annotated[list[str] | None, typer.Option("--add", "-a", help="Add this tag (repeatable).",
+                                                  show_default=False)] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", "-r", help="Remove this tag (repeatable; any "
+                                                     "case).", show_default=False)] = None,
+    description: Annotated[str | None, typer.Option("--description", "-d", help="Set your description of the "
+                                                    "images (replaces the previous one).", show_default=False)] = None,
+    clear_description: Annotated[bool, typer.Option("--clear-description", help="Remove your description.")]
+    = False,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Add or remove your tags and set your description of indexed images (searchable as text). Paths the catalog
+    does not know are listed and the command exits 1; the known ones are updated all the same."""
+    from img_search.annotate import tag_images
+    from img_search.settings import resolve_index_dir
+
+    _setup_logging(verbose)
+    with _edge():
+        result = tag_images(resolve_index_dir(index_dir), [str(p) for p in paths], add=add or (),
+                            remove=remove or (), description=description, clear_description=clear_description)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        changes = [*(f"+{t}" for t in dict.fromkeys(add or ())), *(f"-{t}" for t in dict.fromkeys(remove or ()))]
+        if description is not None:
+            changes.append("description set")
+        if clear_description:
+            changes.append("description cleared")
+        _out(f"{len(result.updated)} image(s) updated: {', '.join(changes)}")
+    if result.unknown:
+        typer.echo(f"{len(result.unknown)} path(s) not in the catalog, left unchanged:", err=True)
+        _report_unknown(result.unknown, None)
+        raise typer.Exit(1)
+
+
+@app.command("import-metadata")
+def import_metadata_cmd(
+    file: Annotated[Path, typer.Argument(help="A .csv (columns path, tags, description) or .json file "
+                                              "(docs/FORMATS.md).", show_default=False)],
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Add tags and descriptions from a CSV or JSON file keyed by image path (relative paths: from the file's
+    folder). Unknown paths are listed (count and the first few; --json: all) and the command exits 1."""
+    from img_search.annotate import import_metadata
+    from img_search.settings import resolve_index_dir
+
+    _setup_logging(verbose)
+    with _edge():
+        result = import_metadata(resolve_index_dir(index_dir), file)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        _out(f"{display_path(str(file))}: {result.entries} entries, {len(result.updated)} image(s) updated "
+             f"({result.tags_added} tags added, {result.descriptions_set} descriptions set)")
+    if result.ignored_fields:
+        typer.echo(f"ignored (not path, tags or description): {', '.join(result.ignored_fields)}", err=True)
+    if result.unknown:
+        typer.echo(f"{len(result.unknown)} path(s) not in the catalog, left out:", err=True)
+        _report_unknown(result.unknown, None if as_json else UNKNOWN_SHOWN)
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------------------------------------------------- export
 @app.command()
 def export(

@@ -1,0 +1,364 @@
+"""User tags and descriptions: ``img-search tag`` and ``img-search import-metadata`` (docs/FORMATS.md).
+
+Both name images by path, resolved the way the catalog names them (``catalog_names``: ``~`` expanded, made absolute,
+the folder's canonical path, ``data.paths.canonical_folder``, with the plain absolute path as a fallback), and both
+write under the catalog's writer lock (``catalog.lock.IndexLock``, the lock `index` takes), so they never race an
+index run: while one runs they fail at once with ``CatalogLockedError``.
+
+Paths the catalog does not know as live images are never dropped silently: each comes back in
+``AnnotateResult.unknown`` with the reason (not indexed, marked deleted, failed to index); the known ones are
+updated all the same. Tags are added to what an image has (``tag --remove`` takes them off); a description replaces
+the user's previous one. Re-running the same command or import changes nothing more, so an interrupted one is
+finished by running it again.
+
+Import files (``read_metadata_file``): CSV (UTF-8, a header row with a ``path`` column and ``tags`` and/or
+``description``) or JSON (a list of objects with ``path``, or an object keyed by path), relative paths resolved
+against the file's folder. A malformed file raises ``InvalidInputError`` naming the line (CSV, JSON syntax) or the
+entry (JSON structure), before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from img_search.catalog.catalog import CATALOG_FILENAME, Catalog
+from img_search.catalog.lock import IndexLock
+from img_search.data.paths import canonical_folder
+from img_search.errors import CatalogNotFoundError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("path", "tags", "description")
+IMPORT_SUFFIXES = (".csv", ".json")
+# the CSV ``tags`` cell is split on ';' when it holds one, else on ',' ("Paris, France;trip" keeps its comma)
+TAG_SEPARATORS = (";", ",")
+
+
+@dataclass(frozen=True)
+class UnknownPath:
+    """A path given by the user that names no live image of the catalog, and why."""
+
+    path: str
+    reason: str
+    where: str | None = None  # "line 3" / "entry 2" of an import file
+
+
+@dataclass
+class AnnotateResult:
+    """What ``tag_images`` / ``import_metadata`` did: catalog paths updated, paths not known (with reasons), and
+    counts of the requested changes (``tags_added``: (image, tag) pairs asked for, including ones already there)."""
+
+    updated: list[str] = field(default_factory=list)
+    unknown: list[UnknownPath] = field(default_factory=list)
+    tags_added: int = 0
+    tags_removed: int = 0
+    descriptions_set: int = 0
+    descriptions_cleared: int = 0
+    entries: int = 0  # import: entries read from the file
+    ignored_fields: list[str] = field(default_factory=list)  # import: columns / keys that are not read
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MetadataEntry:
+    """One entry of an import file: the path as written and where (``line 3``, ``entry 2``), its tags and
+    description (None: leave the image's description as it is)."""
+
+    path: str
+    where: str
+    tags: tuple[str, ...] = ()
+    description: str | None = None
+
+
+# -- paths --------------------------------------------------------------------------------------------------------
+class _Resolver:
+    """User paths -> the catalog's name for them, with the folder lookups cached (an import names many files of few
+    folders)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._folders: dict[str, str] = {}
+
+    def candidates(self, path: str, base: str | None = None) -> list[str]:
+        expanded = os.path.expanduser(path)
+        absolute = os.path.normpath(os.path.join(base or os.getcwd(), expanded))
+        folder, name = os.path.split(absolute)
+        if folder not in self._folders:
+            self._folders[folder] = canonical_folder(folder)
+        canonical = os.path.join(self._folders[folder], name)
+        return [canonical] if canonical == absolute else [canonical, absolute]
+
+    def resolve(self, path: str, base: str | None = None, where: str | None = None) -> str | UnknownPath:
+        """The catalog path of a live image, or why there is none."""
+        rows = [r for r in (self.catalog.image(c) for c in self.candidates(path, base)) if r is not None]
+        live = next((r for r in rows if r.status == "ok"), None)
+        if live is not None:
+            return live.path
+        if not rows:
+            where_now = self.candidates(path, base)[0]
+            reason = ("is a folder; name image files" if os.path.isdir(where_now)
+                      else "not in the catalog (run `img-search index` on its folder)" if os.path.exists(where_now)
+                      else "no such file, and not in the catalog")
+            return UnknownPath(path, reason, where)
+        row = rows[0]
+        if row.status == "deleted":
+            return UnknownPath(path, "marked deleted in the catalog (the file was gone at the last index run)", where)
+        return UnknownPath(path, f"failed to index ({row.error or 'unreadable'}); fix the file and re-run index",
+                           where)
+
+
+def catalog_names(paths: Sequence[str], index_dir: Path, base: str | None = None) -> list[str | UnknownPath]:
+    """Each of ``paths`` (relative ones against ``base``, default the working directory) as the catalog names it,
+    or an ``UnknownPath``. Read-only."""
+    with Catalog(Path(index_dir) / CATALOG_FILENAME, readonly=True) as catalog:
+        resolver = _Resolver(catalog)
+        return [resolver.resolve(p, base) for p in paths]
+
+
+def _open_writer(index_dir: Path) -> Catalog:
+    path = Path(index_dir) / CATALOG_FILENAME
+    if not path.is_file():
+        raise CatalogNotFoundError(f"no catalog at {path}: run `img-search index FOLDER` first")
+    return Catalog(path)
+
+
+# -- tag ----------------------------------------------------------------------------------------------------------
+def clean_tags(tags: Iterable[str], what: str = "tag") -> tuple[str, ...]:
+    """Tags with surrounding and repeated white space removed, duplicates dropped (first spelling kept).
+    ``InvalidInputError`` for an empty one."""
+    out: dict[str, str] = {}
+    for tag in tags:
+        clean = " ".join(str(tag).split())
+        if not clean:
+            raise InvalidInputError(f"empty {what}: tags need at least one visible character")
+        out.setdefault(clean.lower(), clean)
+    return tuple(out.values())
+
+
+def tag_images(index_dir: Path, paths: Sequence[str], *, add: Sequence[str] = (), remove: Sequence[str] = (),
+               description: str | None = None, clear_description: bool = False) -> AnnotateResult:
+    """Add and remove user tags and set or clear the user's description of each of ``paths`` (image files, named
+    as on the command line: relative to the working directory).
+
+    The known paths are updated, the others returned in ``unknown`` (nothing is written for them). Raises
+    ``InvalidInputError`` when there is nothing to do, a tag is empty, a tag is both added and removed, or a
+    description is both given and cleared; ``CatalogNotFoundError`` without a catalog; ``CatalogLockedError`` while
+    `index` (or another writer) runs.
+    """
+    add_tags, remove_tags = clean_tags(add), clean_tags(remove)
+    both = {t.lower() for t in add_tags} & {t.lower() for t in remove_tags}
+    if both:
+        raise InvalidInputError(f"tag {sorted(both)[0]!r} is both added and removed; give it once")
+    if description is not None and clear_description:
+        raise InvalidInputError("--description and --clear-description contradict each other; give one")
+    if description is not None and not description.strip():
+        raise InvalidInputError("the description is empty; use --clear-description to remove one")
+    if not (add_tags or remove_tags or description is not None or clear_description):
+        raise InvalidInputError("nothing to do: give --add TAG, --remove TAG, --description TEXT or "
+                                "--clear-description")
+    if not paths:
+        raise InvalidInputError("no image paths given")
+    result = AnnotateResult()
+    with IndexLock(index_dir), _open_writer(index_dir) as catalog:
+        resolver = _Resolver(catalog)
+        known: list[str] = []
+        for path in paths:
+            resolved = resolver.resolve(path)
+            if isinstance(resolved, UnknownPath):
+                result.unknown.append(resolved)
+            elif resolved not in known:
+                known.append(resolved)
+        if known:
+            if remove_tags:
+                # tags match case-insensitively (as the tag filter does): remove every spelling present
+                wanted = {t.lower() for t in remove_tags}
+                ids = [row.id for row in (catalog.image(p) for p in known) if row is not None]
+                present = {t for i in ids for t in catalog.tags_of(i) if t.lower() in wanted}
+                if present:
+                    catalog.remove_tags(known, sorted(present))
+                result.tags_removed = len(known) * len(remove_tags)
+            if add_tags:
+                catalog.add_tags(known, add_tags)
+                result.tags_added = len(known) * len(add_tags)
+            if description is not None or clear_description:
+                catalog.set_description(known, None if description is None else description.strip())
+                if clear_description:
+                    result.descriptions_cleared = len(known)
+                else:
+                    result.descriptions_set = len(known)
+        result.updated = known
+    for unknown in result.unknown:
+        logger.info("not tagged: %s: %s", unknown.path, unknown.reason)
+    return result
+
+
+# -- import files -------------------------------------------------------------------------------------------------
+def split_tags(cell: str) -> list[str]:
+    """A ``tags`` cell (or JSON string) -> tags: split on ';' when the text holds one, else on ',' (``TAG_SEPARATORS``);
+    blanks dropped."""
+    sep = next((s for s in TAG_SEPARATORS if s in cell), None)
+    parts = cell.split(sep) if sep else [cell]
+    return [p for p in (" ".join(part.split()) for part in parts) if p]
+
+
+def _decode(file: Path) -> str:
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInputError(f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{file} is a folder; give a .csv or .json file") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{file}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InvalidInputError(f"{file}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as "
+                                "UTF-8") from None
+
+
+def _parse_csv(file: Path, text: str) -> tuple[list[MetadataEntry], list[str]]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    entries: list[MetadataEntry] = []
+    header: list[str] | None = None
+    start = 1
+    try:
+        for row in reader:
+            where = f"line {start}"
+            start = reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue  # blank lines
+            if header is None:
+                header = [cell.strip().lower() for cell in row]
+                dupes = sorted({c for c in header if header.count(c) > 1 and c})
+                if dupes:
+                    raise InvalidInputError(f"{file}: {where}: column {dupes[0]!r} appears twice in the header")
+                if "path" not in header:
+                    raise InvalidInputError(f"{file}: {where}: the header has no 'path' column (found: "
+                                            f"{', '.join(repr(c) for c in header)}); columns: {', '.join(CSV_COLUMNS)}")
+                if "tags" not in header and "description" not in header:
+                    raise InvalidInputError(f"{file}: {where}: the header needs a 'tags' or a 'description' column "
+                                            "beside 'path'")
+                continue
+            if len(row) > len(header):
+                raise InvalidInputError(f"{file}: {where}: {len(row)} fields but the header has {len(header)} "
+                                        "(quote cells that contain commas)")
+            cells = dict(zip(header, row, strict=False))
+            path = cells.get("path", "").strip()
+            if not path:
+                raise InvalidInputError(f"{file}: {where}: the path is empty")
+            tags = clean_tags(split_tags(cells.get("tags", "")))
+            description = cells.get("description", "").strip() or None
+            entries.append(MetadataEntry(path, where, tags, description))
+    except csv.Error as exc:
+        raise InvalidInputError(f"{file}: line {reader.line_num}: malformed CSV ({exc})") from None
+    if header is None:
+        raise InvalidInputError(f"{file}: empty: expected a header row ({', '.join(CSV_COLUMNS)}) and one row per "
+                                "image")
+    return entries, [c for c in header if c not in CSV_COLUMNS]
+
+
+def _json_entry(file: Path, where: str, path: Any, fields: dict[str, Any], ignored: set[str]) -> MetadataEntry:
+    if not isinstance(path, str) or not path.strip():
+        raise InvalidInputError(f"{file}: {where}: 'path' must be a non-empty string (got {path!r})")
+    tags_value = fields.get("tags")
+    if tags_value is None:
+        tags: tuple[str, ...] = ()
+    elif isinstance(tags_value, str):
+        tags = clean_tags(split_tags(tags_value))
+    elif isinstance(tags_value, list) and all(isinstance(t, str) for t in tags_value):
+        tags = clean_tags(tags_value)
+    else:
+        raise InvalidInputError(f"{file}: {where}: 'tags' must be a list of strings or one string (got "
+                                f"{json.dumps(tags_value)[:60]})")
+    description = fields.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidInputError(f"{file}: {where}: 'description' must be a string (got {json.dumps(description)[:60]})")
+    ignored.update(k for k in fields if k not in CSV_COLUMNS)
+    return MetadataEntry(path.strip(), where, tags, (description or "").strip() or None)
+
+
+def _parse_json(file: Path, text: str) -> tuple[list[MetadataEntry], list[str]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{file}: line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})") from None
+    ignored: set[str] = set()
+    entries: list[MetadataEntry] = []
+    if isinstance(data, list):
+        for n, item in enumerate(data, 1):
+            if not isinstance(item, dict):
+                raise InvalidInputError(f"{file}: entry {n}: expected an object with 'path', got "
+                                        f"{type(item).__name__}")
+            entries.append(_json_entry(file, f"entry {n}", item.get("path"), item, ignored))
+    elif isinstance(data, dict):
+        for n, (key, value) in enumerate(data.items(), 1):
+            if not isinstance(value, dict):
+                raise InvalidInputError(f"{file}: entry {n} ({key!r}): expected an object with 'tags' and/or "
+                                        f"'description', got {type(value).__name__}")
+            entries.append(_json_entry(file, f"entry {n} ({key!r})", key, value, ignored))
+        ignored.discard("path")
+    else:
+        raise InvalidInputError(f"{file}: expected a list of objects with 'path' or an object keyed by path, got "
+                                f"{type(data).__name__}")
+    return entries, sorted(ignored)
+
+
+def read_metadata_file(file: Path) -> tuple[list[MetadataEntry], list[str]]:
+    """Parse an import file (by its suffix: .csv or .json); returns the entries in file order and the columns /
+    keys that are ignored. Raises ``InvalidInputError`` naming the line or entry of the first problem."""
+    file = Path(file)
+    suffix = file.suffix.lower()
+    if suffix not in IMPORT_SUFFIXES:
+        raise InvalidInputError(f"{file}: unknown format {suffix or '(no suffix)'!r}; import takes .csv or .json files")
+    text = _decode(file)
+    return _parse_csv(file, text) if suffix == ".csv" else _parse_json(file, text)
+
+
+def import_metadata(index_dir: Path, file: Path) -> AnnotateResult:
+    """Apply an import file's tags (added to the image's) and descriptions (replacing the user's; an empty cell or
+    a missing one leaves it) to the images it names; later entries for the same image add their tags and their
+    description wins. Relative paths resolve against the file's folder. The file is parsed whole before anything
+    is written (``InvalidInputError`` naming the line or entry); unknown paths are returned, not dropped."""
+    file = Path(file)
+    entries, ignored = read_metadata_file(file)
+    base = os.path.dirname(os.path.abspath(file))
+    result = AnnotateResult(entries=len(entries), ignored_fields=ignored)
+    with IndexLock(index_dir), _open_writer(index_dir) as catalog:
+        resolver = _Resolver(catalog)
+        by_tag: dict[str, list[str]] = {}
+        descriptions: dict[str, str] = {}
+        updated: dict[str, None] = {}
+        for entry in entries:
+            resolved = resolver.resolve(entry.path, base, entry.where)
+            if isinstance(resolved, UnknownPath):
+                result.unknown.append(resolved)
+                continue
+            updated[resolved] = None
+            for tag in entry.tags:
+                by_tag.setdefault(tag, []).append(resolved)
+            if entry.description is not None:
+                descriptions[resolved] = entry.description
+        # one transaction per distinct tag and per distinct description (each keeps the text index current)
+        for tag, tagged in by_tag.items():
+            catalog.add_tags(list(dict.fromkeys(tagged)), [tag], source="import")
+            result.tags_added += len(set(tagged))
+        by_description: dict[str, list[str]] = {}
+        for path, text in descriptions.items():
+            by_description.setdefault(text, []).append(path)
+        for text, described in by_description.items():
+            catalog.set_description(described, text)
+            result.descriptions_set += len(described)
+        result.updated = list(updated)
+    return result
