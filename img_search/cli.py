@@ -418,6 +418,48 @@ def similar(
     _finish(searcher)
 
 
+@app.command("debug-scores")
+def debug_scores(
+    image: Annotated[Path, typer.Argument(help="An image file (indexed or not).", show_default=False)],
+    query: Annotated[list[str] | None, typer.Option("--query", "-q", help="A query text; repeat for several.",
+                                                    show_default=False)] = None,
+    temperature: Annotated[list[float] | None, typer.Option(
+        "--temperature", help="A fixed temperature T to show sigmoid(T * cos) for; repeat for several "
+                              "[default: 10 15 20 25 30, the seed's].", show_default=False)] = None,
+    bins: Annotated[int, typer.Option("--bins", min=1, max=200, help="Histogram bins of the score distribution.")]
+    = 10,
+    model: ModelOpt = None,
+    index_dir: IndexDirOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    max_image_pixels: MaxPixelsOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Every score of IMAGE for each --query: raw cosine, the model's learned probability, the seed's
+    sigmoid(T * cos) per temperature, IMAGE's rank in the collection, and the collection's score histogram."""
+    _setup_logging(verbose)
+    with _edge():
+        from img_search.search.calibration import SEED_TEMPERATURES
+        from img_search.search.debug import debug_scores as run_debug
+        from img_search.search.debug import format_report
+        from img_search.search.searcher import open_searcher
+
+        if not query:
+            raise InvalidInputError("give at least one --query TEXT")
+        settings = _search_settings(index_dir, model, device, None, precision, None, None, max_image_pixels)
+        searcher = open_searcher(settings)
+        try:
+            report = run_debug(searcher, str(image), query, temperature or SEED_TEMPERATURES, bins=bins)
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"{display_path(str(image))}: {exc}") from None
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        _out(format_report(report, display_path))
+    _finish(searcher)
+
+
 # ------------------------------------------------------------------------------------------------------------ info
 @app.command()
 def info(
