@@ -652,6 +652,65 @@ def import_metadata_cmd(
         raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------------------------------------------ collection
+collection_app = typer.Typer(help="The seed's collections (docs/SERVICE.md): create one before re-embedding into "
+                                  "it, check its points and index.", no_args_is_help=True)
+app.add_typer(collection_app, name="collection")
+CollectionArg = Annotated[
+    str | None,
+    typer.Argument(help="Collection name [default: service.siglip_collection, env SIGLIP_COLLECTION, i.e. "
+                        f"{DEFAULTS.service.siglip_collection}; also {DEFAULTS.service.clip_collection}].",
+                   show_default=False),
+]
+
+
+@collection_app.command("create")
+def collection_create(
+    name: CollectionArg = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created; write nothing.")] = False,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Create a model's collection (the SigLIP one by default): in the index directory, or on the Qdrant that
+    QDRANT_URL names. Nothing changes when it exists."""
+    from img_search.service.collection_setup import create_collection
+    from img_search.service.config import load_service_settings
+
+    _setup_logging(verbose)
+    with _edge():
+        result = create_collection(load_service_settings(index_dir), name, dry_run=dry_run)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        for line in result.lines():
+            _out(line)
+
+
+@collection_app.command("check")
+def collection_check(
+    name: CollectionArg = None,
+    index_dir: IndexDirOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Show a collection: status, points, vector size, distance, quantization, the index in use and whether it is
+    complete. Exit 1 when it does not exist or the service cannot serve it."""
+    from img_search.service.collection_setup import check_collection, check_lines
+    from img_search.service.config import load_service_settings
+
+    _setup_logging(verbose)
+    with _edge():
+        report = check_collection(load_service_settings(index_dir), name)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for line in check_lines(report):
+            _out(line)
+    if report.problem:
+        _fail(f"collection {report.name!r}: {report.problem}")
+
+
 # ---------------------------------------------------------------------------------------------------------- export
 @app.command()
 def export(
@@ -715,7 +774,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(EXIT_USAGE)
         where = "img-search --help"
         if ctx is not None and ctx.parent is not None:
-            where = f"img-search {ctx.info_name} --help"
+            where = f"{ctx.command_path} --help"  # img-search collection create --help
         message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         typer.echo(f"error: {message} (see `{where}`)", err=True)
         sys.exit(EXIT_USAGE)

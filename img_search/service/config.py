@@ -1,8 +1,8 @@
 """The service's settings: ``settings.load_settings`` plus the seed's environment variables as aliases.
 
 Seed 002 configured its service with ``USE_SIGLIP``, ``SIGLIP_ROLLOUT_PERCENTAGE``, ``SIGLIP_COLLECTION``,
-``SIGLIP_MODEL_NAME``, ``SIGLIP_PRETRAINED``, ``SIGLIP_EMBEDDING_DIM``, ``GPU_BATCH_SIZE``, ``DEVICE`` and (its RQ
-jobs) ``REDIS_URL``. Each is
+``SIGLIP_MODEL_NAME``, ``SIGLIP_PRETRAINED``, ``SIGLIP_EMBEDDING_DIM``, ``GPU_BATCH_SIZE``, ``DEVICE``, (its RQ
+jobs) ``REDIS_URL`` and (its Qdrant) ``QDRANT_URL``. Each is
 accepted as an alias of one of our settings (``SEED_ALIASES``); the setting's own ``IMG_SEARCH_*`` variable wins
 when both are set, and a flag (a keyword of ``load_service_settings``) wins over both. Like any environment
 variable, an alias beats ``config.toml``. An empty variable counts as unset.
@@ -96,6 +96,9 @@ SEED_ALIASES: tuple[SeedAlias, ...] = (
     SeedAlias("GPU_BATCH_SIZE", ("batch_size",)),
     SeedAlias("DEVICE", ("device",)),
     SeedAlias("REDIS_URL", ("service", "redis_url")),  # the seed's RQ set-up: jobs go to Redis when set
+    # the seed's Qdrant: `collection create|check` work on it when set (service/collection_setup.py); also where the
+    # `qdrant` search backend connects
+    SeedAlias("QDRANT_URL", ("search", "params", "qdrant", "url")),
 )
 _PRETRAINED = "SIGLIP_PRETRAINED"
 
