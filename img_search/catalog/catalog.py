@@ -478,6 +478,22 @@ class Catalog(MetadataMixin):
             return np.empty((0, dim), np.float32)
         return np.frombuffer(b"".join(found[i] for i in id_list), dtype=np.float32).reshape(len(id_list), dim)
 
+    def live_vectors(self, model_id: int, dim: int, ids: Sequence[int]
+                     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """(ids, (n, dim) float32 vectors) of those of ``ids`` that are live and have a vector, in the given order
+        (an image removed or re-embedded away meanwhile is left out, not an error: filtered search)."""
+        found: dict[int, bytes] = {}
+        id_list = [int(i) for i in ids]
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self.db.execute(
+                f"SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.content_hash = i.content_hash "
+                f"AND e.model_id = ? WHERE i.status = 'ok' AND i.id IN ({marks})", [model_id, *chunk]))
+        kept = [i for i in id_list if i in found]
+        vectors = np.frombuffer(b"".join(found[i] for i in kept), np.float32).reshape(len(kept), dim)
+        return np.asarray(kept, np.int64), vectors
+
     def vector_for(self, model_id: int, content_hash: bytes) -> NDArray[np.float32] | None:
         r = self.db.execute(
             "SELECT vector FROM embeddings WHERE model_id = ? AND content_hash = ?", (model_id, content_hash)

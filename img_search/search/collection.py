@@ -28,30 +28,51 @@ from img_search.errors import (
     EmptyCollectionError,
     InvalidInputError,
 )
-from img_search.index.base import VectorIndex
+from img_search.index.base import VectorIndex, topk, unit_queries
+from img_search.search.filters import FilterIndex, SearchFilter
 from img_search.search.store import VectorStore
 from img_search.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 10
+# a filter that leaves at most this many images is searched exactly over their vectors (read from the catalog: a few
+# milliseconds); a wider one searches the index for more than `limit` and keeps the matches (bench/filtered_search.py)
+EXACT_SUBSET_MAX = 4096
+OVERFETCH = 1.5  # widen the index search by 1.5x the filter's expected miss rate, then 4x per retry
 
 
 @dataclass(frozen=True)
 class Hit:
     """One search result: the image, its raw cosine to the query and, for calibrated text queries, the model's
-    probability that image and text match (``search.calibration``); ``None`` where there is none."""
+    probability that image and text match (``search.calibration``); ``None`` where there is none.
+
+    Hybrid search adds: ``score`` (what the list is ordered by: the fused score, else the probability, else the
+    cosine), ``text_score`` (BM25 of the text-index match, None without one) and ``matched`` ("embedding", "text" or
+    "both"); a text-only match has no cosine and no probability. ``date`` (ISO local date-time) and ``date_source``
+    ("taken": EXIF capture time, "modified": the file's mtime) are filled when results are sorted by date.
+    """
 
     path: str
-    cosine: float
+    cosine: float | None
     probability: float | None
     image_id: int
     width: int | None
     height: int | None
+    score: float | None = None
+    text_score: float | None = None
+    matched: str = "embedding"
+    date: str | None = None
+    date_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        score = self.score
+        if score is None:
+            score = self.probability if self.probability is not None else self.cosine
         return {"path": self.path, "cosine": self.cosine, "probability": self.probability,
-                "image_id": self.image_id, "width": self.width, "height": self.height}
+                "image_id": self.image_id, "width": self.width, "height": self.height, "score": score,
+                "text_score": self.text_score, "matched": self.matched, "date": self.date,
+                "date_source": self.date_source}
 
 
 def resolve_model(catalog: Catalog, model: str | None) -> ModelRow:
@@ -127,6 +148,8 @@ class Collection:
         self._seen_version = self._watch.data_version()
         self._fixed = index is not None
         self._view = _View(index, index.name, None) if index is not None else self._open_view()
+        self._filters: tuple[_View, FilterIndex] | None = None
+        self._filters_lock = threading.Lock()
 
     @classmethod
     def open(cls, index_dir: Path, model: str | None = None, search: SearchSettings | None = None) -> Collection:
@@ -188,6 +211,27 @@ class Collection:
     def __len__(self) -> int:
         return len(self._view.index)
 
+    # ------------------------------------------------------------------ filters
+    def filter_index(self) -> FilterIndex:
+        """The filterable columns of the live images (``search.filters.FilterIndex``), built on first use and again
+        after a ``refresh`` that changed the view."""
+        view = self._view
+        cached = self._filters
+        if cached is not None and cached[0] is view:
+            return cached[1]
+        with self._filters_lock:
+            cached = self._filters
+            if cached is None or cached[0] is not view:
+                cached = self._filters = (view, FilterIndex.from_rows(self.catalog().filter_rows()))
+        return cached[1]
+
+    def allowed_ids(self, flt: SearchFilter | None) -> NDArray[np.int64] | None:
+        """The ids (int64, ascending) of the live images that pass ``flt``; None when there is no filter."""
+        if flt is None or not flt:
+            return None
+        tagged = self.catalog().image_ids_with_tags(flt.tags) if flt.tags else None
+        return self.filter_index().allowed(flt, tagged)
+
     def close(self) -> None:
         """Release the index (a read-only view's private files) and this thread's catalog connection."""
         close = getattr(self._view.index, "close", None)
@@ -201,12 +245,16 @@ class Collection:
 
     # ------------------------------------------------------------------ search
     def search(self, queries: NDArray[np.float32], *, limit: int = DEFAULT_LIMIT,
-               exclude_ids: frozenset[int] = frozenset()) -> list[list[tuple[ImageRow, float]]]:
+               exclude_ids: frozenset[int] = frozenset(), allowed: NDArray[np.int64] | None = None
+               ) -> list[list[tuple[ImageRow, float]]]:
         """For each query row of ``queries`` (float32, (n, dim)), up to ``limit`` (row, cosine) pairs, best first.
 
         Asking for more hits than exist returns what exists (the search is sized by the collection, not by
-        ``limit``). Deleted images never appear. Raises ``EmptyCollectionError``, ``DimensionMismatchError``,
-        ``InvalidInputError`` (limit).
+        ``limit``). Deleted images never appear. ``allowed`` (int64 ids, ``allowed_ids``) restricts the search to
+        those images inside the search, so ``limit`` matching hits come back whenever that many exist: a narrow
+        filter (<= ``EXACT_SUBSET_MAX`` images) is scored exactly over its own vectors, a wide one searches the index
+        for more than ``limit`` and keeps the matches, widening until enough are found.
+        Raises ``EmptyCollectionError``, ``DimensionMismatchError``, ``InvalidInputError`` (limit).
         """
         limit = check_limit(limit)
         view = self._view
@@ -219,7 +267,10 @@ class Collection:
                 f"query vectors have shape {queries.shape} but the collection's model gives {self.model.dim} dims"
             )
         k = min(limit + len(exclude_ids), n)
-        ids, scores = view.index.search(queries, k)
+        if allowed is not None:
+            ids, scores = self._search_allowed(view.index, queries, k, allowed)
+        else:
+            ids, scores = view.index.search(queries, k)
         rows = self.catalog().images_by_id({int(i) for i in ids.reshape(-1) if i >= 0}, live_only=True)
         results: list[list[tuple[ImageRow, float]]] = []
         for qi in range(ids.shape[0]):
@@ -233,3 +284,35 @@ class Collection:
                     break
             results.append(hits)
         return results
+
+    def _search_allowed(self, index: VectorIndex, queries: NDArray[np.float32], k: int,
+                        allowed: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Top-``k`` of each query among the ``allowed`` ids: (ids, scores), (n_queries, <= k), padded with -1."""
+        n_q, n, n_allowed = queries.shape[0], len(index), len(allowed)
+        k = min(k, n_allowed)
+        if k == 0:
+            return np.full((n_q, 0), -1, np.int64), np.empty((n_q, 0), np.float32)
+        if n_allowed <= EXACT_SUBSET_MAX:
+            ids, vectors = self._vectors_of(allowed)
+            if len(ids) == 0:
+                return np.full((n_q, 0), -1, np.int64), np.empty((n_q, 0), np.float32)
+            scores = unit_queries(queries) @ vectors.T
+            cols, best = topk(scores, min(k, len(ids)))
+            return ids[cols], best.astype(np.float32)
+        kk = min(n, int(np.ceil(k * OVERFETCH * n / n_allowed)) + 16)
+        while True:
+            found_ids, found_scores = index.search(queries, kk)
+            keep = np.isin(found_ids, allowed) & (found_ids >= 0)
+            if kk >= n or int(keep.sum(axis=1).min()) >= k:
+                break
+            kk = min(n, kk * 4)
+        out_ids = np.full((n_q, k), -1, np.int64)
+        out_scores = np.full((n_q, k), -np.inf, np.float32)
+        for qi in range(n_q):
+            row_ids, row_scores = found_ids[qi][keep[qi]][:k], found_scores[qi][keep[qi]][:k]
+            out_ids[qi, : len(row_ids)], out_scores[qi, : len(row_ids)] = row_ids, row_scores
+        return out_ids, out_scores
+
+    def _vectors_of(self, ids: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """The stored vectors of ``ids`` (those still live: an image removed meanwhile is left out)."""
+        return self.catalog().live_vectors(self.model.id, self.model.dim or 0, ids.tolist())
