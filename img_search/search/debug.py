@@ -197,7 +197,9 @@ def debug_scores(searcher: Searcher, image_path: str | os.PathLike[str], queries
     bins = _check_bins(bins)
     image_vec, image_id, source = image_vector(searcher, image_path, max_image_pixels=max_image_pixels)
     encoder = searcher.encoder
-    text_vecs = np.asarray(encoder.encode_texts(texts), dtype=np.float32)
+    # one query per forward pass, as `search` encodes it: an int8 text tower quantizes its activations per batch
+    # (ONNX Runtime dynamic quantization), so a query's vector moves slightly with the texts batched beside it
+    text_vecs = np.concatenate([np.asarray(encoder.encode_texts([t]), dtype=np.float32) for t in texts])
     learned = Calibration.maybe(encoder.info.logit_scale, encoder.info.logit_bias)
     collection = searcher.collection
     size = len(collection)
@@ -227,8 +229,9 @@ def format_report(report: DebugReport, display: Callable[[str], str] = str) -> s
     lines.append(f"image: {display(report.image)} ({where}; vector "
                  f"{'stored in the catalog' if report.vector_source == 'catalog' else 'embedded now'})")
     if report.calibration is not None:
+        bias = report.calibration.logit_bias
         calib = (f"learned calibration sigmoid({report.calibration.temperature:.4g} * cos "
-                 f"{report.calibration.logit_bias:+.4g})")
+                 f"{'-' if bias < 0 else '+'} {abs(bias):.4g})")
     else:
         calib = "no learned calibration (softmax-trained model): learned p is '-'"
     lines.append(f"model: {display(report.model)} ({report.family or 'unknown family'}), "

@@ -180,6 +180,7 @@ def test_cli_debug_scores(indexed_env: dict[str, str], photo_dir: Path, tmp_path
     for q in report["queries"]:
         hits = json.loads(cli("search", q["query"], "--json", "-n", "12", env=indexed_env).stdout)
         assert [h["path"] for h in hits].index(str(image)) + 1 == q["rank"]
+        assert hits[q["rank"] - 1]["cosine"] == pytest.approx(q["cosine"], abs=1e-5)  # the query encoded as search does
         assert set(q["temperature_scores"]) == {"10", "15", "20", "25", "30"}
         assert sum(q["distribution"]["histogram"]["counts"]) == 12
     human = cli("debug-scores", str(image), "-q", "a dog", "--temperature", "18", "--bins", "4",
