@@ -23,10 +23,12 @@ S = TypeVar("S")
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """What a loader returns for one source: the RGB image and, where known, a content hash."""
+    """What a loader returns for one source: the RGB image and, where known, a content hash and the photo's metadata
+    (``catalog.PhotoMetadata``, read from the same bytes: ``data.metadata``)."""
 
     image: Any
     content_hash: bytes | None = None
+    metadata: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class ReadItem(Generic[S]):
     height: int | None = None
     pixels: PixelBatch | None = None
     error: str | None = None
+    metadata: Any = None  # catalog.PhotoMetadata when the loader read it
 
 
 @dataclass
@@ -50,19 +53,27 @@ class ReadBatch(Generic[S]):
 
 
 class FileLoader:
-    """Loads a FileEntry: read bytes once, hash them, decode from memory.
+    """Loads a FileEntry: read bytes once, hash them, decode from memory, and (``read_metadata``) read the photo's
+    metadata from the same bytes and decoded image (``data.metadata.read_metadata``: never fails the image).
 
     ``max_image_pixels``: None for the process-wide limit, or a lower one (checked here, before any worker
     forks: InvalidInputError when above the process-wide limit).
     """
 
-    def __init__(self, max_image_pixels: int | None = None) -> None:
+    def __init__(self, max_image_pixels: int | None = None, *, read_metadata: bool = False) -> None:
         check_pixel_limit(max_image_pixels)
         self.max_image_pixels = max_image_pixels
+        self.read_metadata = read_metadata
 
     def __call__(self, entry: FileEntry) -> Loaded:
         data = read_file(entry.path)
-        return Loaded(decode_image(data, max_image_pixels=self.max_image_pixels), content_hash(data))
+        image = decode_image(data, max_image_pixels=self.max_image_pixels)
+        metadata = None
+        if self.read_metadata:
+            from img_search.data.metadata import read_metadata
+
+            metadata = read_metadata(entry.path, data, image)
+        return Loaded(image, content_hash(data), metadata)
 
 
 def read_one(source: S, load: Callable[[S], Loaded], preprocess: ImagePreprocessor) -> ReadItem[S]:
@@ -74,7 +85,7 @@ def read_one(source: S, load: Callable[[S], Loaded], preprocess: ImagePreprocess
     except Exception as exc:  # one odd input must not end the run
         return ReadItem(source, error=f"{type(exc).__name__}: {exc}")
     image = loaded.image
-    return ReadItem(source, loaded.content_hash, image.width, image.height, pixels)
+    return ReadItem(source, loaded.content_hash, image.width, image.height, pixels, metadata=loaded.metadata)
 
 
 class SourceDataset(Generic[S]):
@@ -98,7 +109,7 @@ def collate(items: list[ReadItem[Any]]) -> ReadBatch[Any]:
         (batch.ok if item.error is None else batch.failed).append(item)
     batch.pixels = collate_pixels([i.pixels for i in batch.ok if i.pixels is not None])
     # the arrays now live in the batch; drop per-item copies so they are not pickled twice
-    batch.ok = [ReadItem(i.source, i.content_hash, i.width, i.height) for i in batch.ok]
+    batch.ok = [ReadItem(i.source, i.content_hash, i.width, i.height, metadata=i.metadata) for i in batch.ok]
     return batch
 
 

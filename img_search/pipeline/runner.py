@@ -59,6 +59,7 @@ class IndexOptions:
     include_hidden: bool = False
     excludes: tuple[str, ...] = ()
     default_excludes: bool = True
+    read_metadata: bool = True  # photo metadata (data.metadata): in the decode workers, back-filled for the rest
 
     def __post_init__(self) -> None:
         for name, value, low in (("batch_size", self.batch_size, 1), ("workers", self.workers, 0)):
@@ -85,6 +86,7 @@ class IndexSummary:
     failed: list[Failure] = field(default_factory=list)
     failed_before: int = 0  # unchanged files that failed in an earlier run (not retried)
     deleted: int = 0
+    metadata_read: int = 0  # files whose photo metadata was back-filled from their headers (not decoded this run)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     precision: str | None = None  # how the image tower computed this run's vectors ("int8 on onnxruntime")
@@ -247,6 +249,8 @@ def index_folders(
         status = "finished"
         model_id = model_row.id if model_row else None
         try:
+            if options.read_metadata:
+                summary.metadata_read = _backfill_metadata(catalog, roots, plan, options, progress)
             if plan.todo:
                 encoder = encoder_factory()
                 info = encoder.info
@@ -272,6 +276,15 @@ def index_folders(
             summary.seconds = time.monotonic() - t0
             catalog.finish_run(run_id, status=status, stats=summary.to_dict(), model_id=model_id)
     return summary
+
+
+def _backfill_metadata(catalog: Catalog, roots: Sequence[str], plan: Plan, options: IndexOptions,
+                       progress: Progress | None) -> int:
+    """Photo metadata of the live files the decode workers will not read this run (``pipeline.metadata``)."""
+    from img_search.pipeline.metadata import backfill_metadata, stale_metadata
+
+    stale = stale_metadata(catalog, roots, skip=[e.path for e in plan.todo], force=[r.path for r in plan.reuse])
+    return backfill_metadata(catalog, stale, workers=options.workers, progress=progress or LogProgress())
 
 
 def _sync_vector_index(index_dir: Path, catalog: Catalog, model_name: str, search: SearchSettings | None) -> None:
@@ -320,7 +333,7 @@ def _embed(todo: list[FileEntry], encoder: Encoder, catalog_path: Path, model_id
     def sink() -> CatalogWriter:
         return CatalogWriter(catalog_path, model_id, precision=choice.precision, runtime=choice.runtime)
 
-    stats = run_loop(todo, FileLoader(options.max_image_pixels), encoder, sink,
+    stats = run_loop(todo, FileLoader(options.max_image_pixels, read_metadata=options.read_metadata), encoder, sink,
                      batch_size=options.batch_size, workers=options.workers, progress=progress)
     summary.embedded += stats.embedded
     summary.failed.extend(Failure(i.source.path, i.error or "") for i in stats.failed)
