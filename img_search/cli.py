@@ -292,6 +292,8 @@ def _print_summary(summary: Any) -> None:
     if summary.embedded:
         _out(f"throughput: {summary.images_per_second:.1f} images/s with {display_path(summary.model)} "
              f"({summary.precision or 'fp32 on torch'})")
+    if summary.metadata_read:
+        _out(f"photo metadata: read from the headers of {summary.metadata_read} files not embedded this run")
     if summary.failed:
         _out("skipped files (recorded in the catalog; fix or remove them, then re-run):")
         for failure in summary.failed[:50]:
