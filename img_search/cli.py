@@ -234,6 +234,11 @@ def index(
                                                           help="Skip the thumbnail, cache and trash folders of NAS "
                                                                "boxes and photo tools (docs/FORMATS.md) [default: "
                                                                "on].")] = None,
+    ocr: Annotated[bool | None, typer.Option("--ocr/--no-ocr", show_default=False,
+                                             help="Also read the text in each picture (signs, screenshots, "
+                                                  "receipts), searchable as text; needs `pip install "
+                                                  "'img-search[ocr]'` [env IMG_SEARCH_OCR; default: off].")]
+    = None,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     verbose: VerboseOpt = 0,
@@ -247,13 +252,14 @@ def index(
     with _edge():
         settings = _settings(index_dir, model=model, batch_size=batch_size, workers=workers, device=device,
                              dtype=dtype, precision=precision, max_image_pixels=max_image_pixels,
-                             include_hidden=include_hidden, default_excludes=default_excludes)
+                             include_hidden=include_hidden, default_excludes=default_excludes, ocr=ocr)
         model_name = settings.model or DEFAULT_MODEL
         options = IndexOptions(
             model=model_name, batch_size=settings.batch_size,
             workers=default_workers() if settings.workers is None else settings.workers, recompute=recompute,
             include_hidden=settings.include_hidden, max_image_pixels=settings.max_image_pixels,
             excludes=(*settings.exclude, *(exclude or ())), default_excludes=settings.default_excludes,
+            ocr=settings.ocr,
         )
         progress = None if quiet else _make_progress()
         summary = index_folders([str(f) for f in folders], settings.index_dir, options,
@@ -294,6 +300,11 @@ def _print_summary(summary: Any) -> None:
              f"({summary.precision or 'fp32 on torch'})")
     if summary.metadata_read:
         _out(f"photo metadata: read from the headers of {summary.metadata_read} files not embedded this run")
+    if summary.ocr is not None:
+        o = summary.ocr
+        left = f", {o.skipped} files left for the next run" if o.skipped else ""
+        _out(f"text in pictures: {o.read} read ({o.with_text} with text, {o.failed} unreadable){left}"
+             if o.read or o.skipped else "text in pictures: up to date")
     if summary.failed:
         _out("skipped files (recorded in the catalog; fix or remove them, then re-run):")
         for failure in summary.failed[:50]:

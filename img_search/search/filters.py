@@ -69,6 +69,24 @@ class SearchFilter:
     def __bool__(self) -> bool:
         return any(v not in (None, ()) for v in self.__dict__.values())
 
+    def to_request(self) -> dict[str, Any]:
+        """The filter as ``build_filter``'s keyword arguments (strings), e.g. for an HTTP request body."""
+        out: dict[str, Any] = {}
+        if self.after is not None:
+            out["after"] = self.after.isoformat()
+        if self.before is not None:
+            out["before"] = self.before.isoformat()
+        for key in ("folders", "cameras", "tags"):
+            if getattr(self, key):
+                out[key] = list(getattr(self, key))
+        if self.near is not None:
+            out["near"] = f"{self.near.latitude!r},{self.near.longitude!r},{self.near.radius_m!r}m"
+        if self.has_text is not None:
+            out["has_text"] = self.has_text
+        if self.min_width is not None or self.min_height is not None:
+            out["min_size"] = f"{self.min_width or 0}x{self.min_height or 0}"
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in self.__dict__.items():

@@ -217,16 +217,16 @@ class Searcher:
             if not pairs:
                 continue
             cosines = np.fromiter((c for _, c in pairs), np.float64, len(pairs))
+            # ranked by the (calibrated) cosine to the combined query; the probability shown is the model's for
+            # the words alone, whatever NOT-terms or example images re-ordered the results
+            keys = calibration.probability(cosines) if calibration is not None else cosines
+            probs: NDArray[np.float64] | None = None
             if calibration is not None and len(texts):
-                # the probability is the model's for the words alone, whatever terms re-ordered the results
-                text_cos = cosines if plain else self._cosines_to(text_vecs[min(qi, len(text_vecs) - 1)],
-                                                                  [r.id for r, _ in pairs])
-                probs: NDArray[np.float64] | None = calibration.probability(text_cos)
-            else:
-                probs = None
+                probs = keys if plain else calibration.probability(
+                    self._cosines_to(text_vecs[min(qi, len(text_vecs) - 1)], [r.id for r, _ in pairs]))
             for j, (row, cos) in enumerate(pairs):
                 prob = float(probs[j]) if probs is not None else None
-                key = prob if prob is not None else cos
+                key = float(keys[j])
                 cand = candidates.get(row.id)
                 if cand is None or (cand.embedding_score is not None and key > cand.embedding_score):
                     candidates[row.id] = _Candidate(row.id, cos, prob, key)
@@ -235,7 +235,7 @@ class Searcher:
             text_ranked = self._text_matches(texts, parsed, pool, allowed, exclude)
             for image_id, bm25 in text_ranked:
                 candidates.setdefault(image_id, _Candidate(image_id)).text_score = bm25
-        ordered = self._fuse(candidates, text_ranked, mode, options.weight)
+        ordered = self._fuse(candidates, text_ranked, mode, options.weight, calibrated=calibration is not None)
         hits = self._to_hits(ordered, candidates, threshold, limit)
         return self._sorted(hits, options.sort)
 
@@ -263,7 +263,7 @@ class Searcher:
         return [(i, s) for i, s in ranked if i not in banned and (allowed_set is None or i in allowed_set)][:pool]
 
     def _fuse(self, candidates: dict[int, _Candidate], text_ranked: list[tuple[int, float]], mode: str,
-              weight: float) -> list[tuple[int, float]]:
+              weight: float, *, calibrated: bool) -> list[tuple[int, float]]:
         """(image id, score) best first: the embedding ranking, or its fusion with the text ranking."""
         embedded = sorted((c for c in candidates.values() if c.embedding_score is not None),
                           key=lambda c: -float(c.embedding_score or 0.0))
@@ -272,8 +272,9 @@ class Searcher:
         if mode == "rrf":
             fused = fusion.rrf([[c.image_id for c in embedded], [i for i, _ in text_ranked]])
         else:
-            emb = {c.image_id: float(c.probability) for c in embedded if c.probability is not None}
-            if len(emb) < len(embedded):  # no calibration (CLIP): cosines min-max scaled over the candidates
+            if calibrated:
+                emb = {c.image_id: float(c.embedding_score or 0.0) for c in embedded}
+            else:  # no calibration (CLIP): cosines min-max scaled over the candidates
                 emb = fusion.min_max({c.image_id: float(c.cosine or 0.0) for c in embedded})
             fused = fusion.weighted(emb, fusion.scale_text_scores(dict(text_ranked)), weight)
         return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -285,8 +286,10 @@ class Searcher:
         for image_id, score in ordered:
             cand = candidates[image_id]
             matched = ("both" if cand.text_score is not None else "embedding") if cand.cosine is not None else "text"
-            if threshold is not None and matched == "embedding" and (cand.embedding_score or 0.0) < threshold:
-                continue
+            if threshold is not None and matched == "embedding":
+                value = cand.probability if cand.probability is not None else cand.cosine
+                if value is None or value < threshold:
+                    continue
             row = rows.get(image_id)
             if row is None:
                 row = self.collection.catalog().images_by_id([image_id], live_only=True).get(image_id)
@@ -430,8 +433,10 @@ class Searcher:
         dim = self.collection.model.dim or 0
         if not texts:
             return np.empty((0, dim), np.float32)
+        # one text per forward pass: a dynamically quantised (int8) text tower scales its activations per batch, so a
+        # query encoded beside its expansions or NOT-terms would score slightly differently from the same query alone
         with self._encode_lock:
-            return np.asarray(self.encoder.encode_texts(texts), np.float32)
+            return np.concatenate([np.asarray(self.encoder.encode_texts([t]), np.float32) for t in texts])
 
 
 def _check_limit(limit: Any) -> int:

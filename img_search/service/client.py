@@ -41,7 +41,7 @@ _ERRORS: dict[str, type[ImgSearchError]] = {
 def _url(base: str, path: str, query: dict[str, Any] | None = None) -> str:
     url = base.rstrip("/") + path
     params = {k: v for k, v in (query or {}).items() if v is not None}
-    return url + ("?" + urllib.parse.urlencode(params) if params else "")
+    return url + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
 
 
 def _call(base: str, method: str, path: str, *, query: dict[str, Any] | None = None, body: bytes | None = None,
@@ -108,23 +108,56 @@ def _model_param(model: str | None) -> str | None:
 
 def to_hits(rows: list[dict[str, Any]]) -> list[Hit]:
     """The ``Hit`` objects of rows returned by the search functions (what the CLI's human-readable output prints)."""
-    return [Hit(r["path"], r["cosine"], r["probability"], r["image_id"], r["width"], r["height"]) for r in rows]
+    return [Hit(r["path"], r["cosine"], r["probability"], r["image_id"], r["width"], r["height"],
+                score=r.get("score"), text_score=r.get("text_score"), matched=r.get("matched", "embedding"),
+                date=r.get("date"), date_source=r.get("date_source")) for r in rows]
 
 
 def _hits(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    return [Hit(h["path"], h["cosine"], h["probability"], h["id"], h["width"], h["height"]).to_dict()
+    return [Hit(h["path"], h["cosine"], h["probability"], h["id"], h["width"], h["height"], score=h.get("score"),
+                text_score=h.get("text_score"), matched=h.get("matched", "embedding"), date=h.get("date"),
+                date_source=h.get("date_source")).to_dict()
             for h in payload["hits"]]
+
+
+def _option_fields(options: Any) -> dict[str, Any]:
+    """The request fields of a ``search.searcher.SearchOptions`` (only those that differ from the defaults)."""
+    if options is None:
+        return {}
+    from img_search.search.searcher import SearchOptions
+
+    default = SearchOptions()
+    fields = {k: getattr(options, k) for k in ("sort", "hybrid", "weight", "expand", "expand_merge", "temperature")
+              if getattr(options, k) != getattr(default, k)}
+    if options.filter:
+        fields["filters"] = options.filter.to_request()
+    return fields
+
+
+def _image_params(options: Any) -> dict[str, Any]:
+    """Query parameters of an image query's filters and sort (lists repeat the parameter)."""
+    fields = _option_fields(options)
+    params: dict[str, Any] = {k: v for k, v in fields.pop("filters", {}).items()}
+    for plural, singular in (("cameras", "camera"), ("folders", "folder"), ("tags", "tag")):
+        if plural in params:
+            params[singular] = params.pop(plural)
+    if "has_text" in params:
+        params["has_text"] = "true" if params["has_text"] else "false"
+    if "sort" in fields:
+        params["sort"] = fields["sort"]
+    return params
 
 
 def search_text(url: str, query: str, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,
                 model: str | None = None, index_dir: str | os.PathLike[str] | None = None,
                 user_id: str | int | None = None, session_key: str | None = None,
-                timeout: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
-    """``img-search search`` through the server: the hits of ``POST /api/v1/search`` as ``Hit.to_dict()``s."""
+                timeout: float = DEFAULT_TIMEOUT_S, options: Any = None) -> list[dict[str, Any]]:
+    """``img-search search`` through the server: the hits of ``POST /api/v1/search`` as ``Hit.to_dict()``s.
+    ``options``: a ``search.searcher.SearchOptions`` (filters, sort, hybrid, expansion, temperature)."""
     if index_dir is not None or model is not None:
         check_server(url, index_dir=index_dir, model=model, timeout=timeout)
     body = {"query": query, "limit": limit, "threshold": threshold, "model": _model_param(model),
-            "user_id": user_id, "session_key": session_key}
+            "user_id": user_id, "session_key": session_key, **_option_fields(options)}
     payload = _call(url, "POST", "/api/v1/search", body=json.dumps({k: v for k, v in body.items() if v is not None}
                                                                     ).encode(), content_type="application/json",
                     timeout=timeout)
@@ -133,8 +166,8 @@ def search_text(url: str, query: str, *, limit: int = DEFAULT_LIMIT, threshold: 
 
 def search_image(url: str, path: str | os.PathLike[str], *, limit: int = DEFAULT_LIMIT,
                  threshold: float | None = None, model: str | None = None,
-                 index_dir: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S
-                 ) -> list[dict[str, Any]]:
+                 index_dir: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+                 options: Any = None) -> list[dict[str, Any]]:
     """``img-search similar IMAGE`` through the server: uploads the file (``POST /api/v1/search/image``) and, as the
     CLI does, leaves the file itself out of the hits (found by its path, as the catalog names it)."""
     from img_search.data.paths import canonical_folder
@@ -155,7 +188,8 @@ def search_image(url: str, path: str | os.PathLike[str], *, limit: int = DEFAULT
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     # one more than asked, for the file itself (the API's ceiling of MAX_LIMIT applies through a server)
-    query = {"limit": min(limit + 1, MAX_LIMIT), "threshold": threshold, "model": _model_param(model)}
+    query = {"limit": min(limit + 1, MAX_LIMIT), "threshold": threshold, "model": _model_param(model),
+             **_image_params(options)}
     payload = _call(url, "POST", "/api/v1/search/image", query=query, body=body,
                     content_type=f"multipart/form-data; boundary={boundary}", timeout=timeout)
     return [h for h in _hits(payload) if h["path"] not in own][:limit]

@@ -58,6 +58,36 @@ SessionKey = Annotated[
 ]
 
 
+ShortText = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+
+
+class SearchFilters(BaseModel):
+    """Filters applied inside the search (``search.filters``): every one given must hold; within a list, any value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"after": "2023-05-01", "before": "2023-09-01", "near": "48.85,2.35,10km",
+                      "cameras": ["Pixel 7"]}],
+    })
+
+    after: ShortText | None = Field(None, description="Taken on or after this local date (YYYY-MM-DD[THH:MM]).")
+    before: ShortText | None = Field(None, description="Taken before this local date.")
+    near: ShortText | None = Field(None, description="LAT,LON,RADIUS: decimal degrees and km / m / mi.")
+    cameras: list[ShortText] = Field(default_factory=list, max_length=32,
+                                     description="Camera make/model contains any of these (case-insensitive).")
+    folders: list[ShortText] = Field(default_factory=list, max_length=32,
+                                     description="Absolute folder paths on the server: images below any of them.")
+    tags: list[ShortText] = Field(default_factory=list, max_length=32, description="Carries any of these tags.")
+    has_text: bool | None = Field(None, description="With (true) or without (false) text read from the image.")
+    min_size: ShortText | None = Field(None, description="WIDTHxHEIGHT or N pixels at least.")
+
+    def to_filter(self) -> Any:
+        """The library's ``SearchFilter`` (``InvalidInputError`` -> 422 on a bad value)."""
+        from img_search.search.filters import build_filter
+
+        return build_filter(after=self.after, before=self.before, near=self.near, cameras=self.cameras,
+                            folders=self.folders, tags=self.tags, has_text=self.has_text, min_size=self.min_size)
+
+
 class SearchRequest(BaseModel):
     """A text query."""
 
@@ -73,6 +103,25 @@ class SearchRequest(BaseModel):
     model: ModelName = None
     user_id: UserId = None
     session_key: SessionKey = None
+    filters: SearchFilters | None = None
+    sort: Literal["score", "date"] = Field("score", description="score: best first; date: newest first.")
+    hybrid: Literal["auto", "off", "rrf", "weighted"] = Field(
+        "auto", description="Blend in the text index: rrf (reciprocal rank fusion), weighted, off; auto: rrf when "
+                            "the collection holds text of its own.")
+    weight: float = Field(0.6, ge=0.0, le=1.0, allow_inf_nan=False,
+                          description="hybrid=weighted: the embedding's share W of W * embedding + (1 - W) * text.")
+    expand: bool = Field(False, description="Also search related terms (query expansion).")
+    expand_merge: Literal["max", "ensemble"] = "max"
+    temperature: float | None = Field(None, gt=0.0, le=1000.0, allow_inf_nan=False,
+                                      description="sigmoid(T * cos) instead of the model's learned calibration.")
+
+    def options(self) -> Any:
+        """The library's ``SearchOptions`` of this request."""
+        from img_search.search.searcher import SearchOptions
+
+        flt = self.filters.to_filter() if self.filters is not None else None
+        return SearchOptions(filter=flt or None, hybrid=self.hybrid, weight=self.weight, expand=self.expand,
+                             expand_merge=self.expand_merge, temperature=self.temperature, sort=self.sort)
 
 
 class SearchHit(BaseModel):
@@ -81,17 +130,27 @@ class SearchHit(BaseModel):
 
     id: int = Field(description="Catalog image id (GET /api/v1/images/{id}).")
     path: str = Field(description="Absolute path of the file (non-UTF-8 bytes as surrogate escapes, \\udcXX).")
-    cosine: float
+    cosine: float | None = Field(description="Cosine to the query (null for a match found by text alone).")
     probability: float | None
     width: int | None
     height: int | None
     model: str
     collection: str
+    score: float | None = Field(None, description="What the hits are ordered by: the fused score in hybrid "
+                                                  "search, else the probability, else the cosine.")
+    text_score: float | None = Field(None, description="BM25 of the text-index match, when there is one.")
+    matched: Literal["embedding", "text", "both"] = "embedding"
+    date: str | None = Field(None, description="sort=date: local date-time of the photo (ISO 8601).")
+    date_source: Literal["taken", "modified"] | None = Field(
+        None, description="taken: EXIF capture time; modified: the file's mtime (no capture date).")
 
     @classmethod
     def of(cls, hit: Hit, model: str, collection: str) -> SearchHit:
+        d = hit.to_dict()
         return cls(id=hit.image_id, path=hit.path, cosine=hit.cosine, probability=hit.probability, width=hit.width,
-                   height=hit.height, model=model, collection=collection)
+                   height=hit.height, model=model, collection=collection, score=d["score"],
+                   text_score=hit.text_score, matched=hit.matched, date=hit.date,  # type: ignore[arg-type]
+                   date_source=hit.date_source)  # type: ignore[arg-type]
 
 
 class Routing(BaseModel):

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Path, Query, UploadFile
 
 from img_search.search.collection import DEFAULT_LIMIT, Hit
+from img_search.search.searcher import SearchOptions
 from img_search.service.collections import Routed
 from img_search.service.deps import RoutedDep, RouterDep
 from img_search.service.queries import search_by_id, search_upload
 from img_search.service.schemas import (
     MAX_IMAGE_ID,
+    MAX_KEY_CHARS,
     MAX_LIMIT,
     UPLOAD_PATH,
     Routing,
+    SearchFilters,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -27,6 +30,30 @@ router = APIRouter(prefix="/api/v1", tags=["search"])
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"How many hits to return (1-{MAX_LIMIT}).")]
 ThresholdQuery = Annotated[float | None, Query(allow_inf_nan=False, description="Drop hits below this cosine.")]
 ImageId = Annotated[int, Path(ge=0, le=MAX_IMAGE_ID, description="Catalog image id.")]
+_Text = Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS)]
+_Texts = Annotated[list[str] | None, Query(max_length=32)]
+
+
+def image_query_options(
+    after: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS,
+                                       description="Taken on or after (YYYY-MM-DD).")] = None,
+    before: _Text = None,
+    near: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS,
+                                      description="LAT,LON,RADIUS (km, m or mi).")] = None,
+    camera: _Texts = None,
+    folder: _Texts = None,
+    tag: _Texts = None,
+    has_text: bool | None = None,
+    min_size: _Text = None,
+    sort: Literal["score", "date"] = "score",
+) -> SearchOptions:
+    """The filters and sort of an image query, from query parameters (lists repeat the parameter)."""
+    flt = SearchFilters(after=after, before=before, near=near, cameras=camera or [], folders=folder or [],
+                        tags=tag or [], has_text=has_text, min_size=min_size).to_filter()
+    return SearchOptions(filter=flt or None, sort=sort)
+
+
+ImageOptions = Annotated[SearchOptions, Depends(image_query_options)]
 
 
 def _response(routed: Routed, hits: list[Hit], started: float) -> SearchResponse:
@@ -47,7 +74,8 @@ def search(body: SearchRequest, router_: RouterDep) -> SearchResponse:
     The collection is the one named by ``model``, else the SigLIP rollout's pick (see ``routing``)."""
     started = time.perf_counter()
     routed = router_.route(body.model, user_id=body.user_id, session_key=body.session_key)
-    hits = routed.searcher.search_text(body.query, limit=body.limit, threshold=body.threshold)
+    hits = routed.searcher.search_text(body.query, limit=body.limit, threshold=body.threshold,
+                                       options=body.options())
     return _response(routed, hits, started)
 
 
@@ -57,6 +85,7 @@ def search_image(
     file: Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, HEIC, ...). The whole request "
                                                  "may not exceed service.max_upload_bytes (default 20 MiB).")],
     routed: RoutedDep,
+    options: ImageOptions,
     limit: LimitQuery = DEFAULT_LIMIT,
     threshold: ThresholdQuery = None,
 ) -> SearchResponse:
@@ -65,15 +94,15 @@ def search_image(
     that is not an image is a 422."""
     started = time.perf_counter()
     data = file.file.read()  # bounded: the body limit stopped anything larger while it was being received
-    hits = search_upload(routed.searcher, data, limit=limit, threshold=threshold)
+    hits = search_upload(routed.searcher, data, limit=limit, threshold=threshold, options=options)
     return _response(routed, hits, started)
 
 
 @router.get("/images/{image_id}/similar", response_model=SearchResponse,
             responses=error_responses(404, 409, 422, 503), summary="Images similar to a catalog image")
-def similar(image_id: ImageId, routed: RoutedDep, limit: LimitQuery = DEFAULT_LIMIT,
+def similar(image_id: ImageId, routed: RoutedDep, options: ImageOptions, limit: LimitQuery = DEFAULT_LIMIT,
             threshold: ThresholdQuery = None) -> SearchResponse:
     """Images similar to catalog image ``image_id`` by its stored vector (no model run), itself left out."""
     started = time.perf_counter()
-    hits = search_by_id(routed.searcher, image_id, limit=limit, threshold=threshold)
+    hits = search_by_id(routed.searcher, image_id, limit=limit, threshold=threshold, options=options)
     return _response(routed, hits, started)
