@@ -229,23 +229,24 @@ class OcrReader:
         self.on_read = on_read
         self._engine: OcrEngine | None = None
         self._pid: int | None = None
+        self._seen: set[bytes] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_engine"], state["_pid"] = None, None
+        state["_engine"], state["_pid"], state["_seen"] = None, None, set()
         return state
 
     def engine(self) -> OcrEngine:
         if self._engine is None or self._pid != os.getpid():
             self._engine = open_ocr_engine(self.engine_name, threads=self.threads)
-            self._pid = os.getpid()
+            self._pid, self._seen = os.getpid(), set()
         return self._engine
 
     def __call__(self, image: Image.Image, content_hash: bytes | None, source: str = "") -> OcrText | None:
         """The text of ``image`` (None when ``content_hash`` was read before). An engine failure on this picture is
         logged and returned as an ``OcrFailure``; a missing engine (``UnavailableError``) is raised."""
-        if content_hash is not None and content_hash in self.skip:
-            return None
+        if content_hash is not None and (content_hash in self.skip or content_hash in self._seen):
+            return None  # read before, or by this process earlier in the run (a copy): the catalog shares it
         engine = self.engine()
         try:
             text = engine.read(image)
@@ -253,6 +254,8 @@ class OcrReader:
             reason = f"{type(exc).__name__}: {exc}"
             logger.warning("could not read the text in %s: %s", source or "a picture", reason)
             text = OcrFailure("", None, engine.name, reason)
+        if content_hash is not None:
+            self._seen.add(content_hash)
         if self.on_read is not None:
             self.on_read(content_hash, text)
         return text

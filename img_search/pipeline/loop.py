@@ -68,7 +68,7 @@ class LoopStats:
 def run_loop(
     sources: Sequence[S],
     load: Callable[[S], Loaded],
-    encoder: Encoder,
+    encoder: Encoder | None,
     make_sink: Callable[[], Sink],
     *,
     batch_size: int,
@@ -76,11 +76,15 @@ def run_loop(
     progress: Progress,
     description: str = "embedding",
 ) -> LoopStats:
-    """Embed ``sources`` in batches and hand each batch to the sink; the sink is built after the workers fork."""
+    """Embed ``sources`` in batches and hand each batch to the sink; the sink is built after the workers fork.
+
+    ``encoder`` None: a pass that embeds nothing (the loader does the work, e.g. reading the text in pictures,
+    ``pipeline.ocr``): no pixels are prepared and the sink gets ``vectors`` None; ``LoopStats.embedded`` then counts
+    the sources loaded."""
     stats = LoopStats()
     if not sources:
         return stats
-    dataset = SourceDataset(sources, load, encoder.image_preprocessor())
+    dataset = SourceDataset(sources, load, encoder.image_preprocessor() if encoder is not None else None)
     batch_size, workers = fit_to_work(len(sources), batch_size, workers)
     batches = read_batches(dataset, batch_size=batch_size, workers=workers)  # forks before any sink thread
     sink = make_sink()
@@ -88,7 +92,7 @@ def run_loop(
     t0 = time.monotonic()
     try:
         for batch in batches:
-            vectors = encoder.encode_batch(batch.pixels) if batch.ok else None
+            vectors = encoder.encode_batch(batch.pixels) if batch.ok and encoder is not None else None
             sink.put(batch, vectors)
             stats.embedded += len(batch.ok)
             stats.failed.extend(batch.failed)

@@ -29,6 +29,7 @@ class Loaded:
     image: Any
     content_hash: bytes | None = None
     metadata: Any = None
+    ocr: Any = None  # catalog.OcrText when the text was read (pipeline.ocr.OcrLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class ReadItem(Generic[S]):
     pixels: PixelBatch | None = None
     error: str | None = None
     metadata: Any = None  # catalog.PhotoMetadata when the loader read it
+    ocr: Any = None  # catalog.OcrText when the loader read the text
 
 
 @dataclass
@@ -76,22 +78,26 @@ class FileLoader:
         return Loaded(image, content_hash(data), metadata)
 
 
-def read_one(source: S, load: Callable[[S], Loaded], preprocess: ImagePreprocessor) -> ReadItem[S]:
+def read_one(source: S, load: Callable[[S], Loaded], preprocess: ImagePreprocessor | None) -> ReadItem[S]:
+    """Load one source and prepare its pixels (``preprocess`` None: no pixels, for passes that embed nothing);
+    a failure comes back as a ``ReadItem`` with ``error``."""
     try:
         loaded = load(source)
-        pixels = preprocess(loaded.image)
+        pixels = preprocess(loaded.image) if preprocess is not None else None
     except ImageDecodeError as exc:
         return ReadItem(source, error=str(exc))
     except Exception as exc:  # one odd input must not end the run
         return ReadItem(source, error=f"{type(exc).__name__}: {exc}")
     image = loaded.image
-    return ReadItem(source, loaded.content_hash, image.width, image.height, pixels, metadata=loaded.metadata)
+    return ReadItem(source, loaded.content_hash, image.width, image.height, pixels, metadata=loaded.metadata,
+                    ocr=loaded.ocr)
 
 
 class SourceDataset(Generic[S]):
     """Map-style dataset (torch's protocol: ``__len__`` / ``__getitem__``) over the sources to embed."""
 
-    def __init__(self, sources: Sequence[S], load: Callable[[S], Loaded], preprocess: ImagePreprocessor) -> None:
+    def __init__(self, sources: Sequence[S], load: Callable[[S], Loaded],
+                 preprocess: ImagePreprocessor | None) -> None:
         self.sources = sources
         self.load = load
         self.preprocess = preprocess
@@ -109,7 +115,8 @@ def collate(items: list[ReadItem[Any]]) -> ReadBatch[Any]:
         (batch.ok if item.error is None else batch.failed).append(item)
     batch.pixels = collate_pixels([i.pixels for i in batch.ok if i.pixels is not None])
     # the arrays now live in the batch; drop per-item copies so they are not pickled twice
-    batch.ok = [ReadItem(i.source, i.content_hash, i.width, i.height, metadata=i.metadata) for i in batch.ok]
+    batch.ok = [ReadItem(i.source, i.content_hash, i.width, i.height, metadata=i.metadata, ocr=i.ocr)
+                for i in batch.ok]
     return batch
 
 

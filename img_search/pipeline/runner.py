@@ -26,6 +26,7 @@ from img_search.data.paths import canonical_folder
 from img_search.embedding.base import Encoder
 from img_search.embedding.precision import TowerChoice
 from img_search.errors import ConflictError, InvalidInputError, ModelNotFoundError, NotFoundError
+from img_search.pipeline.ocr import OcrCounts
 from img_search.pipeline.progress import LogProgress, Progress
 from img_search.settings import DEFAULT_BATCH_SIZE, SearchSettings
 
@@ -60,6 +61,8 @@ class IndexOptions:
     excludes: tuple[str, ...] = ()
     default_excludes: bool = True
     read_metadata: bool = True  # photo metadata (data.metadata): in the decode workers, back-filled for the rest
+    ocr: bool = False  # read the text in each picture (pipeline.ocr); ocr_engine names a data.ocr.OCR_ENGINES entry
+    ocr_engine: str = "rapidocr"
 
     def __post_init__(self) -> None:
         for name, value, low in (("batch_size", self.batch_size, 1), ("workers", self.workers, 0)):
@@ -67,6 +70,10 @@ class IndexOptions:
                 raise InvalidInputError(f"{name} must be a whole number >= {low}, got {value!r}")
         check_pixel_limit(self.max_image_pixels)
         object.__setattr__(self, "excludes", check_excludes(self.excludes))
+        if self.ocr:
+            from img_search.data.ocr import OCR_ENGINES
+
+            OCR_ENGINES.get(self.ocr_engine)  # UnknownNameError listing the engines
 
 
 @dataclass
@@ -86,6 +93,7 @@ class IndexSummary:
     failed: list[Failure] = field(default_factory=list)
     failed_before: int = 0  # unchanged files that failed in an earlier run (not retried)
     deleted: int = 0
+    ocr: OcrCounts | None = None  # text read this run (`--ocr`; None: off)
     metadata_read: int = 0  # files whose photo metadata was back-filled from their headers (not decoded this run)
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -230,6 +238,10 @@ def index_folders(
     if looks_like_path(options.model) and not os.path.isdir(os.path.expanduser(options.model)):
         # fail before the walk, even when nothing would need the model
         raise ModelNotFoundError(f"model directory {options.model!r} does not exist")
+    if options.ocr:  # fail before the walk when the OCR libraries are missing (names the pip / system package)
+        from img_search.data.ocr import check_ocr_engine
+
+        check_ocr_engine(options.ocr_engine)
     model_name = canonical_model_id(options.model)
     summary = IndexSummary(roots=roots, model=model_name)
     t0 = time.monotonic()
@@ -248,6 +260,7 @@ def index_folders(
         run_id = catalog.start_run(model_row.id if model_row else None)
         status = "finished"
         model_id = model_row.id if model_row else None
+        ocr = _ocr_reader(catalog, options, summary)
         try:
             if options.read_metadata:
                 summary.metadata_read = _backfill_metadata(catalog, roots, plan, options, progress)
@@ -261,7 +274,14 @@ def index_folders(
                 choice = prepare_encoder(encoder, catalog, model_id)
                 summary.precision = f"{choice.precision} on {choice.runtime}"
                 _embed(plan.todo, encoder, catalog.path, model_id, options, summary, progress or LogProgress(),
-                       choice)
+                       choice, ocr)
+            if ocr is not None and summary.ocr is not None:  # pictures indexed earlier, or reused, without text
+                from img_search.pipeline.ocr import backfill_ocr
+                from img_search.pipeline.reader import FileLoader
+
+                summary.ocr.add(backfill_ocr(catalog, roots, ocr, FileLoader(options.max_image_pixels),
+                                             batch_size=options.batch_size, workers=options.workers,
+                                             progress=progress or LogProgress()))
             for root in roots:
                 catalog.touch_root(root)
             if model_id is not None:
@@ -285,6 +305,17 @@ def _backfill_metadata(catalog: Catalog, roots: Sequence[str], plan: Plan, optio
 
     stale = stale_metadata(catalog, roots, skip=[e.path for e in plan.todo], force=[r.path for r in plan.reuse])
     return backfill_metadata(catalog, stale, workers=options.workers, progress=progress or LogProgress())
+
+
+def _ocr_reader(catalog: Catalog, options: IndexOptions, summary: IndexSummary) -> Any:
+    """The run's ``data.ocr.OcrReader`` (None without ``--ocr``), skipping content read before."""
+    if not options.ocr:
+        return None
+    from img_search.data.ocr import OcrReader
+    from img_search.pipeline.ocr import ocr_threads
+
+    summary.ocr = OcrCounts()
+    return OcrReader(options.ocr_engine, skip=catalog.ocr_hashes(), threads=ocr_threads(options.workers))
 
 
 def _sync_vector_index(index_dir: Path, catalog: Catalog, model_name: str, search: SearchSettings | None) -> None:
@@ -325,15 +356,20 @@ def prepare_encoder(encoder: Encoder, catalog: Catalog, model_id: int) -> TowerC
 
 
 def _embed(todo: list[FileEntry], encoder: Encoder, catalog_path: Path, model_id: int, options: IndexOptions,
-           summary: IndexSummary, progress: Progress, choice: TowerChoice) -> None:
+           summary: IndexSummary, progress: Progress, choice: TowerChoice, ocr: Any = None) -> None:
+    """Embed ``todo`` through the loop; ``ocr`` (a ``data.ocr.OcrReader``): also read each picture's text in the
+    decode workers, counted in ``summary.ocr``."""
     from img_search.pipeline.loop import run_loop
+    from img_search.pipeline.ocr import CountingSink, OcrLoader
     from img_search.pipeline.reader import FileLoader
     from img_search.pipeline.writer import CatalogWriter
 
-    def sink() -> CatalogWriter:
-        return CatalogWriter(catalog_path, model_id, precision=choice.precision, runtime=choice.runtime)
+    def sink() -> Any:
+        writer = CatalogWriter(catalog_path, model_id, precision=choice.precision, runtime=choice.runtime)
+        return writer if ocr is None or summary.ocr is None else CountingSink(writer, summary.ocr)
 
-    stats = run_loop(todo, FileLoader(options.max_image_pixels, read_metadata=options.read_metadata), encoder, sink,
+    load = FileLoader(options.max_image_pixels, read_metadata=options.read_metadata)
+    stats = run_loop(todo, load if ocr is None else OcrLoader(load, ocr), encoder, sink,
                      batch_size=options.batch_size, workers=options.workers, progress=progress)
     summary.embedded += stats.embedded
     summary.failed.extend(Failure(i.source.path, i.error or "") for i in stats.failed)

@@ -80,7 +80,7 @@ class CatalogWriter:
     def put(self, batch: ReadBatch[FileEntry], vectors: NDArray[np.float32] | None) -> None:
         """Sink protocol: ok files (with their vectors, in order) and failures of one batch."""
         records = [ImageRecord(i.source.path, i.source.size, i.source.mtime_ns, i.content_hash, i.width, i.height,
-                               metadata=i.metadata)
+                               metadata=i.metadata, ocr=i.ocr)
                    for i in batch.ok]
         records += [ImageRecord(i.source.path, i.source.size, i.source.mtime_ns, error=i.error)
                     for i in batch.failed]
