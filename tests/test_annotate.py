@@ -105,7 +105,7 @@ def test_tag_reports_unknown_paths_and_still_updates_the_known_ones(
 ])
 def test_tag_usage_errors_exit_2_and_write_nothing(library: dict[str, Path], capsys: pytest.CaptureFixture[str],
                                                    args: list[str], message: str) -> None:
-    code, out, err = run(capsys, "tag", str(library["photos"] / "cake.jpg"), *args, "--index-dir",
+    code, _, err = run(capsys, "tag", str(library["photos"] / "cake.jpg"), *args, "--index-dir",
                          str(library["idx"]))
     assert code == 2 and message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert _tags(library["idx"], library["photos"] / "cake.jpg") == []

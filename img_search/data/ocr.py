@@ -148,8 +148,10 @@ def assemble_lines(boxes: Sequence[tuple[Sequence[Sequence[float]], str, float]]
     return OcrText("\n".join(lines), sum(k[4] for k in kept) / len(kept), engine)
 
 
-def scaled_for_ocr(image: Image.Image, max_side: int = OCR_MAX_SIDE) -> Image.Image:
-    """``image`` as RGB with its longest side at most ``max_side`` pixels (aspect kept; never enlarged)."""
+def scaled_for_ocr(image: Image.Image, max_side: int | None = None) -> Image.Image:
+    """``image`` as RGB with its longest side at most ``max_side`` pixels (default ``OCR_MAX_SIDE``; aspect kept;
+    never enlarged)."""
+    max_side = OCR_MAX_SIDE if max_side is None else max_side
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     w, h = rgb.size
     if max(w, h) <= max_side:

@@ -1,5 +1,5 @@
-"""`index --ocr`: real text read by RapidOCR from signs rendered with Pillow into photos (several fonts, sizes, a rotated
-sign), incremental by content (an engine that counts its calls), failures recorded without failing the run, a
+"""`index --ocr`: real text read by RapidOCR from signs rendered with Pillow into photos (several fonts, sizes, a
+rotated sign), incremental by content (an engine that counts its calls), failures recorded without failing the run, a
 collection indexed earlier back-filled without re-embedding, and the errors when the OCR libraries are missing."""
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def test_scaled_for_ocr_keeps_aspect_and_never_enlarges() -> None:
     assert scaled_for_ocr(Image.new("L", (300, 200)), 1600).mode == "RGB"
 
 
-# -- missing libraries --------------------------------------------------------------------------------------------------
+# -- missing libraries ------------------------------------------------------------------------------------------------
 def test_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # as if not installed
     with pytest.raises(UnavailableError, match=r"pip install 'img-search\[ocr\]'"):
