@@ -108,6 +108,58 @@ MaxPixelsOpt = Annotated[
                                                    "decompression-bomb bound].", show_default=False),
 ]
 
+# filters, ranking and query options of `search` / `similar` (search.filters, search.hybrid, search.searcher)
+AfterOpt = Annotated[str | None, typer.Option("--after", help="Only photos taken on or after this date (YYYY-MM-DD, "
+                                              "local time on the photo; no capture date: the file's mtime).",
+                                              show_default=False, rich_help_panel="Filters")]
+BeforeOpt = Annotated[str | None, typer.Option("--before", help="Only photos taken before this date (YYYY-MM-DD).",
+                                               show_default=False, rich_help_panel="Filters")]
+NearOpt = Annotated[str | None, typer.Option("--near", help="Only photos within RADIUS of LAT,LON: decimal degrees "
+                                             "and a unit, e.g. 48.85,2.35,10km (km, m or mi).", show_default=False,
+                                             rich_help_panel="Filters")]
+CameraOpt = Annotated[list[str] | None, typer.Option("--camera", help="Only photos from a camera whose make/model "
+                                                     "contains this (repeatable: any of them).", show_default=False,
+                                                     rich_help_panel="Filters")]
+FolderOpt = Annotated[list[Path] | None, typer.Option("--folder", help="Only images below this folder (repeatable).",
+                                                      show_default=False, rich_help_panel="Filters")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Only images with this tag (repeatable: any of them).",
+                                                  show_default=False, rich_help_panel="Filters")]
+HasTextOpt = Annotated[bool | None, typer.Option("--has-text/--no-text", help="Only images with (without) text read "
+                                                 "from them (`index --ocr`).", show_default=False,
+                                                 rich_help_panel="Filters")]
+MinSizeOpt = Annotated[str | None, typer.Option("--min-size", help="Only images at least WIDTHxHEIGHT pixels (or N: "
+                                                "both sides at least N).", show_default=False,
+                                                rich_help_panel="Filters")]
+SortOpt = Annotated[str, typer.Option("--sort", help="score (best first) or date (newest first).",
+                                      rich_help_panel="Ranking")]
+HybridOpt = Annotated[str, typer.Option("--hybrid", help="auto | off | rrf | weighted: blend in the text index (file "
+                                        "names, tags, descriptions, keywords, OCR). auto: rrf when the collection "
+                                        "holds text of its own, else off.", rich_help_panel="Ranking")]
+WeightOpt = Annotated[float, typer.Option("--weight", help="--hybrid weighted: the embedding's share W of "
+                                          "W * embedding + (1 - W) * text, 0..1.", rich_help_panel="Ranking")]
+ExpandOpt = Annotated[bool, typer.Option("--expand", help="Also search related terms (puppy, canine, ... for dog; "
+                                         "synonyms file: docs/SEARCH.md).", rich_help_panel="Ranking")]
+ExpandMergeOpt = Annotated[str, typer.Option("--expand-merge", help="max (best calibrated score per image) or "
+                                             "ensemble (mean of the text embeddings).", rich_help_panel="Ranking")]
+TemperatureOpt = Annotated[float | None, typer.Option("--temperature", help="Score with the seed's sigmoid(T * cos) "
+                                                      "instead of the model's learned calibration, for this search.",
+                                                      show_default=False, rich_help_panel="Ranking")]
+
+
+def _search_options(*, after: str | None = None, before: str | None = None, near: str | None = None,
+                    camera: list[str] | None = None, folder: list[Path] | None = None, tag: list[str] | None = None,
+                    has_text: bool | None = None, min_size: str | None = None, sort: str = "score",
+                    hybrid: str = "auto", weight: float = 0.6, expand: bool = False, expand_merge: str = "max",
+                    temperature: float | None = None) -> Any:
+    """The ``SearchOptions`` of the command line (InvalidInputError on a bad value)."""
+    from img_search.search.filters import build_filter
+    from img_search.search.searcher import SearchOptions
+
+    flt = build_filter(after=after, before=before, near=near, cameras=camera or (),
+                       folders=[str(f) for f in folder or ()], tags=tag or (), has_text=has_text, min_size=min_size)
+    return SearchOptions(filter=flt or None, hybrid=hybrid, weight=weight, expand=expand, expand_merge=expand_merge,
+                         temperature=temperature, sort=sort)
+
 
 # ---------------------------------------------------------------------------------------------------------- plumbing
 def _setup_logging(verbose: int) -> None:
@@ -347,10 +399,21 @@ def _print_hits(hits: list[Any], as_json: bool, what: str) -> None:
         _out(f"no images matched {what}")
         return
     # plain aligned columns, one hit per line, never folded: paths stay whole when piped or copied
-    _out(f"{'#':>3}  {'probability':>11}  {'cosine':>8}  path")
+    fused = any(h.matched != "embedding" for h in hits)
+    dated = any(h.date_source for h in hits)
+    head = f"{'#':>3}  {'probability':>11}  {'cosine':>8}"
+    head += f"  {'score':>7}  {'match':<9}" if fused else ""
+    head += f"  {'date':<19}  {'':<8}" if dated else ""
+    _out(f"{head}  path")
     for rank, hit in enumerate(hits, 1):
         prob = "-" if hit.probability is None else f"{hit.probability:.4f}"
-        _out(f"{rank:>3}  {prob:>11}  {hit.cosine:>+8.4f}  {display_path(hit.path)}")
+        cos = "-" if hit.cosine is None else f"{hit.cosine:+.4f}"
+        line = f"{rank:>3}  {prob:>11}  {cos:>8}"
+        if fused:
+            line += f"  {hit.score if hit.score is not None else 0.0:>7.4f}  {hit.matched:<9}"
+        if dated:
+            line += f"  {hit.date or '-':<19}  {hit.date_source or '':<8}"
+        _out(f"{line}  {display_path(hit.path)}")
 
 
 @app.command()
@@ -368,16 +431,36 @@ def search(
     server: ServerOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    near: NearOpt = None,
+    camera: CameraOpt = None,
+    folder: FolderOpt = None,
+    tag: TagOpt = None,
+    has_text: HasTextOpt = None,
+    min_size: MinSizeOpt = None,
+    sort: SortOpt = "score",
+    hybrid: HybridOpt = "auto",
+    weight: WeightOpt = 0.6,
+    expand: ExpandOpt = False,
+    expand_merge: ExpandMergeOpt = "max",
+    temperature: TemperatureOpt = None,
 ) -> None:
-    """Text -> image: the indexed images that best match QUERY."""
+    """Text -> image: the indexed images that best match QUERY.
+
+    QUERY is words, NOT-terms and example images: "beach -people", "dog +~/x.jpg -~/blurry.jpg" (docs/SEARCH.md).
+    """
     _setup_logging(verbose)
     with _edge():
         settings = _search_settings(index_dir, model, device, dtype, precision, backend, ann_threshold,
                                     server=server)
+        options = _search_options(after=after, before=before, near=near, camera=camera, folder=folder, tag=tag,
+                                  has_text=has_text, min_size=min_size, sort=sort, hybrid=hybrid, weight=weight,
+                                  expand=expand, expand_merge=expand_merge, temperature=temperature)
         if settings.server:
             from img_search.service import client
 
-            rows = client.search_text(settings.server, query, limit=limit, threshold=threshold,
+            rows = client.search_text(settings.server, query, limit=limit, threshold=threshold, options=options,
                                       **_server_scope(index_dir, model))
             hits = client.to_hits(rows)
             searcher = None
@@ -385,7 +468,7 @@ def search(
             from img_search.search.searcher import open_searcher
 
             searcher = open_searcher(settings)
-            hits = searcher.search_text(query, limit=limit, threshold=threshold)
+            hits = searcher.search_text(query, limit=limit, threshold=threshold, options=options)
     _print_hits(hits, as_json, display_path(repr(query)))
     _finish(searcher)
 
@@ -406,25 +489,36 @@ def similar(
     server: ServerOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = 0,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    near: NearOpt = None,
+    camera: CameraOpt = None,
+    folder: FolderOpt = None,
+    tag: TagOpt = None,
+    has_text: HasTextOpt = None,
+    min_size: MinSizeOpt = None,
+    sort: SortOpt = "score",
 ) -> None:
     """Image -> image: the indexed images most similar to IMAGE (cosine; the file itself is left out)."""
     _setup_logging(verbose)
     with _edge():
         settings = _search_settings(index_dir, model, device, dtype, precision, backend, ann_threshold,
                                     max_image_pixels, server=server)
+        options = _search_options(after=after, before=before, near=near, camera=camera, folder=folder, tag=tag,
+                                  has_text=has_text, min_size=min_size, sort=sort)
         try:
             if settings.server:
                 from img_search.service import client
 
                 rows = client.search_image(settings.server, str(image), limit=limit, threshold=threshold,
-                                           **_server_scope(index_dir, model))
+                                           options=options, **_server_scope(index_dir, model))
                 hits = client.to_hits(rows)
                 searcher = None
             else:
                 from img_search.search.searcher import open_searcher
 
                 searcher = open_searcher(settings)
-                hits = searcher.search_image(str(image), limit=limit, threshold=threshold)
+                hits = searcher.search_image(str(image), limit=limit, threshold=threshold, options=options)
         except ImageDecodeError as exc:
             raise ImageDecodeError(f"{display_path(str(image))}: {exc}") from None
     _print_hits(hits, as_json, display_path(str(image)))
