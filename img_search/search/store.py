@@ -8,7 +8,10 @@ and ``CURRENT``, a small JSON file naming the live one::
     vectors/model-3/qdrant_edge-000006/       the previous generation, kept until the next write
 
 **Writer** (``VectorStore.sync``, called by `index` while it holds the catalog's writer lock): diffs the saved
-(image id, content hash) pairs against the catalog's live images, applies only the difference to a *copy* of the
+(image id, content hash) pairs against the catalog's live images, plus the images whose vector was written again
+since the generation was saved (``--recompute`` after the checkpoint changed in place, a re-embedding job: same
+content hash, new vector; found by the embeddings' ``created_at`` above the generation's ``vectors_watermark``),
+applies only the difference to a *copy* of the
 current generation in a hidden temporary directory (or builds a fresh index when the backend or its parameters
 changed), saves it, renames it into place and switches ``CURRENT`` with an atomic ``os.replace``. A generation is
 never modified once ``CURRENT`` names it, so a reader can never see a half-written index, and a writer killed at
@@ -19,7 +22,9 @@ read ``CURRENT`` just before the switch can still open it); older ones are delet
 (``img_search.index.open_reader``: nothing under it is ever written, so it works on read-only media) and lays over
 it, in memory, an exact index of the vectors committed since it was saved, with removed or changed images masked.
 No copy of the saved index is made, so a cold search stays cheap. ``Collection.refresh`` repeats this when the
-catalog or ``CURRENT`` moved on.
+catalog or ``CURRENT`` moved on. Readers do not look for vectors written again under an unchanged content hash (that
+would scan every vector of the model on each open): between such a write and the writer's next ``sync`` (the end
+of the same `index` run, or of the next one if it was killed), a reader may still rank by the previous vectors.
 
 Below ``search.ann_threshold`` vectors the backend is ``exact`` (a memory-mapped .npy); at or above it, the
 configured ANN backend (``settings.SearchSettings``).
@@ -98,6 +103,8 @@ class Generation:
     params: dict[str, Any]
     dim: int
     count: int
+    # the largest embeddings.created_at of the model when the generation was saved (None: saved before it was kept)
+    vectors_watermark: float | None = None
 
     @property
     def name(self) -> str:
@@ -115,8 +122,24 @@ def read_current(root: Path) -> Generation | None:
         state = json.loads((root / name / _STATE).read_text())
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    watermark = state.get("vectors_watermark")
     return Generation(root / name, str(state["backend"]), dict(state["params"]), int(state["dim"]),
-                      int(state["count"]))
+                      int(state["count"]), None if watermark is None else float(watermark))
+
+
+def vectors_watermark(catalog: Catalog, model_id: int) -> float | None:
+    """The largest ``created_at`` (seconds since the epoch, as ``time.time()``) of the model's stored vectors: every
+    vector written after a generation was saved has a larger one. None when the model has no vector."""
+    row = catalog.db.execute("SELECT MAX(created_at) FROM embeddings WHERE model_id = ?", (model_id,)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def rewritten_since(catalog: Catalog, model_id: int, watermark: float) -> frozenset[bytes]:
+    """Content hashes whose vector of ``model_id`` was written after ``watermark`` (new ones and ones written again:
+    ``Catalog.upsert_vectors`` replaces a stored vector together with its ``created_at``)."""
+    rows = catalog.db.execute("SELECT content_hash FROM embeddings WHERE model_id = ? AND created_at > ?",
+                              (model_id, watermark))
+    return frozenset(bytes(r[0]) for r in rows)
 
 
 @dataclass(frozen=True)
@@ -128,14 +151,16 @@ class Delta:
 
     @classmethod
     def between(cls, old_ids: NDArray[np.int64], old_hashes: NDArray[np.bytes_], ids: NDArray[np.int64],
-                hashes: NDArray[np.bytes_]) -> Delta:
-        if np.array_equal(old_ids, ids) and np.array_equal(old_hashes, hashes):
+                hashes: NDArray[np.bytes_], rewritten: frozenset[bytes] = frozenset()) -> Delta:
+        """Ids to drop and to (re-)add to go from the saved (id, hash) pairs to the catalog's; an id whose content
+        hash is in ``rewritten`` (its vector was written again) is dropped and added back."""
+        if not rewritten and np.array_equal(old_ids, ids) and np.array_equal(old_hashes, hashes):
             empty = np.empty(0, np.int64)
             return cls(empty, empty)  # the common case (a no-op re-run, a search): no per-image work
         old = dict(zip(old_ids.tolist(), old_hashes.tolist(), strict=True))
         new = dict(zip(ids.tolist(), hashes.tolist(), strict=True))
-        removed = [i for i, h in old.items() if new.get(i) != h]
-        added = [i for i, h in new.items() if old.get(i) != h]
+        removed = [i for i, h in old.items() if new.get(i) != h or h in rewritten]
+        added = [i for i, h in new.items() if old.get(i) != h or h in rewritten]
         return cls(np.asarray(removed, np.int64), np.asarray(added, np.int64))
 
     def __bool__(self) -> bool:
@@ -218,6 +243,7 @@ class VectorStore:
         Returns the backend of the current generation. Leaves the previous generation in force if anything fails.
         """
         ids, hashes = self.catalog.live_entries(self.model.id)
+        watermark = vectors_watermark(self.catalog, self.model.id)
         backend = choose_backend(self.search, len(ids))
         gen = self.current()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -227,9 +253,10 @@ class VectorStore:
         shutil.rmtree(tmp, ignore_errors=True)
         index: VectorIndex | None = None
         try:
-            if self._matches(gen, backend):
-                assert gen is not None
-                delta = Delta.between(*gen.entries(), ids, hashes)
+            # a generation saved without a watermark cannot tell which of its vectors were written again: rebuilt once
+            if self._matches(gen, backend) and gen is not None and gen.vectors_watermark is not None:
+                rewritten = rewritten_since(self.catalog, self.model.id, gen.vectors_watermark)
+                delta = Delta.between(*gen.entries(), ids, hashes, rewritten)
                 if not delta:
                     self._prune(keep={gen.name})
                     return backend
@@ -243,7 +270,8 @@ class VectorStore:
             np.save(tmp / _IDS, ids)
             np.save(tmp / _HASHES, hashes)
             (tmp / _STATE).write_text(json.dumps({"backend": backend, "params": backend_params(self.search, backend),
-                                                  "dim": self.dim, "count": len(ids)}))
+                                                  "dim": self.dim, "count": len(ids),
+                                                  "vectors_watermark": watermark}))
             fsync_tree(tmp)
             tmp.rename(self.root / name)
             write_atomic(self.root / CURRENT, json.dumps({"generation": name}))
