@@ -150,6 +150,7 @@ class Collection:
         self._view = _View(index, index.name, None) if index is not None else self._open_view()
         self._filters: tuple[_View, FilterIndex] | None = None
         self._filters_lock = threading.Lock()
+        self._own_text: tuple[_View, bool] | None = None
 
     @classmethod
     def open(cls, index_dir: Path, model: str | None = None, search: SearchSettings | None = None) -> Collection:
@@ -223,6 +224,13 @@ class Collection:
             cached = self._filters
             if cached is None or cached[0] is not view:
                 cached = self._filters = (view, FilterIndex.from_rows(self.catalog().filter_rows()))
+        return cached[1]
+
+    def has_own_text(self) -> bool:
+        """Whether the collection holds text of its own (``Catalog.has_own_text``), checked once per view."""
+        view, cached = self._view, self._own_text
+        if cached is None or cached[0] is not view:
+            cached = self._own_text = (view, self.catalog().has_own_text())
         return cached[1]
 
     def allowed_ids(self, flt: SearchFilter | None) -> NDArray[np.int64] | None:

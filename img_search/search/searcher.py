@@ -244,7 +244,7 @@ class Searcher:
             return "off"  # nothing to match against the text index
         if requested != "auto":
             return requested
-        return "rrf" if self.collection.catalog().has_own_text() else "off"
+        return "rrf" if self.collection.has_own_text() else "off"
 
     def _text_matches(self, texts: Sequence[str], parsed: ParsedQuery, pool: int, allowed: NDArray[np.int64] | None,
                       exclude: frozenset[int]) -> list[tuple[int, float]]:
