@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +36,11 @@ logger = logging.getLogger(__name__)
 
 
 def ocr_threads(workers: int) -> int | None:
-    """Intra-op threads of each OCR engine: the cores shared among the decode processes (None: in the main
-    process, the runtime's default). Text detection costs far more than decoding or embedding a picture
-    (docs/PERFORMANCE.md "Text in images (OCR)"), so the readers get the cores."""
-    if workers <= 0:
-        return None
-    return max(1, (os.cpu_count() or 1) // workers)
+    """Intra-op threads of each OCR engine: one per decode process (parallelism comes from ``--workers``); None
+    (the runtime's default, all cores) when reading in the main process. Measured (bench/ocr_throughput.py,
+    docs/PERFORMANCE.md "Text in images (OCR)"): a second ONNX Runtime thread per engine cost 1.5x the CPU time per
+    picture and was slower, not faster, on a shared 2-core machine, where the encoder's threads compete too."""
+    return 1 if workers > 0 else None
 
 
 class OcrLoader:
