@@ -459,14 +459,18 @@ class Catalog(MetadataMixin):
         return ids, hashes
 
     def vectors_for_ids(self, model_id: int, dim: int, ids: Iterable[int]) -> NDArray[np.float32]:
-        """Vectors of the given image ids, in the given order."""
+        """Vectors of the given image ids, in the given order.
+
+        CROSS JOIN fixes SQLite's join order (https://www.sqlite.org/optoverview.html#crossjoin): images by id first,
+        then each vector by its primary key. Left to itself the planner drives from the model's index and scans every
+        vector of the model once per chunk (minutes instead of milliseconds at 100k images)."""
         id_list = [int(i) for i in ids]
         found: dict[int, bytes] = {}
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(
-                f"SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.content_hash = i.content_hash "
+                f"SELECT i.id, e.vector FROM images i CROSS JOIN embeddings e ON e.content_hash = i.content_hash "
                 f"AND e.model_id = ? WHERE i.id IN ({marks})",
                 [model_id, *chunk],
             )
@@ -488,7 +492,7 @@ class Catalog(MetadataMixin):
             chunk = id_list[start : start + 500]
             marks = ",".join("?" * len(chunk))
             found.update(self.db.execute(
-                f"SELECT i.id, e.vector FROM images i JOIN embeddings e ON e.content_hash = i.content_hash "
+                f"SELECT i.id, e.vector FROM images i CROSS JOIN embeddings e ON e.content_hash = i.content_hash "
                 f"AND e.model_id = ? WHERE i.status = 'ok' AND i.id IN ({marks})", [model_id, *chunk]))
         kept = [i for i in id_list if i in found]
         vectors = np.frombuffer(b"".join(found[i] for i in kept), np.float32).reshape(len(kept), dim)

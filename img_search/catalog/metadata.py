@@ -183,7 +183,7 @@ class MetadataMixin:
             chunk = encoded[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(
-                f"SELECT i.path, pm.sidecar_mtime_ns FROM images i JOIN photo_metadata pm ON pm.image_id = i.id "
+                f"SELECT i.path, pm.sidecar_mtime_ns FROM images i CROSS JOIN photo_metadata pm ON pm.image_id = i.id "
                 f"WHERE i.path IN ({marks})", chunk)
             out.update((os.fsdecode(p), m) for p, m in rows)
         return out

@@ -89,3 +89,24 @@ def test_text_query_syntax_is_never_read_as_fts(tmp_path: Path) -> None:
             terms = query_terms(text)
             cat.text_search(terms, 5)  # no sqlite3.OperationalError
         assert [i for i, _ in cat.text_search(query_terms('say "near"'), 5)] == [1]
+
+
+def test_vectors_by_id_use_the_primary_keys_not_a_scan(tmp_path: Path) -> None:
+    """The by-id vector reads (filtered search, index builds) look each vector up by its primary key: left to itself
+    SQLite drives the join from the model's index and scans every vector of the model once per chunk of ids."""
+    with Catalog.in_dir(tmp_path) as cat:
+        mid = cat.ensure_model("m", family="siglip", dim=2, logit_scale=1.0, logit_bias=0.0)
+        n = 600  # chunks of 500 ids: with a long IN list the planner prefers the scan
+        cat.record([ImageRecord(f"/p/{i}.jpg", 1, 1, i.to_bytes(16, "little"), 1, 1) for i in range(1, n + 1)],
+                   model_id=mid, vectors=np.ones((n, 2), np.float32))
+        statements: list[str] = []
+        cat.db.set_trace_callback(statements.append)
+        ids, _ = cat.live_vectors(mid, 2, list(range(1, n + 1)))
+        cat.vectors_for_ids(mid, 2, list(range(n, 0, -1)))
+        cat.db.set_trace_callback(None)
+        assert ids.tolist() == list(range(1, n + 1))
+        selects = [s for s in statements if "e.vector" in s]
+        assert len(selects) == 4
+        for sql in selects:
+            plan = " ".join(str(r[3]) for r in cat.db.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "embeddings_model" not in plan and "PRIMARY KEY" in plan, plan
