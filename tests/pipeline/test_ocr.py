@@ -29,6 +29,7 @@ from img_search.data.ocr import (
 )
 from img_search.errors import UnavailableError
 from img_search.pipeline.runner import IndexOptions, index_folders
+from img_search.search.filters import build_filter
 from img_search.settings import load_settings
 
 # -- a fake engine that counts its calls across the decode processes ------------------------------------------------
@@ -222,6 +223,24 @@ def test_real_text_in_photos_is_found_by_text_search(tmp_path: Path, tiny_siglip
         assert text is not None and text.text.lower() == "old town bakery"
         assert text.confidence is not None and text.confidence >= MIN_LINE_CONFIDENCE
         assert text.engine.startswith("rapidocr-onnxruntime ")
+    # issue 9: `search "BAKERY"` finds the signs first in hybrid mode, which a random-weight embedding alone cannot
+    from img_search.search.searcher import SearchOptions, open_searcher
+    from img_search.settings import load_settings
+
+    searcher = open_searcher(load_settings(idx), encoder=siglip_encoder)
+    try:
+        names = lambda hits: {os.path.basename(h.path) for h in hits}  # noqa: E731
+        fused = searcher.search_text("BAKERY", limit=len(cases), options=SearchOptions(hybrid="rrf"))
+        assert names(fused) == {c[0] for c in cases} and all(h.matched != "embedding" for h in fused)
+        auto = searcher.search_text("BAKERY", limit=len(cases))  # the collection holds OCR text: auto is rrf
+        assert names(auto) == names(fused)
+        alone = searcher.search_text("BAKERY", limit=len(cases), options=SearchOptions(hybrid="off"))
+        assert names(alone) != {c[0] for c in cases}
+        near_only = searcher.search_text("BAKERY", limit=len(cases), options=SearchOptions(
+            hybrid="rrf", filter=build_filter(min_size="2000x1500")))
+        assert names(near_only) == {"photo_sized.jpg"}  # filters hold in hybrid mode too
+    finally:
+        searcher.close()
 
 
 # -- line assembly ----------------------------------------------------------------------------------------------------
