@@ -155,7 +155,8 @@ def run_index(task: IndexTask, runtime: Runtime) -> TaskResult:
     for model in task.models:
         options = IndexOptions(model=model, batch_size=runtime.settings.batch_size, workers=runtime.decode_workers,
                                max_image_pixels=task.max_image_pixels, include_hidden=task.include_hidden,
-                               excludes=task.excludes, default_excludes=task.default_excludes)
+                               excludes=task.excludes, default_excludes=task.default_excludes,
+                               ocr=runtime.settings.ocr)
         deadline = time.monotonic() + INDEX_LOCK_WAIT_S
         while True:
             try:
