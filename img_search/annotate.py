@@ -350,15 +350,13 @@ def import_metadata(index_dir: Path, file: Path) -> AnnotateResult:
                 by_tag.setdefault(tag, []).append(resolved)
             if entry.description is not None:
                 descriptions[resolved] = entry.description
-        # one transaction per distinct tag and per distinct description (each keeps the text index current)
+        # one transaction for the whole file (the text index refreshed once per image)
+        tags_by_path: dict[str, list[str]] = {}
         for tag, tagged in by_tag.items():
-            catalog.add_tags(list(dict.fromkeys(tagged)), [tag], source="import")
+            for path in dict.fromkeys(tagged):
+                tags_by_path.setdefault(path, []).append(tag)
             result.tags_added += len(set(tagged))
-        by_description: dict[str, list[str]] = {}
-        for path, text in descriptions.items():
-            by_description.setdefault(text, []).append(path)
-        for text, described in by_description.items():
-            catalog.set_description(described, text)
-            result.descriptions_set += len(described)
+        catalog.annotate(tags_by_path, descriptions, source="import")
+        result.descriptions_set += len(descriptions)
         result.updated = list(updated)
     return result

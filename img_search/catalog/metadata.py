@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -221,6 +221,22 @@ class MetadataMixin:
                                [(i, description, now) for i in ids.values()])
             rebuild_text_index(db, ids.values())
         return {os.fsdecode(p): i for p, i in ids.items()}
+
+    def annotate(self, tags: Mapping[str, Sequence[str]], descriptions: Mapping[str, str], *,
+                 source: str = "import") -> dict[str, int]:
+        """Add ``tags`` ({path: tags}) and set ``descriptions`` ({path: text}) in ONE transaction, refreshing the
+        text index once per image (bulk imports); returns {path: image id} of the known paths."""
+        now = time.time()
+        paths = list(dict.fromkeys([*tags, *descriptions]))
+        with self.transaction() as db:
+            ids = ids_for_paths(db, [os.fsencode(p) for p in paths])
+            known = {p: ids[os.fsencode(p)] for p in paths if os.fsencode(p) in ids}
+            db.executemany("INSERT OR IGNORE INTO tags (image_id, tag, source, added_at) VALUES (?,?,?,?)",
+                           [(known[p], t, source, now) for p, ts in tags.items() if p in known for t in ts])
+            db.executemany("INSERT OR REPLACE INTO annotations (image_id, description, updated_at) VALUES (?,?,?)",
+                           [(known[p], d, now) for p, d in descriptions.items() if p in known])
+            rebuild_text_index(db, known.values())
+        return known
 
     def tags_of(self, image_id: int) -> list[str]:
         if not self.has_metadata_tables:
