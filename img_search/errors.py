@@ -77,6 +77,11 @@ class CatalogReadOnlyError(CatalogError, UnavailableError):
     """The index directory cannot be written (read-only media, no permission) and the command must write."""
 
 
+class StorageFullError(UnavailableError):
+    """The device holding the index directory has no space left (ENOSPC, EDQUOT, SQLite's SQLITE_FULL): what was
+    committed before stays, nothing is left half-written, and the same command can be re-run once there is space."""
+
+
 class CatalogVersionError(CatalogError, UnavailableError):
     """The catalog's schema is newer than this code, or older and must be migrated by a writer first."""
 

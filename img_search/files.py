@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
+
+from img_search.errors import StorageFullError
+
+# errnos of a full device or quota (write(2), fallocate(2), rename(2) on Linux)
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``OSError`` saying the device (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
+
+
+def storage_full(where: Path, detail: str) -> StorageFullError:
+    """The ``StorageFullError`` of a write under ``where`` that failed for lack of space (``detail``: the cause)."""
+    return StorageFullError(
+        f"no space left on the device holding {where} ({detail}): free some space or use an --index-dir on a bigger "
+        "disk, then re-run the same command; everything committed so far is kept"
+    )
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) so readers see the old or the new content, never a mix.
 
     Written to a temporary file in the same folder, fsync-ed, then ``os.replace``-d (atomic on POSIX) and the
-    folder fsync-ed, so a power cut leaves one version or the other.
+    folder fsync-ed, so a power cut leaves one version or the other. On any failure (a full disk) the temporary file
+    is removed and ``path`` is left as it was.
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

@@ -38,7 +38,9 @@ from img_search.errors import (
     CatalogReadOnlyError,
     CatalogVersionError,
     DimensionMismatchError,
+    StorageFullError,
 )
+from img_search.files import storage_full
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,20 @@ def _image_row(r: Sequence[Any]) -> ImageRow:
     return ImageRow(r[0], fs_str(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8])
 
 
+# SQLite result codes of a full device (https://www.sqlite.org/rescode.html): SQLITE_FULL (13, kept in the low byte of
+# its extended codes) and SQLITE_IOERR_SHMSIZE (4874: the WAL index file could not be extended, as when a catalog is
+# opened on a full disk)
+_SQLITE_FULL = 13
+_SQLITE_IOERR_SHMSIZE = 4874
+
+
+def _device_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "disk is full" in str(exc)
+    return code & 0xFF == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE
+
+
 def prefix_bounds(folder: str) -> tuple[bytes, bytes]:
     """Byte range [lo, hi) of every path strictly under ``folder`` (BLOBs compare with memcmp)."""
     lo = fs_bytes(os.path.join(os.path.abspath(folder), ""))
@@ -136,8 +152,10 @@ class Catalog(MetadataMixin):
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from None
 
-    def _translate(self, exc: sqlite3.DatabaseError) -> CatalogError:
+    def _translate(self, exc: sqlite3.DatabaseError) -> CatalogError | StorageFullError:
         text = str(exc)
+        if _device_full(exc):
+            return storage_full(self.path, f"opening the catalog: {text}")
         if "readonly" in text or "read-only" in text:
             return CatalogReadOnlyError(
                 f"the catalog {self.path} is on read-only storage or not writable by this user ({text}); "
@@ -253,14 +271,26 @@ class Catalog(MetadataMixin):
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), rolled back when the block raises.
+
+        Raises ``StorageFullError`` when the device is full (SQLite's SQLITE_FULL, at a statement or at the COMMIT):
+        the transaction is rolled back, earlier ones are kept and the connection stays usable.
+        """
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:  # SQLite rolls back by itself on some errors (SQLITE_FULL, ...)
+                    self.db.execute("ROLLBACK")
+                raise
             self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if not _device_full(exc):
+                raise
+            if self.db.in_transaction:  # a failed COMMIT leaves the transaction open
+                self.db.execute("ROLLBACK")
+            raise storage_full(self.path, str(exc)) from exc
 
     # -- models ---------------------------------------------------------------------------------
     def get_model(self, name: str) -> ModelRow | None:

@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from img_search.errors import CatalogLockedError, CatalogReadOnlyError
+from img_search.errors import CatalogLockedError, CatalogReadOnlyError, StorageFullError
+from img_search.files import is_no_space, storage_full
 
 LOCK_FILENAME = "index.lock"
 
@@ -40,7 +41,9 @@ class IndexLock:
         self.path = Path(index_dir) / LOCK_FILENAME
         self._fd: int | None = None
 
-    def _read_only(self, exc: OSError) -> CatalogReadOnlyError:
+    def _read_only(self, exc: OSError) -> CatalogReadOnlyError | StorageFullError:
+        if is_no_space(exc):
+            return storage_full(self.path.parent, f"creating {self.path.name}: {exc.strerror}")
         return CatalogReadOnlyError(
             f"cannot write to the index directory {self.path.parent} ({exc.strerror or exc}); `index` needs a "
             "writable --index-dir (search, similar and info work on a read-only one)"
@@ -85,8 +88,14 @@ class IndexLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise self._refuse(holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            os.close(fd)  # closing drops the lock
+            if is_no_space(exc):
+                raise storage_full(self.path.parent, f"writing {self.path.name}: {exc.strerror}") from None
+            raise
         self._fd = fd
 
     def release(self) -> None:

@@ -43,7 +43,7 @@ class CatalogWriter:
         try:
             catalog = Catalog(self.catalog_path)
         except BaseException as exc:  # re-raised in the caller by put/close
-            logger.error("cannot open the catalog for writing: %s", exc)
+            logger.debug("cannot open the catalog for writing: %s", exc)  # the caller reports it
             self._error = exc
         try:
             while True:
@@ -63,7 +63,7 @@ class CatalogWriter:
                         n_ok = 0 if vectors is None else int(vectors.shape[0])
                         self.on_commit(n_ok, len(records) - n_ok)
                 except BaseException as exc:
-                    logger.error("catalog write failed: %s", exc)
+                    logger.debug("catalog write failed: %s", exc)  # the caller reports it
                     self._error = exc
         finally:
             if catalog is not None:

@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 
 from img_search.catalog import Catalog, ModelRow
 from img_search.errors import CatalogError
-from img_search.files import copy_tree_sparse, fsync_tree, write_atomic
+from img_search.files import copy_tree_sparse, fsync_tree, is_no_space, storage_full, write_atomic
 from img_search.index import BackendUnavailableError, create_index, load_index, open_reader, resolve_backend
 from img_search.index.base import VectorIndex
 from img_search.settings import SearchSettings
@@ -240,19 +240,20 @@ class VectorStore:
     def sync(self) -> str:
         """Bring the saved index up to date with the catalog; only `index` calls this, holding the writer lock.
 
-        Returns the backend of the current generation. Leaves the previous generation in force if anything fails.
+        Returns the backend of the current generation. Leaves the previous generation in force, and nothing of the
+        new one on disk, if anything fails; raises ``StorageFullError`` when that is a full device.
         """
         ids, hashes = self.catalog.live_entries(self.model.id)
         watermark = vectors_watermark(self.catalog, self.model.id)
         backend = choose_backend(self.search, len(ids))
         gen = self.current()
-        self.root.mkdir(parents=True, exist_ok=True)
         number = self._next_number()
         name = f"{backend}-{number:06d}"
         tmp = self.root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         index: VectorIndex | None = None
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             # a generation saved without a watermark cannot tell which of its vectors were written again: rebuilt once
             if self._matches(gen, backend) and gen is not None and gen.vectors_watermark is not None:
                 rewritten = rewritten_since(self.catalog, self.model.id, gen.vectors_watermark)
@@ -275,10 +276,15 @@ class VectorStore:
             fsync_tree(tmp)
             tmp.rename(self.root / name)
             write_atomic(self.root / CURRENT, json.dumps({"generation": name}))
-        except BaseException:
+        except BaseException as exc:
             if index is not None:
                 _close(index)
             shutil.rmtree(tmp, ignore_errors=True)
+            current = self.current()
+            if current is None or current.name != name:  # renamed into place but CURRENT not switched: not kept
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            if is_no_space(exc):
+                raise storage_full(self.root, f"saving the search index: {getattr(exc, 'strerror', exc)}") from exc
             raise
         self._prune(keep={name} | ({gen.name} if gen is not None else set()))
         logger.info("saved the %s index of %s (%d vectors) as %s", backend, self.model.name, len(ids), name)

@@ -92,6 +92,29 @@ def min_cosine(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return float(cos.min())
 
 
+def check_generations(index_dir: Path, model_id: int) -> None:
+    """Nothing half-written under the model's saved index: ``CURRENT`` names a generation with every file that
+    loads read-only, no temporary directory or file is left, and besides it at most the previous generation, also
+    complete. (It need not be in step with the catalog: a failed run may have committed more than it saved.)"""
+    from img_search.index import open_reader
+
+    root = Path(index_dir) / "vectors" / f"model-{model_id}"
+    gen = read_current(root)
+    assert gen is not None, f"{root / CURRENT} names no readable generation"
+    others = sorted(p.name for p in root.iterdir() if p.name not in (CURRENT, gen.name))
+    assert len(others) <= 1 and all(not n.startswith(".") for n in others), f"leftovers beside {gen.name}: {others}"
+    for name in (gen.name, *others):
+        for part in ("state.json", "ids.npy", "hashes.npy", "index"):
+            assert (root / name / part).exists(), f"{root / name} lacks {part}"
+    reader = open_reader(gen.backend, gen.path / "index")
+    try:
+        assert len(reader) == gen.count == len(gen.entries()[0])
+    finally:
+        close = getattr(reader, "close", None)
+        if callable(close):
+            close()
+
+
 def check_saved_index(index_dir: Path, model: str, *, n_queries: int = 40, k: int = 10) -> str:
     """The model's saved search index is complete and agrees with exact search over the catalog's vectors.
 
