@@ -203,7 +203,7 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None, watc
     new and changed images (``serve --watch``; ``service.jobs.ServiceJobs.watch``). Nothing is opened until the
     lifespan starts (``with TestClient(app)``, or uvicorn)."""
     from img_search.service.jobs import ServiceJobs
-    from img_search.service.routes import admin, health, images, jobs, search
+    from img_search.service.routes import admin, health, images, jobs, search, ui
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -250,6 +250,7 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None, watc
     app.add_exception_handler(Exception, _internal_error)
     for module in (search, images, health, admin, jobs):
         app.include_router(module.router)
+    ui.mount(app)  # the web UI: /, /map, /duplicates and /static/ (routes/ui.py)
     return app
 
 
