@@ -30,7 +30,7 @@ from img_search.errors import (
 )
 from img_search.index.base import VectorIndex, topk, unit_queries
 from img_search.search.filters import FilterIndex, SearchFilter
-from img_search.search.store import VectorStore
+from img_search.search.store import VectorLookup, VectorStore
 from img_search.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class _View:
     index: VectorIndex
     backend: str
     generation: str | None
+    vectors: VectorLookup | None = None
 
 
 class Collection:
@@ -170,8 +171,8 @@ class Collection:
     # ------------------------------------------------------------------ state
     def _open_view(self) -> _View:
         store = VectorStore(self._watch.path.parent, self._watch, self.model, self.search_settings)
-        index, backend, generation = store.open_reader()
-        return _View(index, backend, generation)
+        view = store.open_view()
+        return _View(view.index, view.backend, view.generation, view.vectors)
 
     @property
     def index(self) -> VectorIndex:
@@ -276,7 +277,7 @@ class Collection:
             )
         k = min(limit + len(exclude_ids), n)
         if allowed is not None:
-            ids, scores = self._search_allowed(view.index, queries, k, allowed)
+            ids, scores = self._search_allowed(view, queries, k, allowed)
         else:
             ids, scores = view.index.search(queries, k)
         rows = self.catalog().images_by_id({int(i) for i in ids.reshape(-1) if i >= 0}, live_only=True)
@@ -293,24 +294,28 @@ class Collection:
             results.append(hits)
         return results
 
-    def _search_allowed(self, index: VectorIndex, queries: NDArray[np.float32], k: int,
+    def _search_allowed(self, view: _View, queries: NDArray[np.float32], k: int,
                         allowed: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """Top-``k`` of each query among the ``allowed`` ids: (ids, scores), (n_queries, <= k), padded with -1."""
+        index = view.index
         n_q, n, n_allowed = queries.shape[0], len(index), len(allowed)
         k = min(k, n_allowed)
         if k == 0:
             return np.full((n_q, 0), -1, np.int64), np.empty((n_q, 0), np.float32)
         if n_allowed <= EXACT_SUBSET_MAX:
-            ids, vectors = self._vectors_of(allowed)
+            ids, vectors = self._vectors_of(allowed, view)
             if len(ids) == 0:
                 return np.full((n_q, 0), -1, np.int64), np.empty((n_q, 0), np.float32)
             scores = unit_queries(queries) @ vectors.T
             cols, best = topk(scores, min(k, len(ids)))
             return ids[cols], best.astype(np.float32)
         kk = min(n, int(np.ceil(k * OVERFETCH * n / n_allowed)) + 16)
+        # membership by table lookup (ids are SQLite rowids: small, dense) instead of np.isin's sort per search
+        table = np.zeros(int(allowed[-1]) + 2, np.bool_)
+        table[allowed] = True
         while True:
             found_ids, found_scores = index.search(queries, kk)
-            keep = np.isin(found_ids, allowed) & (found_ids >= 0)
+            keep = table[np.clip(found_ids, -1, len(table) - 1)] & (found_ids >= 0)
             if kk >= n or int(keep.sum(axis=1).min()) >= k:
                 break
             kk = min(n, kk * 4)
@@ -321,6 +326,9 @@ class Collection:
             out_ids[qi, : len(row_ids)], out_scores[qi, : len(row_ids)] = row_ids, row_scores
         return out_ids, out_scores
 
-    def _vectors_of(self, ids: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """The stored vectors of ``ids`` (those still live: an image removed meanwhile is left out)."""
+    def _vectors_of(self, ids: NDArray[np.int64], view: _View) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """The stored vectors of ``ids`` (those still live: an image removed meanwhile is left out): from the view's
+        memory-mapped matrix, else (a generation saved before it was kept) from the catalog."""
+        if view.vectors is not None:
+            return view.vectors.get(ids)
         return self.catalog().live_vectors(self.model.id, self.model.dim or 0, ids.tolist())

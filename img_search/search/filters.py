@@ -192,6 +192,13 @@ def _mtime_local_seconds(mtime_ns: int | None) -> float:
     return local_seconds(local)
 
 
+def _lookup(n: int, chosen: Sequence[int]) -> NDArray[np.bool_]:
+    """A (n + 1,) bool table, True at ``chosen``; index it with codes where -1 (none) reads the last, False slot."""
+    table = np.zeros(n + 1, np.bool_)
+    table[np.asarray(chosen, np.int64)] = True
+    return table
+
+
 # ------------------------------------------------------------------------------------------------------ the index
 @dataclass
 class FilterIndex:
@@ -216,6 +223,7 @@ class FilterIndex:
     camera_of: NDArray[np.int64]
     cameras: list[str]
     _positions: dict[int, int] = field(default_factory=dict, repr=False)
+    _camera_keys: dict[str, set[int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_rows(cls, rows: Iterable[FilterRow]) -> FilterIndex:
@@ -260,16 +268,13 @@ class FilterIndex:
         if flt.before is not None:
             keep &= self.date < local_seconds(flt.before)
         if flt.folders:
-            prefixes = [os.path.join(f, "") for f in flt.folders]
-            chosen = [j for j, folder in enumerate(self.folders)
-                      if any(os.path.join(folder, "").startswith(p) for p in prefixes)]
-            keep &= np.isin(self.folder_of, np.asarray(chosen, np.int64))
+            prefixes = tuple(os.path.join(f, "") for f in flt.folders)
+            chosen = [j for j, folder in enumerate(self.folders) if os.path.join(folder, "").startswith(prefixes)]
+            keep &= _lookup(len(self.folders), chosen)[self.folder_of]
         if flt.cameras:
-            wanted = [c.lower() for c in flt.cameras]
-            chosen = [j for j, cam in enumerate(self.cameras) if any(w in cam.lower() for w in wanted)]
-            keep &= np.isin(self.camera_of, np.asarray(chosen, np.int64))
+            keep &= _lookup(len(self.cameras), self._matching_cameras(flt.cameras))[self.camera_of]
         if flt.tags:
-            keep &= np.isin(self.ids, np.fromiter(tagged or (), np.int64))
+            keep &= np.isin(self.ids, np.fromiter(tagged or (), np.int64), assume_unique=True)
         if flt.near is not None:
             known = ~np.isnan(self.latitude)
             dist = np.full(len(self.ids), np.inf)
@@ -283,6 +288,28 @@ class FilterIndex:
         if flt.min_height is not None:
             keep &= self.height >= flt.min_height
         return keep
+
+    def _matching_cameras(self, wanted: Sequence[str]) -> list[int]:
+        """Indexes into ``cameras`` of the names containing any of ``wanted`` (case-insensitive). A term made of whole
+        words of a name ("Pixel 7" in "Google Pixel 7") is a dictionary lookup; only other terms are searched for as
+        substrings of every name."""
+        if not self._camera_keys:
+            for j, name in enumerate(self.cameras):
+                words = name.lower().split()
+                for a in range(len(words)):
+                    for b in range(a + 1, len(words) + 1):
+                        self._camera_keys.setdefault(" ".join(words[a:b]), set()).add(j)
+        chosen: set[int] = set()
+        partial = []
+        for term in wanted:
+            found = self._camera_keys.get(" ".join(term.lower().split()))
+            if found is None:
+                partial.append(term.lower())
+            else:
+                chosen |= found
+        if partial:
+            chosen.update(j for j, name in enumerate(self.cameras) if any(t in name.lower() for t in partial))
+        return sorted(chosen)
 
     def allowed(self, flt: SearchFilter, tagged: set[int] | None = None) -> NDArray[np.int64]:
         """The ids (int64, ascending) of the images that pass ``flt``."""

@@ -68,6 +68,9 @@ CURRENT = "CURRENT"
 _STATE = "state.json"
 _IDS = "ids.npy"
 _HASHES = "hashes.npy"
+# float32 (n, dim), rows aligned with ids.npy: filtered searches score a subset exactly from it (memory-mapped), since
+# reading vectors back from SQLite costs ~45 us each (3 KB blobs in a WITHOUT ROWID B-tree: bench/filtered_search.py)
+_VECTORS = "vectors.npy"
 _INDEX = "index"
 _GENERATION_RE = re.compile(r"^\.?[a-z_]+-(?P<n>\d{6})(\.tmp)?$")  # a generation, or a writer's temporary one
 # a reader that lost the race with two writes in a row (its generation deleted under it) re-reads CURRENT
@@ -167,6 +170,57 @@ class Delta:
         return bool(self.removed.size or self.added.size)
 
 
+class VectorLookup:
+    """The live vectors of a collection by image id, for exact scoring of a subset (filtered search).
+
+    ``ids`` int64 (n,) ascending and ``matrix`` float32 (n, dim) (a saved generation's ``vectors.npy``, memory-mapped,
+    or an in-memory build), overlaid by ``extra`` ({id: (dim,) float32}: vectors committed since the generation was
+    saved) with ``removed`` ids (no longer live, or replaced by ``extra``) left out.
+    """
+
+    def __init__(self, ids: NDArray[np.int64], matrix: NDArray[np.float32],
+                 extra: dict[int, NDArray[np.float32]] | None = None, removed: NDArray[np.int64] | None = None
+                 ) -> None:
+        self.ids, self.matrix = ids, matrix
+        self.extra = extra or {}
+        self.removed = np.asarray(removed if removed is not None else np.empty(0, np.int64), np.int64)
+
+    def get(self, wanted: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """(ids, (m, dim) float32) of those of ``wanted`` that are live, in the order given."""
+        wanted = np.asarray(wanted, np.int64)
+        pos = np.searchsorted(self.ids, wanted)
+        pos_ok = np.minimum(pos, max(len(self.ids) - 1, 0))
+        if len(self.ids):
+            in_base = (pos < len(self.ids)) & (self.ids[pos_ok] == wanted)
+        else:
+            in_base = np.zeros(len(wanted), np.bool_)
+        if self.removed.size:
+            in_base &= ~np.isin(wanted, self.removed)
+        if not self.extra:
+            keep = in_base
+            return wanted[keep], np.asarray(self.matrix[pos_ok[keep]], np.float32)
+        in_extra = np.fromiter((int(i) in self.extra for i in wanted.tolist()), bool, len(wanted))
+        keep = in_base | in_extra
+        out = np.empty((int(keep.sum()), self.matrix.shape[1]), np.float32)
+        rows = np.flatnonzero(keep)
+        base_rows = in_base[rows] & ~in_extra[rows]
+        out[base_rows] = self.matrix[pos_ok[rows[base_rows]]]
+        for j in np.flatnonzero(~base_rows).tolist():
+            out[j] = self.extra[int(wanted[rows[j]])]
+        return wanted[keep], out
+
+
+@dataclass(frozen=True)
+class StoreView:
+    """What ``VectorStore.open_view`` opens: the index, its backend, the generation (None: built in memory) and the
+    vectors by id (None for a generation saved before ``vectors.npy`` was kept: read from the catalog then)."""
+
+    index: VectorIndex
+    backend: str
+    generation: str | None
+    vectors: VectorLookup | None
+
+
 class VectorStore:
     """The saved search index of one model in one index directory (see the module docstring)."""
 
@@ -187,26 +241,36 @@ class VectorStore:
         return (gen is not None and gen.backend == backend and gen.params == backend_params(self.search, backend)
                 and gen.dim == self.dim)
 
-    def _build(self, backend: str, ids: NDArray[np.int64], **extra: Any) -> VectorIndex:
+    def _build(self, backend: str, ids: NDArray[np.int64], **extra: Any) -> tuple[VectorIndex, NDArray[np.float32]]:
+        """A new index of ``ids``' vectors, and those vectors ((n, dim) float32, rows in ``ids`` order)."""
         index = create_index(backend, dim=self.dim, metric="cosine", **backend_params(self.search, backend), **extra)
+        vectors = self.catalog.vectors_for_ids(self.model.id, self.dim, ids.tolist())
         if len(ids):
-            index.add(ids, self.catalog.vectors_for_ids(self.model.id, self.dim, ids.tolist()))
+            index.add(ids, vectors)
         logger.info("built a %s index of %d vectors for %s", backend, len(ids), self.model.name)
-        return index
+        return index, vectors
 
-    def _apply(self, index: VectorIndex, delta: Delta) -> None:
+    def _apply(self, index: VectorIndex, delta: Delta) -> NDArray[np.float32]:
+        """Apply ``delta`` to ``index``; returns the added vectors ((len(delta.added), dim) float32)."""
         if delta.removed.size:
             index.remove(delta.removed)
+        added = self.catalog.vectors_for_ids(self.model.id, self.dim, delta.added.tolist())
         if delta.added.size:
-            index.add(delta.added, self.catalog.vectors_for_ids(self.model.id, self.dim, delta.added.tolist()))
+            index.add(delta.added, added)
+        return added
 
     # ------------------------------------------------------------------ reader
     def open_reader(self) -> tuple[VectorIndex, str, str | None]:
+        """``open_view`` as (index, backend, generation name or None)."""
+        view = self.open_view()
+        return view.index, view.backend, view.generation
+
+    def open_view(self) -> StoreView:
         """A read-only view of the model's vectors as the catalog holds them now.
 
-        Returns ``(index, backend, generation name or None)``. Nothing in the index directory is written. When no
-        saved generation fits (none yet, or the backend or its parameters differ from the settings), the index is
-        built in memory from the catalog (logged: run `img-search index` to save one).
+        Nothing in the index directory is written. When no saved generation fits (none yet, or the backend or its
+        parameters differ from the settings), the index is built in memory from the catalog (logged: run
+        `img-search index` to save one).
         """
         for _ in range(_OPEN_ATTEMPTS):
             with self.catalog.snapshot():
@@ -217,23 +281,29 @@ class VectorStore:
                     if gen is not None or len(ids) >= self.search.ann_threshold:
                         logger.info("no saved %s index matches the settings; building one in memory "
                                     "(`img-search index` saves it)", backend)
-                    return self._build(backend, ids), backend, None
+                    index, vectors = self._build(backend, ids)
+                    return StoreView(index, backend, None, VectorLookup(ids, vectors))
                 assert gen is not None
                 try:
                     index = open_reader(backend, gen.path / _INDEX)
                     old_ids, old_hashes = gen.entries()
+                    matrix = _load_vectors(gen.path, len(old_ids), self.dim)
                 except FileNotFoundError:
                     continue  # a writer replaced CURRENT and deleted this generation meanwhile: look again
                 except Exception as exc:  # a damaged generation is bypassed, never fatal for a search
                     logger.warning("cannot open the saved %s index %s (%s); building one in memory", backend,
                                    gen.path, exc)
-                    return self._build(backend, ids), backend, None
+                    index, vectors = self._build(backend, ids)
+                    return StoreView(index, backend, None, VectorLookup(ids, vectors))
                 delta = Delta.between(old_ids, old_hashes, ids, hashes)
+                extra: dict[int, NDArray[np.float32]] = {}
                 if delta:
-                    self._apply(index, delta)
+                    added = self._apply(index, delta)
+                    extra = dict(zip(delta.added.tolist(), added, strict=True))
                     logger.info("saved %s index of %s caught up in memory: +%d -%d vectors", backend,
                                 self.model.name, delta.added.size, delta.removed.size)
-                return index, backend, gen.name
+                lookup = None if matrix is None else VectorLookup(old_ids, matrix, extra, delta.removed)
+                return StoreView(index, backend, gen.name, lookup)
         raise CatalogError(f"the saved index under {self.root} kept changing while being opened; retry")
 
     # ------------------------------------------------------------------ writer
@@ -254,18 +324,22 @@ class VectorStore:
         index: VectorIndex | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            # a generation saved without a watermark cannot tell which of its vectors were written again: rebuilt once
-            if self._matches(gen, backend) and gen is not None and gen.vectors_watermark is not None:
+            # a generation saved without a watermark cannot tell which of its vectors were written again, and one
+            # without vectors.npy cannot serve filtered searches from memory: either is rebuilt once
+            if (self._matches(gen, backend) and gen is not None and gen.vectors_watermark is not None
+                    and (gen.path / _VECTORS).exists()):
                 rewritten = rewritten_since(self.catalog, self.model.id, gen.vectors_watermark)
                 delta = Delta.between(*gen.entries(), ids, hashes, rewritten)
                 if not delta:
                     self._prune(keep={gen.name})
                     return backend
-                index = self._updated_copy(gen, backend, delta, ids, tmp)
+                index, vectors = self._updated_copy(gen, backend, delta, ids, tmp)
             else:
                 tmp.mkdir(parents=True)
-                index = self._build(backend, ids)
+                index, vectors = self._build(backend, ids)
             index.save(tmp / _INDEX)
+            np.save(tmp / _VECTORS, vectors)
+            del vectors
             _close(index)
             index = None
             np.save(tmp / _IDS, ids)
@@ -291,8 +365,9 @@ class VectorStore:
         return backend
 
     def _updated_copy(self, gen: Generation, backend: str, delta: Delta, ids: NDArray[np.int64],
-                      tmp: Path) -> VectorIndex:
-        """The current generation copied into ``tmp`` and loaded from there (writable), with ``delta`` applied.
+                      tmp: Path) -> tuple[VectorIndex, NDArray[np.float32]]:
+        """The current generation copied into ``tmp`` and loaded from there (writable), with ``delta`` applied, and
+        the vectors of ``ids`` ((n, dim) float32, for ``vectors.npy``).
 
         Backends such as qdrant_edge open their files in place and write through, so the writer always works on
         a copy: the generation readers may have open is never modified.
@@ -304,10 +379,19 @@ class VectorStore:
             return self._build(backend, ids)
         copy_tree_sparse(gen.path / _INDEX, tmp / _INDEX)
         index = load_index(backend, tmp / _INDEX)
-        self._apply(index, delta)
+        added = self._apply(index, delta)
         logger.info("%s index of %s updated: +%d -%d vectors", backend, self.model.name, delta.added.size,
                     delta.removed.size)
-        return index
+        old_ids, _ = gen.entries()
+        old = _load_vectors(gen.path, len(old_ids), self.dim)
+        if old is None:  # a generation saved before vectors.npy was kept
+            return index, self.catalog.vectors_for_ids(self.model.id, self.dim, ids.tolist())
+        lookup = VectorLookup(old_ids, old, dict(zip(delta.added.tolist(), added, strict=True)), delta.removed)
+        found, vectors = lookup.get(ids)
+        if len(found) != len(ids):
+            raise CatalogError(f"{len(ids) - len(found)} vectors of {self.model.name!r} are missing from the saved "
+                               "index and the catalog; re-run `img-search index`")
+        return index, vectors
 
     def _next_number(self) -> int:
         numbers = [int(m["n"]) for p in self._entries() if (m := _GENERATION_RE.match(p.name))]
@@ -324,6 +408,20 @@ class VectorStore:
         for path in self._entries():
             if path.is_dir() and path.name not in keep:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def _load_vectors(path: Path, n: int, dim: int) -> NDArray[np.float32] | None:
+    """A generation's ``vectors.npy`` memory-mapped read-only, or None when it has none (saved before it was kept) or
+    it does not match the generation's ids (then the catalog is read instead)."""
+    try:
+        matrix = np.load(path / _VECTORS, mmap_mode="r")
+    except FileNotFoundError:
+        return None
+    if matrix.shape != (n, dim) or matrix.dtype != np.float32:
+        logger.warning("%s holds %s %s vectors for %d ids of dim %d: not used", path / _VECTORS, matrix.shape,
+                       matrix.dtype, n, dim)
+        return None
+    return matrix  # type: ignore[no-any-return]
 
 
 def _close(index: VectorIndex) -> None:

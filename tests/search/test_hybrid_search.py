@@ -300,3 +300,33 @@ def test_sort_by_date_falls_back_to_mtime_and_says_so(tmp_path: Path) -> None:
     flt = build_filter(after="2020-01-01", before="2021-01-01")
     assert _names(searcher.search_text("dog", options=SearchOptions(filter=flt))) == ["undated.jpg"]
     assert os.sep == "/"
+
+
+def test_filtered_exact_subset_reads_the_saved_matrix_under_the_delta(tmp_path: Path) -> None:
+    """A saved generation keeps its vectors (vectors.npy); a filtered search scores a subset from it, overlaid by what
+    was committed since (added, removed, re-embedded): the same hits as brute force over the catalog's vectors."""
+    from img_search.search.store import VectorStore
+
+    rng = np.random.default_rng(3)
+    items = [(f"/p/{'a' if i % 2 else 'b'}/{i}.jpg", rng.normal(size=DIM).astype(np.float32), {}) for i in range(60)]
+    _build(tmp_path, items)
+    with Catalog.in_dir(tmp_path) as cat:
+        model = cat.get_model("stub")
+        assert model is not None
+        VectorStore(tmp_path, cat, model, SearchSettings()).sync()
+        generations = list((tmp_path / "vectors").glob("model-*/*/vectors.npy"))
+        assert len(generations) == 1 and np.load(generations[0]).shape == (60, DIM)
+        cat.mark_deleted(["/p/a/1.jpg", "/p/b/2.jpg"])
+        extra = [ImageRecord(f"/p/a/new{i}.jpg", 1, 1, bytes([200 + i]) * 16, 8, 8) for i in range(5)]
+        cat.record(extra, model_id=model.id, vectors=np.stack([_unit(rng.normal(size=DIM).astype(np.float32))
+                                                               for _ in extra]))
+        cat.upsert_vectors(model.id, [bytes([3, 0]) * 8], _unit(rng.normal(size=DIM).astype(np.float32))[None])
+    searcher, _ = _searcher(tmp_path)
+    assert searcher.collection.generation is not None  # the saved generation, caught up in memory
+    assert searcher.collection._view.vectors is not None  # subsets are scored from its vectors.npy
+    flt = build_filter(folders=["/p/a"])
+    allowed = set(searcher.collection.allowed_ids(flt).tolist())
+    for query in ("dog", "cat beach", "car sign"):
+        hits = searcher.search_text(query, limit=8, options=SearchOptions(filter=flt, hybrid="off"))
+        assert [h.image_id for h in hits] == _brute_force(searcher, query, allowed, 8)
+        assert all(h.path.startswith("/p/a/") and not h.path.endswith("/1.jpg") for h in hits)
