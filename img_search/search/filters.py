@@ -293,16 +293,19 @@ class FilterIndex:
         """Indexes into ``cameras`` of the names containing any of ``wanted`` (case-insensitive). A term made of whole
         words of a name ("Pixel 7" in "Google Pixel 7") is a dictionary lookup; only other terms are searched for as
         substrings of every name."""
-        if not self._camera_keys:
+        keys = self._camera_keys
+        if not keys and self.cameras:  # built whole in a new dict, then published: threads share a FilterIndex
+            keys = {}
             for j, name in enumerate(self.cameras):
                 words = name.lower().split()
                 for a in range(len(words)):
                     for b in range(a + 1, len(words) + 1):
-                        self._camera_keys.setdefault(" ".join(words[a:b]), set()).add(j)
+                        keys.setdefault(" ".join(words[a:b]), set()).add(j)
+            self._camera_keys = keys
         chosen: set[int] = set()
         partial = []
         for term in wanted:
-            found = self._camera_keys.get(" ".join(term.lower().split()))
+            found = keys.get(" ".join(term.lower().split()))
             if found is None:
                 partial.append(term.lower())
             else:
