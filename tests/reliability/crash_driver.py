@@ -189,8 +189,9 @@ def descendants(pid: int) -> list[Any]:
         return []
 
 
-def check_after_kill(index_dir: Path, model: str) -> dict[str, Any]:
-    """In a forked checker: integrity_check, and a search by a stored vector finds that vector's image first."""
+def check_after_kill(index_dir: Path, model: str, ann_threshold: int) -> dict[str, Any]:
+    """In a forked checker: integrity_check, and a search by a stored vector (through the saved index, as `index`
+    saved it with ``ann_threshold``) finds that vector's image first."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -216,7 +217,9 @@ def check_after_kill(index_dir: Path, model: str) -> dict[str, Any]:
                                  else (np.empty(0), None))
                 out["vectors"] = len(ids)
                 if len(ids):
-                    collection = Collection.open(index_dir, model)
+                    from img_search.settings import SearchSettings
+
+                    collection = Collection.open(index_dir, model, SearchSettings(ann_threshold=ann_threshold))
                     try:
                         pick = len(ids) // 2
                         hits = collection.search(vecs[pick][None, :], limit=3)[0]  # type: ignore[index]
@@ -224,6 +227,7 @@ def check_after_kill(index_dir: Path, model: str) -> dict[str, Any]:
                             abs(hits[0][1] - 1.0) < 1e-4
                         out["collection"] = len(collection)
                         out["backend"] = collection.backend
+                        out["generation"] = collection.generation
                     finally:
                         collection.close()
         except BaseException as exc:  # reported, never raised: the driver decides
@@ -364,7 +368,8 @@ def main() -> None:
         record = {**plan, **result}
         if result["killed"]:
             kills += 1
-            record["check"] = check_after_kill(Path(cfg["index_dir"]), cfg["model"])
+            record["check"] = check_after_kill(Path(cfg["index_dir"]), cfg["model"],
+                                               int(env.get("IMG_SEARCH_SEARCH__ANN_THRESHOLD", "20000")))
         filling = filling and ok_images(Path(cfg["index_dir"])) < cfg["n_images"]
         emit(record)
     emit({"done": True, "kills": kills, "seconds": round(time.monotonic() - t_start, 3)})

@@ -162,6 +162,8 @@ def test_searches_while_index_writes_see_whole_results_then_the_new_images(
         for t in threads:
             t.join()
     assert json.loads(out)["embedded"] == N_NEW
+    (tmp_path / "counts.json").write_text(json.dumps({  # for docs/RELIABILITY.md
+        "in_process_searches": searches[0], "cli_searches": len(cli_hits), "views": sorted(set(sizes))}))
     assert problems == [], problems[:5]
     assert searches[0] > 0 and all(len(h) == LIMIT for h in cli_hits) and len(cli_hits) >= 3
     assert sizes == sorted(sizes)  # the view only grows while images are only added

@@ -80,6 +80,9 @@ def test_sigkilled_index_runs_then_one_more_run_lose_and_duplicate_nothing(tmp_p
            or (r["check"].get("vectors") and not r["check"].get("search_ok"))]
     assert bad == [], where
     assert [r for r in killed if r.get("orphans")] == [], f"decode workers outlived a killed run {where}"
+    # those checks went through the saved ANN index (once a run had saved one), as every search does
+    assert sum(r["check"].get("backend") in ("qdrant_edge", "hnswlib") and r["check"].get("generation") is not None
+               for r in killed) >= 5, where
     # the kills spread over the run: the first indexing, re-embedding, and several distinct crash points
     assert sum(r["filling"] for r in killed) >= 3 and sum(r["recompute"] for r in killed) >= 3, where
     kinds = Counter(r.get("hook", "timed") for r in killed)

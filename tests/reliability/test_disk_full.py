@@ -80,6 +80,7 @@ def test_index_until_the_disk_is_full_then_on_a_bigger_one(tmp_path: Path, tiny_
             check_generations(idx, model_id)
             assert _temporaries(idx) == [], kib
             outcomes.append((kib, run.returncode, done))
+        (tmp_path / "outcomes.json").write_text(json.dumps(outcomes))  # for docs/RELIABILITY.md
         failed = [o for o in outcomes if o[1] != 0]
         assert len(failed) >= 3, outcomes
         counts = [o[2] for o in outcomes]
