@@ -847,6 +847,114 @@ def export(
     _out(f"wrote {summary.rows} vectors to {display_path(str(output))}: {models}")
 
 
+# --------------------------------------------------------------------------------------------------------- explore
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def crossfilter(ctx: typer.Context) -> None:
+    """Compute a crossfilter embedding database from <uuid>.jpg images (seed 004's options: --embedding_type,
+    --input_dir, --output_embeddings_db, --batch_size, ...; `img-search crossfilter --help`; docs/EXPLORE.md)."""
+    from img_search.crossfilter.compute_embeddings_cli import main as crossfilter_main
+
+    raise typer.Exit(crossfilter_main(list(ctx.args), prog="img-search crossfilter"))
+
+
+@app.command("map")
+def map_cmd(
+    model: ModelOpt = None,
+    index_dir: IndexDirOpt = None,
+    refit: Annotated[bool, typer.Option("--refit", help="Fit UMAP again on every image instead of placing the new "
+                                                        "ones with the stored model.")] = False,
+    growth_factor: Annotated[float | None, typer.Option("--growth-factor", min=1.0, show_default=False,
+                                                        help="Refit once the collection has grown past this many "
+                                                             "times the images the map was fitted on [default: "
+                                                             f"{DEFAULTS.explore.map_growth_factor:g}].")] = None,
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the map into this PNG file.",
+                                             show_default=False)] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained interactive HTML page "
+                                                  "(hover: thumbnail and path).", show_default=False)] = None,
+    thumbnails: Annotated[int, typer.Option("--thumbnails", min=0, help="At most this many thumbnails embedded in "
+                                            "the HTML page.")] = 2000,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Lay the collection out on a sphere with UMAP (latitude / longitude), incrementally; export PNG / HTML."""
+    from img_search.explore.umap_map import update_map
+    from img_search.search.collection import Collection
+
+    _setup_logging(verbose)
+    with _edge():
+        settings = _settings(index_dir, model=model)
+        collection = Collection.open(settings.index_dir, settings.model, settings.search)
+        try:
+            layout = update_map(settings.index_dir, collection, refit=refit,
+                                growth_factor=growth_factor or settings.explore.map_growth_factor,
+                                snap_cosine=settings.explore.duplicate_threshold)
+            written: dict[str, str] = {}
+            if png is not None or html_out is not None:
+                from img_search.explore.export import export_html, export_png
+
+                rows = collection.catalog().images_by_id(layout.image_ids.tolist())
+                paths = {i: r.path for i, r in rows.items()}
+                if png is not None:
+                    written["png"] = str(export_png(layout, png, paths=paths))
+                if html_out is not None:
+                    written["html"] = str(export_html(layout, html_out, paths, max_thumbnails=thumbnails))
+        finally:
+            collection.close()
+    if as_json:
+        _print_json({**layout.to_dict(), "model": collection.model.name, "files": written})
+        return
+    _out(f"map of {len(layout)} images ({display_path(collection.model.name)}): fitted on {layout.n_fitted}, "
+         f"{layout.n_transformed} placed since by transform ({layout.n_snapped} on a near-copy)")
+    for kind, where in written.items():
+        _out(f"{kind}: {display_path(where)}")
+
+
+@app.command()
+def duplicates(
+    model: ModelOpt = None,
+    index_dir: IndexDirOpt = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", "-t", show_default=False,
+                                                    help="Cosine at or above which two images are near-duplicates "
+                                                         f"[default: {DEFAULTS.explore.duplicate_threshold:g}].")]
+    = None,
+    k: Annotated[int | None, typer.Option("--k", min=1, show_default=False,
+                                          help="Neighbours searched per image [default: "
+                                               f"{DEFAULTS.explore.duplicate_neighbours}].")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, show_default=False,
+                                              help="Show only the largest N groups.")] = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Groups of near-identical images (copies, re-encodes, resizes), largest first."""
+    from img_search.explore.duplicates import find_duplicates
+    from img_search.search.collection import Collection
+
+    _setup_logging(verbose)
+    with _edge():
+        settings = _settings(index_dir, model=model)
+        t = settings.explore.duplicate_threshold if threshold is None else threshold
+        collection = Collection.open(settings.index_dir, settings.model, settings.search)
+        try:
+            groups = find_duplicates(collection, t, k or settings.explore.duplicate_neighbours)
+        finally:
+            collection.close()
+    shown = groups if limit is None else groups[:limit]
+    if as_json:
+        _print_json({"threshold": t, "groups": len(groups), "images": sum(g.size for g in groups),
+                     "shown": [g.to_dict() for g in shown]})
+        return
+    if not groups:
+        _out(f"no near-duplicates at cosine >= {t:g}")
+        return
+    _out(f"{len(groups)} groups of near-duplicates ({sum(g.size for g in groups)} images) at cosine >= {t:g}")
+    for rank, g in enumerate(shown, 1):
+        _out(f"#{rank}  {g.size} images, cosine {g.min_cosine:.4f}-{g.max_cosine:.4f}")
+        for path in g.paths:
+            _out(f"    {display_path(path)}")
+    if len(shown) < len(groups):
+        _out(f"... and {len(groups) - len(shown)} more groups (--limit, or --json)")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"img-search {__version__}")

@@ -77,6 +77,20 @@ class SearchSettings(BaseModel):
         return value
 
 
+class ExploreSettings(BaseModel):
+    """``[explore]``: the map and near-duplicates (img_search/explore/, docs/EXPLORE.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # `map` refits UMAP from scratch once the collection holds more than this many times the images it was fitted
+    # on; below that, new images are placed with the fitted model's transform
+    map_growth_factor: float = Field(2.0, ge=1.0)
+    # cosine at or above which two images are near-duplicates (explore/duplicates.py says why 0.95)
+    duplicate_threshold: float = Field(0.95, ge=-1.0, le=1.0)
+    # neighbours searched per image by `duplicates`
+    duplicate_neighbours: int = Field(10, ge=1, le=1000)
+
+
 class ServiceSettings(BaseModel):
     """``[service]``: the HTTP service (issue 10); defined here so it shares precedence and validation."""
 
@@ -206,6 +220,7 @@ class Settings(BaseSettings):
     server: str | None = None
     search: SearchSettings = Field(default_factory=SearchSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    explore: ExploreSettings = Field(default_factory=ExploreSettings)
 
     @field_validator("device")
     @classmethod
