@@ -11,6 +11,25 @@ Run: .venv/bin/python bench/embed_throughput.py [--images 500] [--batch-size 32]
 3. Builds a 10,000-file catalog with a tiny model and times a no-op `img-search index` re-run as a whole
    process (start-up included).
 Figures go to stdout as a Markdown table; copy them into docs/PERFORMANCE.md.
+
+Per precision: .venv/bin/python bench/embed_throughput.py --precision fp32@torch,fp32,bf16,int8,auto [--rounds 3]
+
+Each comma-separated entry is a precision as `img-search index --precision` takes it (the runtime then chosen by the
+library, e.g. fp32 -> ONNX Runtime here) or PRECISION@RUNTIME to force one (fp32@torch is plain float32
+`transformers`, the reference of issue 8's "2.5x plain float32"). Every entry gets its own worker process, which
+loads the encoder once (exporting / parity-checking its graphs into bench/_data/runtime-cache beforehand, outside the
+timing) and then, on each request of the driver, either runs the model alone on pre-made tensors (the first
+``--batch-size`` photos of the folder through the checkpoint's processor, ``--model-batches`` batches) or runs the real
+pipeline on the folder: ``pipeline.runner.index_folders`` (scan, plan, decode workers forked by the DataLoader,
+``encoder.encode_batch``, the catalog writer thread, the saved index's sync) into a fresh index directory, the encoder
+factory handing back the loaded encoder. The images/s of the run is the pipeline's own embed-loop rate
+(``IndexSummary.images_per_second``), its CPU seconds those of the embed loop (``LoopClock``: the worker process and
+its joined decode workers, from getrusage). The driver asks the workers in turn, round after round (order rotated each
+round, model-only and end-to-end alternating which goes first), so the machine's load hits both alike; the ratios
+(end-to-end / model-only of the same worker, and each figure / fp32@torch's) are taken within a round and reported as
+medians with their range. The CPU seconds per image (model only / embed loop) are the figures least sensitive to other
+load: on a busy machine the decode worker is one more runnable thread competing for the machine, which flatters the
+wall-clock ratio. JSON to bench/results/embed_throughput_precision.json.
 """
 
 from __future__ import annotations
@@ -136,26 +155,233 @@ def noop_rerun(n_files: int) -> tuple[float, float, dict]:
     return first_s, float(np.median(times)), summary
 
 
+# -- per precision: end to end vs model only ----------------------------------------------------------------------
+RESULTS = ROOT / "bench" / "results"
+RUNTIME_CACHE = CACHE / "runtime-cache"
+
+
+def parse_variant(spec: str) -> tuple[str, str]:
+    """``PRECISION`` or ``PRECISION@RUNTIME`` -> (precision, runtime or "auto")."""
+    precision, _, runtime = spec.partition("@")
+    return precision, runtime or "auto"
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its reaped children (the decode workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class LoopClock:
+    """A ``pipeline.progress.Progress`` that reads the CPU clock when the embed loop starts (after the decode workers
+    fork) and stops (after they are joined, so their CPU time is in RUSAGE_CHILDREN): the loop's own CPU seconds,
+    without the run's start-up, parity lookup and index sync."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self._c0 = 0.0
+
+    def start(self, total: int, description: str) -> None:
+        self._c0 = _cpu_seconds()
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.cpu = _cpu_seconds() - self._c0
+
+
+def precision_worker(spec: str, model_dir: Path, folder: Path, batch_size: int, workers: int) -> None:
+    """One variant: load it, then answer the driver's requests on stdin ("model N" | "e2e") with a JSON line."""
+    import logging
+
+    from img_search.data.folder import FileEntry
+    from img_search.embedding import load_encoder
+    from img_search.embedding.base import collate_pixels
+    from img_search.embedding.onnx_export import prepare_runtime
+    from img_search.pipeline.reader import FileLoader
+    from img_search.pipeline.runner import IndexOptions, index_folders
+
+    logging.basicConfig(level=logging.WARNING)
+    precision, runtime = parse_variant(spec)
+    t0 = time.perf_counter()
+    enc = load_encoder(str(model_dir), device="cpu", precision=precision, runtime=runtime, cache_dir=RUNTIME_CACHE)
+    prepare_runtime(enc)  # exports, parity checks, text assets: what `index` does before embedding (cached after)
+    choice = enc.session("image").choice  # type: ignore[attr-defined]
+    load_s = time.perf_counter() - t0
+    files = sorted(folder.glob("*.jpg"))
+    loader, pre = FileLoader(), enc.image_preprocessor()
+    c0 = time.process_time()
+    items = [pre(loader(FileEntry(str(f), f.stat().st_size, f.stat().st_mtime_ns)).image)
+             for f in files[:batch_size]]
+    decode_cpu = (time.process_time() - c0) / len(items)  # read + decode + the checkpoint's processor, per image
+    pixels = collate_pixels(items)
+    enc.encode_batch(pixels)  # warm-up
+    print(json.dumps({"choice": f"{choice.precision} on {choice.runtime}", "load_s": load_s,
+                      "decode_cpu_per_image": decode_cpu}), flush=True)
+    options = IndexOptions(model=str(model_dir), batch_size=batch_size, workers=workers)
+    for line in sys.stdin:
+        cmd = line.split()
+        t, c = time.perf_counter(), _cpu_seconds()
+        if cmd[0] == "model":
+            n = int(cmd[1])
+            for _ in range(n):
+                enc.encode_batch(pixels)
+            wall, cpu = time.perf_counter() - t, _cpu_seconds() - c
+            out = {"rate": n * batch_size / wall, "cpu_per_image": cpu / (n * batch_size), "wall": wall}
+        else:
+            clock = LoopClock()
+            with tempfile.TemporaryDirectory() as tmp:
+                summary = index_folders([str(folder)], Path(tmp), options, encoder_factory=lambda: enc,
+                                        progress=clock)
+            wall, cpu = time.perf_counter() - t, _cpu_seconds() - c
+            assert summary.embedded == len(files) and not summary.failed, summary
+            out = {"rate": summary.images_per_second, "cpu_per_image": clock.cpu / summary.embedded,
+                   "run_cpu_per_image": cpu / summary.embedded, "wall": wall, "embed_s": summary.embed_seconds,
+                   "precision": summary.precision}
+        out["loadavg"] = os.getloadavg()[0]
+        print(json.dumps(out), flush=True)
+
+
+def compare_precisions(specs: list[str], folder: Path, model_dir: Path, batch_size: int, model_batches: int,
+                       rounds: int, workers: int) -> dict:
+    """Start one worker per spec, then ``rounds`` rounds of (model only, end to end) per worker; figures per round."""
+    procs: dict[str, subprocess.Popen[str]] = {}
+    starts: dict[str, dict] = {}
+    for spec in specs:
+        cmd = [sys.executable, "-W", "ignore", __file__, "--worker", spec, str(model_dir), str(folder),
+               str(batch_size), str(workers)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{spec}: worker failed to start (see its stderr above)")
+        procs[spec], starts[spec] = proc, json.loads(line)
+        print(f"{spec}: {starts[spec]['choice']}, loaded in {starts[spec]['load_s']:.0f} s", file=sys.stderr,
+              flush=True)
+
+    def ask(spec: str, request: str) -> dict:
+        proc = procs[spec]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(request + "\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    runs: dict[str, list[dict]] = {spec: [] for spec in specs}
+    for r in range(rounds):
+        for spec in specs[r % len(specs):] + specs[: r % len(specs)]:
+            time.sleep(0.5)  # let the previous worker's threads go idle
+            first, second = ("model", "e2e") if r % 2 == 0 else ("e2e", "model")
+            got = {first: ask(spec, f"model {model_batches}" if first == "model" else "e2e")}
+            time.sleep(0.5)
+            got[second] = ask(spec, f"model {model_batches}" if second == "model" else "e2e")
+            runs[spec].append(got)
+            print(f"round {r + 1} {spec}: model {got['model']['rate']:.2f}, end to end {got['e2e']['rate']:.2f} "
+                  f"images/s (load {got['e2e']['loadavg']:.1f})", file=sys.stderr, flush=True)
+    for proc in procs.values():
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+    base = specs[0]
+    rows = {}
+    for spec in specs:
+        res = runs[spec]
+        med = lambda xs: float(np.median(xs))  # noqa: E731
+        e2e_ratio = [x["e2e"]["rate"] / x["model"]["rate"] for x in res]
+        vs_base_e2e = [x["e2e"]["rate"] / b["e2e"]["rate"] for x, b in zip(res, runs[base], strict=True)]
+        vs_base_model = [x["model"]["rate"] / b["model"]["rate"] for x, b in zip(res, runs[base], strict=True)]
+        cpu_ratio = [x["model"]["cpu_per_image"] / x["e2e"]["cpu_per_image"] for x in res]
+        rows[spec] = {
+            **starts[spec],
+            "model_rate": [x["model"]["rate"] for x in res], "e2e_rate": [x["e2e"]["rate"] for x in res],
+            "e2e_over_model": e2e_ratio, "e2e_over_model_median": med(e2e_ratio),
+            "e2e_vs_base": vs_base_e2e, "e2e_vs_base_median": med(vs_base_e2e),
+            "model_vs_base": vs_base_model, "model_vs_base_median": med(vs_base_model),
+            "model_cpu_per_image": med([x["model"]["cpu_per_image"] for x in res]),
+            "e2e_cpu_per_image": med([x["e2e"]["cpu_per_image"] for x in res]),
+            "cpu_ratio": cpu_ratio, "cpu_ratio_median": med(cpu_ratio), "runs": res,
+        }
+    return rows
+
+
+def precision_table(rows: dict, base: str) -> str:
+    def rng(xs: list[float]) -> str:
+        return f"{min(xs):.2f}-{max(xs):.2f}"
+
+    head = ("| variant | runs as | model only, images/s (median; per round) | end to end, images/s (median; per round) "
+            "| **end to end / model only** (median, range) | CPU-s per image: model / end to end (ratio) "
+            f"| end to end vs {base} (median, range) | model only vs {base} |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for spec, r in rows.items():
+        lines.append(
+            f"| {spec} | {r['choice']} | {np.median(r['model_rate']):.2f} "
+            f"({', '.join(f'{x:.1f}' for x in r['model_rate'])}) | {np.median(r['e2e_rate']):.2f} "
+            f"({', '.join(f'{x:.1f}' for x in r['e2e_rate'])}) | **{r['e2e_over_model_median']:.3f}** "
+            f"({rng(r['e2e_over_model'])}) | {r['model_cpu_per_image']:.3f} / {r['e2e_cpu_per_image']:.3f} "
+            f"({r['cpu_ratio_median']:.3f}) | {r['e2e_vs_base_median']:.2f} ({rng(r['e2e_vs_base'])}) "
+            f"| {r['model_vs_base_median']:.2f} |")
+    return "\n".join(lines)
+
+
+def jpeg_folder(n: int) -> Path:
+    """A folder holding exactly ``n`` of the benchmark JPEGs (hard links into the shared pool)."""
+    folder = make_jpegs(CACHE / "jpegs_1024x768", n)
+    files = sorted(folder.glob("*.jpg"))[:n]
+    if len(files) < len(list(folder.glob("*.jpg"))):
+        sub = CACHE / f"jpegs_{n}"
+        sub.mkdir(exist_ok=True)
+        for f in files:
+            if not (sub / f.name).exists():
+                os.link(f, sub / f.name)
+        folder = sub
+    return folder
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        spec, model_dir, folder, batch, workers = sys.argv[2:7]
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        precision_worker(spec, Path(model_dir), Path(folder), int(batch), int(workers))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--images", type=int, default=None,
+                    help="JPEGs embedded per end-to-end run [default: 500; with --precision 96]")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--model-batches", type=int, default=3, help="batches timed for the model-only figure")
     ap.add_argument("--noop-files", type=int, default=10_000)
     ap.add_argument("--skip-embed", action="store_true")
+    ap.add_argument("--precision", default=None,
+                    help="compare end to end with model only per precision instead: comma-separated PRECISION or "
+                         "PRECISION@RUNTIME (the first is the reference of the ratios), e.g. fp32@torch,fp32,bf16,int8,"
+                         "auto")
+    ap.add_argument("--rounds", type=int, default=3, help="with --precision: rounds over the variants")
+    ap.add_argument("--workers", type=int, default=None, help="decode workers [default: the pipeline's default]")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.precision:
+        from img_search.pipeline.runner import default_workers
+
+        specs = [s for s in args.precision.split(",") if s]
+        workers = default_workers() if args.workers is None else args.workers
+        folder = jpeg_folder(args.images or 96)
+        model_dir = build_model(CACHE / "siglip-base-random")
+        load_before, t0 = os.getloadavg(), time.time()
+        rows = compare_precisions(specs, folder, model_dir, args.batch_size, args.model_batches, args.rounds, workers)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        result = {"specs": specs, "images": args.images or 96, "batch_size": args.batch_size, "workers": workers,
+                  "model_batches": args.model_batches, "rounds": args.rounds, "cores": os.cpu_count(),
+                  "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "seconds": time.time() - t0,
+                  "date": time.strftime("%Y-%m-%d %H:%M"), "variants": rows}
+        (RESULTS / "embed_throughput_precision.json").write_text(json.dumps(result, indent=1))
+        print(f"\n## end to end vs model only per precision ({args.images or 96} JPEGs 1024x768 per end-to-end run, "
+              f"batch {args.batch_size}, {workers} decode worker(s), {args.rounds} rounds; load average "
+              f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}; {time.time() - t0:.0f} s)\n")
+        print(precision_table(rows, specs[0]))
+        return
     rows = []
     if not args.skip_embed:
-        folder = make_jpegs(CACHE / "jpegs_1024x768", args.images)
-        files = sorted(folder.glob("*.jpg"))[: args.images]
-        if len(files) < len(list(folder.glob("*.jpg"))):
-            sub = CACHE / f"jpegs_{args.images}"
-            sub.mkdir(exist_ok=True)
-            for f in files:
-                if not (sub / f.name).exists():
-                    os.link(f, sub / f.name)
-            folder = sub
+        folder = jpeg_folder(args.images or 500)
         model_dir = build_model(CACHE / "siglip-base-random")
         before, cpu_before = model_only(model_dir, args.batch_size, args.model_batches)
         with tempfile.TemporaryDirectory() as tmp:
