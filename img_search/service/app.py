@@ -203,7 +203,7 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None, watc
     new and changed images (``serve --watch``; ``service.jobs.ServiceJobs.watch``). Nothing is opened until the
     lifespan starts (``with TestClient(app)``, or uvicorn)."""
     from img_search.service.jobs import ServiceJobs
-    from img_search.service.routes import admin, health, images, jobs, search, ui
+    from img_search.service.routes import admin, explore, health, images, jobs, search, ui
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -237,6 +237,7 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None, watc
         openapi_tags=[
             {"name": "search", "description": "Text and image queries; routed by the SigLIP rollout."},
             {"name": "images", "description": "Catalog images: metadata and thumbnails."},
+            {"name": "explore", "description": "The collection's UMAP map and its near-duplicate groups."},
             {"name": "health", "description": "Status of the index, collections and rollout."},
             {"name": "admin", "description": "Run-time control; needs the X-API-Key header (404 when no key is "
                                              "configured)."},
@@ -248,7 +249,7 @@ def create_app(settings: Settings, *, opener: SearcherOpener | None = None, watc
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    for module in (search, images, health, admin, jobs):
+    for module in (search, images, explore, health, admin, jobs):
         app.include_router(module.router)
     ui.mount(app)  # the web UI: /, /map, /duplicates and /static/ (routes/ui.py)
     return app

@@ -11,6 +11,7 @@ Screenshots go to each test's tmp dir; with ``IMG_SEARCH_UI_SCREENSHOTS=docs/img
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import pattern
+from ui_support import DESKTOP, DUPLICATE_OF, FOLDERS, N_PHOTOS, PHOTO_SIZE, UiCollection, ui_settings
 
 from img_search.catalog import ModelRow
 from img_search.embedding import load_encoder
@@ -31,34 +33,20 @@ from img_search.pipeline.runner import IndexOptions, index_folders
 from img_search.search.searcher import Searcher, open_searcher
 from img_search.service.app import create_app
 from img_search.service.embedding import LockedEncoder
-from img_search.settings import Settings, load_settings
+from img_search.settings import Settings
 
-N_PHOTOS = 36
-FOLDERS = ("beach", "city", "forest")
-PHOTO_SIZE = (240, 160)
-DUPLICATE_OF = "beach/photo00.jpg"  # copied byte for byte and re-encoded under copies/
 STARTUP_TIMEOUT_S = 120
 CHROMIUM = os.environ.get("IMG_SEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # the flags the machine notes give for a closed network: no background fetches, no first-run, no GPU
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
-
-
-@dataclass(frozen=True)
-class UiCollection:
-    photos: Path
-    index_dir: Path
-    settings: Settings
-    opener: Callable[[Settings, ModelRow], Searcher]
 
 
 @pytest.fixture(scope="session")
 def ui_collection(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> UiCollection:
     """36 photos in three folders, plus a byte-identical and a re-encoded copy of one, indexed with tiny SigLIP
     (the only collection, so every search has a calibrated probability). File times a day apart (date sort)."""
-    siglip, clip = tiny_models["siglip"], tiny_models["clip"]
+    siglip = tiny_models["siglip"]
     encoder = load_encoder(str(siglip), device="cpu")
     root = tmp_path_factory.mktemp("ui")
     photos = root / "photos"
@@ -75,22 +63,23 @@ def ui_collection(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
     index_dir = root / "index"
     index_folders([str(photos)], index_dir, IndexOptions(model=str(siglip), workers=0),
                   encoder_factory=lambda: encoder)
-    settings = load_settings(index_dir, precision="fp32", service={
-        "clip_model": str(clip), "siglip_model": str(siglip), "clip_dim": 32, "siglip_dim": 32})
+    settings = ui_settings(index_dir, tiny_models)
+    pristine = root / "index-pristine"
+    shutil.copytree(index_dir, pristine)
     locked = LockedEncoder(encoder)
 
     def opener(s: Settings, row: ModelRow) -> Searcher:
         return open_searcher(s, row.name, encoder=locked)
 
-    return UiCollection(photos, index_dir, settings, opener)
+    return UiCollection(photos, index_dir, settings, opener, pristine, encoder, str(siglip))
 
 
-@pytest.fixture(scope="session")
-def server(ui_collection: UiCollection) -> Iterator[str]:
-    """The app under uvicorn on 127.0.0.1 (a free port), started once for the session; its base URL."""
+@contextlib.contextmanager
+def serve(settings: Settings, opener: Callable[[Settings, ModelRow], Searcher]) -> Iterator[str]:
+    """The app under uvicorn on 127.0.0.1 (a free port, bound before uvicorn starts), in a thread; its base URL."""
     import uvicorn
 
-    app = create_app(ui_collection.settings, opener=ui_collection.opener)
+    app = create_app(settings, opener=opener)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -111,6 +100,39 @@ def server(ui_collection: UiCollection) -> Iterator[str]:
         srv.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@pytest.fixture(scope="session")
+def server(ui_collection: UiCollection) -> Iterator[str]:
+    """The app over the session's collection, started once; its map made before any test looks at it."""
+    with serve(ui_collection.settings, ui_collection.opener) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mapped_server(server: str) -> str:
+    """``server``, with the collection's map made (``POST /api/v1/map``, as the page's button asks)."""
+    import httpx
+
+    answer = httpx.post(server + "/api/v1/map", timeout=600)
+    assert answer.status_code == 200, answer.text
+    return server
+
+
+@pytest.fixture()
+def unmapped_index(ui_collection: UiCollection, tmp_path: Path) -> Path:
+    """A copy of the collection's index as indexing left it: no map yet, the test's to change."""
+    index_dir = tmp_path / "index"
+    shutil.copytree(ui_collection.pristine, index_dir)
+    return index_dir
+
+
+@pytest.fixture()
+def unmapped_server(ui_collection: UiCollection, tiny_models: dict[str, Path], unmapped_index: Path
+                    ) -> Iterator[str]:
+    """The app over ``unmapped_index``."""
+    with serve(ui_settings(unmapped_index, tiny_models), ui_collection.opener) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -150,13 +172,13 @@ class PageWatch:
 
 @pytest.fixture()
 def open_page(browser: Any, server: str) -> Iterator[Callable[..., tuple[Any, PageWatch]]]:
-    """``open_page(path, viewport=DESKTOP) -> (page, watch)``: a fresh browser context on ``server + path``; after
-    the test, no script error and no request outside the server's origin may have happened."""
+    """``open_page(path, viewport=DESKTOP, base=server) -> (page, watch)``: a fresh browser context on
+    ``base + path``; after the test, no script error and no request outside the server's origin may have happened."""
     contexts: list[Any] = []
     watches: list[PageWatch] = []
-    origin = f"{urlsplit(server).scheme}://{urlsplit(server).netloc}"
 
-    def open_(path: str, viewport: dict[str, int] | None = None) -> tuple[Any, PageWatch]:
+    def open_(path: str, viewport: dict[str, int] | None = None, base: str = server) -> tuple[Any, PageWatch]:
+        origin = f"{urlsplit(base).scheme}://{urlsplit(base).netloc}"
         # bypass_csp: Playwright's waits evaluate strings, which the pages' policy (script-src 'self') forbids; the
         # policy's header is checked apart, and requests to other origins are caught here whatever the policy
         context = browser.new_context(viewport=viewport or DESKTOP, service_workers="block", bypass_csp=True)
@@ -185,7 +207,7 @@ def open_page(browser: Any, server: str) -> Iterator[Callable[..., tuple[Any, Pa
                 watch.foreign.append(url)
 
         page.on("request", on_request)
-        page.goto(server + path)
+        page.goto(base + path)
         return page, watch
 
     yield open_

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import PHONE, UiCollection
+from ui_support import PHONE, UiCollection
 
 pytestmark = pytest.mark.timeout(300)
 

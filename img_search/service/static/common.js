@@ -33,6 +33,7 @@ const ImgSearch = (() => {
   const postJSON = (path, payload) => request(path, {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(payload),
   });
+  const post = (path) => request(path, {method: "POST"});
   const postFile = (path, file) => {
     const form = new FormData();
     form.append("file", file, file.name || "upload");
@@ -114,6 +115,6 @@ const ImgSearch = (() => {
     return health.collections.filter((c) => !c.problem || c.points > 0);
   }
 
-  return {ApiError, getJSON, postJSON, postFile, query, thumbnailUrl, baseName, folderName, el, showError,
+  return {ApiError, getJSON, post, postJSON, postFile, query, thumbnailUrl, baseName, folderName, el, showError,
           scoreKind, calibrated, thresholded, formatValue, formatScore, collections};
 })();
