@@ -141,7 +141,7 @@ def test_umap_model_and_projections(uuid_photos: Path, tmp_path: Path, tiny_mode
     assert set(proj) == {uid(i) for i in range(N_VALID)}
     lat = np.array([v[0] for v in proj.values()])
     lon = np.array([v[1] for v in proj.values()])
-    assert np.all((-90 <= lat) & (lat <= 90)) and np.all((-180 < lon) & (lon <= 180))
+    assert np.all((lat >= -90) & (lat <= 90)) and np.all((lon > -180) & (lon <= 180))
     from img_search.explore.sphere import angles_to_latlon
 
     # rows of the fit are in UUID order
