@@ -45,11 +45,11 @@ def stale_metadata(catalog: Catalog, roots: Sequence[str], *, skip: Iterable[str
     return [p for p in live if p in forced or p not in state or state[p] != sidecars.get(p)]
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     from img_search.pipeline.reader import _die_with_parent
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
-    _die_with_parent(0)
+    _die_with_parent(parent, 0)
 
 
 def _read(path: str) -> tuple[str, PhotoMetadata]:
@@ -61,7 +61,7 @@ def _results(paths: Sequence[str], workers: int) -> Generator[tuple[str, PhotoMe
         yield from map(_read, paths)
         return
     workers = min(workers, os.cpu_count() or 1, max(1, len(paths) // _CHUNK))
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
     try:
         yield from pool.imap(_read, paths, chunksize=_CHUNK)
     finally:

@@ -9,6 +9,8 @@ exception. What a source is depends on the caller: a ``FileEntry`` for folders (
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -120,9 +122,14 @@ def collate(items: list[ReadItem[Any]]) -> ReadBatch[Any]:
     return batch
 
 
-def _die_with_parent(worker_id: int) -> None:
+def _die_with_parent(parent: int, worker_id: int) -> None:
     """Decode workers must not outlive a killed parent (a SIGKILLed `index` would leave them blocked forever
-    on a full result pipe): ask Linux to SIGKILL them when the parent dies."""
+    on a full result pipe): ask Linux to SIGKILL them when the parent dies.
+
+    ``parent`` is the pid of the process that forks the workers, taken before the fork: a worker reads its own
+    parent only after the fork, when a parent killed in between has already been replaced by init (or a subreaper),
+    and torch's own watchdog, which compares with that, would then wait forever too.
+    """
     import ctypes
     import os
     import signal
@@ -130,7 +137,6 @@ def _die_with_parent(worker_id: int) -> None:
 
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -152,7 +158,7 @@ def read_batches(
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs.update(prefetch_factor=prefetch_batches, persistent_workers=False, multiprocessing_context="fork",
-                      worker_init_fn=_die_with_parent)
+                      worker_init_fn=functools.partial(_die_with_parent, os.getpid()))
     loader: DataLoader[ReadItem[Any]] = DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=batch_size,

@@ -8,6 +8,7 @@ logs are kept under the test's tmp_path (``logs/attempt-NNN.log``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -172,3 +173,55 @@ def test_recompute_after_the_checkpoint_changed_replaces_the_saved_vectors(tmp_p
             run(recompute=True)
     run()  # nothing to embed; its sync finds the vectors written again
     assert check_saved_index(tmp_path / "idx", str(model)) == backend
+
+
+# -- a decode worker forked just before its parent was killed (found by the crash runs: one outlived its parent) ----
+_WORKER_RACE = """
+import os, signal, sys, time
+import torch.utils.data
+from img_search.pipeline import reader
+
+hooks = []
+
+class Loader:  # stands in for torch's DataLoader: keeps the start-up hook read_batches gives its workers
+    def __init__(self, *args, **kwargs):
+        hooks.append(kwargs["worker_init_fn"])
+    def __iter__(self):
+        return iter(())
+
+torch.utils.data.DataLoader = Loader
+reader.read_batches(None, batch_size=2, workers=1)  # in the process that forks the workers
+child = os.fork()
+if child == 0:  # a decode worker: its parent is SIGKILLed before its start-up hook runs
+    time.sleep(1.0)
+    hooks[0](0)
+    open(sys.argv[1], "w").write("still running")
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_decode_worker_whose_parent_died_before_it_started_exits(tmp_path: Path) -> None:
+    """The start-up hook read_batches gives its decode workers knows the parent's pid from before the fork; when that
+    parent is already gone (the worker now belongs to init or a subreaper), the worker exits instead of waiting
+    forever for work (it used to read its parent after the fork, and then took init for it)."""
+    import signal
+
+    import psutil
+
+    marker = tmp_path / "running"
+    proc = subprocess.run([sys.executable, "-c", _WORKER_RACE, str(marker)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    worker = psutil.Process(int(proc.stdout))
+    try:
+        gone, _ = psutil.wait_procs([worker], timeout=20)
+        exited = bool(gone) or worker.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        exited = True
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+    assert exited and not marker.exists()
