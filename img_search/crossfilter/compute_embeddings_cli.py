@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from img_search.crossfilter.compute import DEFAULT_BATCH_SIZE, CrossfilterSummary, compute_embeddings
@@ -62,6 +64,10 @@ def _print_summary(s: CrossfilterSummary) -> None:
         out(f"  failed {f['path']}: {f['reason']}\n")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     """Run the command; returns the exit code (``SystemExit`` 2 from argparse on a usage error)."""
     args = build_parser(prog).parse_args(argv)
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     logger.setLevel(level)
     from img_search.pipeline.runner import default_workers
 
+    if threading.current_thread() is threading.main_thread():  # SIGTERM commits what was embedded, like Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = compute_embeddings(
             args.input_dir, args.output_embeddings_db, embedding_type=args.embedding_type, model=args.model,

@@ -156,6 +156,37 @@ def test_umap_model_and_projections(uuid_photos: Path, tmp_path: Path, tiny_mode
         assert conn2.execute(f"SELECT MODEL FROM {T}_UMAP_MODEL").fetchall() == models
 
 
+def test_runs_through_the_one_pipeline_loop(uuid_photos: Path, tmp_path: Path, tiny_models: dict[str, Path],
+                                            capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import img_search.pipeline.loop as loop
+
+    calls: list[dict] = []
+    batches: list[int] = []
+    real = loop.run_loop
+
+    def spy(sources, load, encoder, make_sink, **kw):  # type: ignore[no-untyped-def]
+        calls.append({"n": len(sources), **kw})
+
+        def counting_sink():  # type: ignore[no-untyped-def]
+            sink = make_sink()
+            put = sink.put
+
+            def counted(batch, vectors):  # type: ignore[no-untyped-def]
+                batches.append(len(batch))
+                put(batch, vectors)
+
+            sink.put = counted
+            return sink
+
+        return real(sources, load, encoder, counting_sink, **kw)
+
+    monkeypatch.setattr(loop, "run_loop", spy)
+    run(uuid_photos, tmp_path / "l.db", tiny_models["siglip2"], "--no-reproject_umap_embeddings", capsys=capsys)
+    assert len(calls) == 1 and calls[0]["n"] == N_VALID and calls[0]["batch_size"] == 4
+    assert batches == [4, 4, 1]
+
+
 def test_too_few_for_umap_and_duplicate_uuid(tmp_path: Path, tiny_models: dict[str, Path],
                                              capsys: pytest.CaptureFixture[str]) -> None:
     photos = tmp_path / "few"
