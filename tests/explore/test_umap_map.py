@@ -222,3 +222,26 @@ def test_map_command_end_to_end(photo_dir: Path, tmp_path: Path, tiny_siglip: Pa
     assert done.returncode == 0 and done.stdout.startswith("map of 12 images")
     done = cli("map", "--growth-factor", "0.5")
     assert done.returncode == 2
+
+
+def test_one_writer_per_map(tmp_path: Path) -> None:
+    from img_search.errors import ConflictError
+
+    add_vectors(tmp_path / "idx", manifold(3, seed=2))
+    collection = Collection.open(tmp_path / "idx")
+    root = map_root(tmp_path / "idx", collection.model.id)
+    root.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(root / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConflictError, match="another process"):
+            update_map(tmp_path / "idx", collection)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(update_map(tmp_path / "idx", collection)) == 3  # free again once the other writer is gone
+    collection.close()
