@@ -18,8 +18,8 @@ pytestmark = pytest.mark.timeout(600)
 N_IMAGES = N_PHOTOS + 2  # and the two copies
 
 
-def _map_ready(page: Any) -> None:
-    page.wait_for_function("window.imgSearchMap && window.imgSearchMap.ready")
+def _map_ready(page: Any, timeout_s: float = 30) -> None:
+    page.wait_for_function("window.imgSearchMap && window.imgSearchMap.ready", timeout=timeout_s * 1000)
 
 
 def _drawn_pixels(page: Any) -> int:
@@ -48,7 +48,7 @@ def test_map_is_made_on_request_when_there_is_none(open_page: Any, unmapped_serv
     assert "no map yet" in page.inner_text("#error")
     assert watch.refused and watch.refused[0].startswith("HTTP 404")
     page.get_by_role("button", name="Update the map").click()
-    _map_ready(page)
+    _map_ready(page, timeout_s=600)  # a first UMAP fit in this process: numba compiles for tens of seconds
     assert len(page.evaluate("window.imgSearchMap.ids()")) == N_IMAGES
     assert page.locator("#error").is_hidden()
     assert f"{N_IMAGES} images" in page.inner_text("#status")
@@ -60,7 +60,7 @@ def test_map_is_made_on_request_when_there_is_none(open_page: Any, unmapped_serv
     assert all(-90 <= v <= 90 for v in layout["latitude"]) and all(-180 <= v <= 180 for v in layout["longitude"])
 
 
-def test_click_a_point_opens_its_image_and_neighbours(open_page: Any, mapped_server: str, screenshot: Any) -> None:
+def test_click_a_point_opens_its_image_and_neighbours(open_page: Any, mapped_server: str) -> None:
     page, _ = open_page("/map")
     _map_ready(page)
     image_id, at = _isolated_point(page)
@@ -79,7 +79,6 @@ def test_click_a_point_opens_its_image_and_neighbours(open_page: Any, mapped_ser
     assert sorted(page.evaluate("window.imgSearchMap.neighbours()")) == sorted(neighbour_ids)
     page.wait_for_function("[...document.querySelectorAll('#neighbours img, #selected img')].every(i => i.complete)")
     assert page.evaluate("[...document.querySelectorAll('#neighbours img')].every(i => i.naturalWidth > 0)")
-    screenshot(page, "ui-map")
     # a neighbour opens in turn, centred on the map
     page.locator("#neighbours button").first.click()
     page.wait_for_function(f"window.imgSearchMap.selected() === {neighbour_ids[0]}")
@@ -136,7 +135,7 @@ def test_zoom_and_pan(open_page: Any, mapped_server: str) -> None:
     assert page.evaluate("window.imgSearchMap.selected()") is None
 
 
-def test_search_results_are_highlighted(open_page: Any, mapped_server: str) -> None:
+def test_search_results_are_highlighted(open_page: Any, mapped_server: str, screenshot: Any) -> None:
     page, _ = open_page("/map")
     _map_ready(page)
     page.fill("#q", "a sandy beach")
@@ -161,6 +160,13 @@ def test_search_results_are_highlighted(open_page: Any, mapped_server: str) -> N
     page.wait_for_function("window.imgSearchMap.highlighted().length > 0")
     assert sorted(page.evaluate("window.imgSearchMap.highlighted()")) == shown
     assert f"{len(shown)} results highlighted" in page.inner_text("#status")
+    # highlights stay while a point is opened (the README's picture: results, selection, neighbours)
+    _, at = _isolated_point(page)
+    page.mouse.click(at["x"], at["y"])
+    page.wait_for_function("document.querySelectorAll('#neighbours button').length > 0")
+    page.wait_for_function("[...document.querySelectorAll('#neighbours img, #selected img')].every(i => i.complete)")
+    assert sorted(page.evaluate("window.imgSearchMap.highlighted()")) == shown
+    screenshot(page, "ui-map")
 
 
 def test_duplicates_page_groups_the_copies(open_page: Any, mapped_server: str, ui_collection: Any,
@@ -213,3 +219,44 @@ def test_explore_pages_fit_a_phone(open_page: Any, mapped_server: str, path: str
         page.wait_for_function("document.querySelectorAll('#groups > li').length > 0")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"{path} is {width} px wide on a {PHONE['width']} px phone"
+
+
+def test_a_large_map_is_drawn_through_the_pixel_buffer(open_page: Any, mapped_server: str) -> None:
+    """20,000 points (above map.js's PIXEL_POINTS): drawn as pixels, each where ``project`` says, and picked the
+    same way. The layout is served by the browser's request interception, not the app."""
+    import json
+    import random
+
+    rng = random.Random(4)
+    n = 20_000
+    layout = {"model": "m", "collection": "image_assets_siglip", "points": n, "missing": 0,
+              "image_ids": list(range(1_000_000, 1_000_000 + n)),
+              "latitude": [round(rng.uniform(-40, 40), 5) for _ in range(n)],
+              "longitude": [round(rng.uniform(-150, 150), 5) for _ in range(n)], "took_ms": 1.0}
+    page, _ = open_page("/duplicates")  # any page: the map is loaded below, with its API answer intercepted
+    page.route("**/api/v1/map", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                              body=json.dumps(layout)))
+    page.goto(mapped_server + "/map")
+    _map_ready(page)
+    page.wait_for_timeout(100)
+    sample = rng.sample(layout["image_ids"], 200)
+    unlit = page.evaluate("""(ids) => {
+        const c = document.getElementById('map'), box = c.getBoundingClientRect(), dpr = c.width / box.width;
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return ids.filter(id => {
+            const p = window.imgSearchMap.project(id);
+            const x = Math.round((p.x - box.left) * dpr) + 1, y = Math.round((p.y - box.top) * dpr) + 1;
+            return d[(y * c.width + x) * 4 + 3] === 0;
+        }); }""", sample)
+    assert unlit == []
+    # zoomed in, the points keep their places under the pixels
+    page.get_by_role("button", name="Zoom in").click()
+    page.wait_for_timeout(100)
+    visible = [i for i in sample if page.evaluate(f"window.imgSearchMap.project({i}).visible")]
+    assert visible
+    assert page.evaluate("""(ids) => {
+        const c = document.getElementById('map'), box = c.getBoundingClientRect(), dpr = c.width / box.width;
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return ids.every(id => { const p = window.imgSearchMap.project(id);
+            const x = Math.round((p.x - box.left) * dpr) + 1, y = Math.round((p.y - box.top) * dpr) + 1;
+            return d[(y * c.width + x) * 4 + 3] > 0; }); }""", visible)

@@ -44,7 +44,7 @@ _update_lock = threading.Lock()  # one layout update at a time in this process (
 
 class MapResponse(BaseModel):
     """A collection's UMAP layout on the globe: point ``i`` is image ``image_ids[i]`` at (``latitude[i]``,
-    ``longitude[i]``), decimal degrees (UMAP with a haversine output metric; docs/EXPLORE.md)."""
+    ``longitude[i]``), decimal degrees (UMAP with a haversine output metric; ``explore.umap_map``)."""
 
     model: str
     collection: str

@@ -10,8 +10,8 @@
   let seq = 0;
 
   function group(g, n) {
-    const range = g.min_cosine === g.max_cosine ? g.min_cosine.toFixed(3)
-      : `${g.min_cosine.toFixed(3)}–${g.max_cosine.toFixed(3)}`;
+    const [lo, hi] = [g.min_cosine.toFixed(3), g.max_cosine.toFixed(3)];
+    const range = lo === hi ? lo : `${lo}–${hi}`;
     return el("li", {class: "group", dataset: {size: g.image_ids.length}},
       el("h3", {text: `Group ${n}: ${g.image_ids.length} images · cosine ${range}`}),
       el("ul", {class: "members"}, ...g.image_ids.map((id, k) => el("li", {},

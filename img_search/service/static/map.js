@@ -14,10 +14,11 @@
   const DRAG_PX = 5;  // a press that moved less than this is a click, not a drag
   const HIGHLIGHT_LIMIT = 200;  // hits asked for when highlighting a search
   const NEIGHBOURS = 12;
+  const PIXEL_POINTS = 5000;  // above this many points, drawn through a pixel buffer (drawPixels)
 
   const data = {ids: [], x: new Float64Array(0), y: new Float64Array(0), index: new Map(), collection: ""};
   const view = {cx: 0, cy: 0, scale: 1, w: 0, h: 0, fitScale: 1};
-  const marks = {hits: new Set(), near: new Set(), selected: null, label: ""};
+  const marks = {hits: new Set(), near: new Set(), selected: null, selectedName: "", label: ""};
   let frame = 0;
   let ready = false;
 
@@ -112,14 +113,11 @@
     }
     ctx.stroke();
     const n = data.ids.length;
-    ctx.globalAlpha = marks.hits.size ? 0.35 : 0.75;
-    ctx.fillStyle = c.point;
-    if (n > 20000) {  // squares are several times cheaper than arcs at this size
-      for (let i = 0; i < n; i++) {
-        const sx = screenX(i), sy = screenY(i);
-        if (sx >= 0 && sy >= 0 && sx <= view.w && sy <= view.h) ctx.fillRect(sx - 1, sy - 1, 2, 2);
-      }
+    if (n > PIXEL_POINTS) {
+      drawPixels(c.point, marks.hits.size ? 0.35 : 0.75);
     } else {
+      ctx.globalAlpha = marks.hits.size ? 0.35 : 0.75;
+      ctx.fillStyle = c.point;
       ctx.beginPath();
       for (let i = 0; i < n; i++) circle(i, POINT_R);
       ctx.fill();
@@ -147,7 +145,7 @@
       ctx.strokeStyle = c.fg;
       ctx.stroke();
     }
-    if (document.activeElement === canvas) {  // the point Enter would open: a cross at the centre
+    if (canvas.matches(":focus-visible")) {  // keyboard focus: a cross at the centre, the point Enter would open
       ctx.strokeStyle = c.focus;
       ctx.lineWidth = 2;
       ctx.beginPath();
@@ -155,6 +153,45 @@
       ctx.moveTo(view.w / 2, view.h / 2 - 8); ctx.lineTo(view.w / 2, view.h / 2 + 8);
       ctx.stroke();
     }
+  }
+
+  /** Every point as a small square written straight into a pixel buffer, then composited in one call: a path of
+   *  100,000 arcs (or as many fillRect calls) takes a few hundred ms a frame in software rendering. */
+  const pixels = {layer: null, image: null, words: null};
+  const rgbOf = new Map();
+  function rgb(colour) {
+    if (!rgbOf.has(colour)) {
+      const probe = document.createElement("canvas").getContext("2d", {willReadFrequently: true});
+      probe.fillStyle = colour;
+      probe.fillRect(0, 0, 1, 1);
+      rgbOf.set(colour, probe.getImageData(0, 0, 1, 1).data);
+    }
+    return rgbOf.get(colour);
+  }
+  function drawPixels(colour, alpha) {
+    const w = canvas.width, h = canvas.height, dpr = w / Math.max(view.w, 1);
+    if (!pixels.layer || pixels.layer.width !== w || pixels.layer.height !== h) {
+      pixels.layer = document.createElement("canvas");
+      pixels.layer.width = w;
+      pixels.layer.height = h;
+      pixels.image = pixels.layer.getContext("2d").createImageData(w, h);
+      pixels.words = new Uint32Array(pixels.image.data.buffer);
+    }
+    const words = pixels.words;
+    words.fill(0);
+    const [r, g, b] = rgb(colour);
+    const value = ((Math.round(alpha * 255) << 24) | (b << 16) | (g << 8) | r) >>> 0;  // RGBA bytes, little-endian
+    const size = Math.max(2, Math.round(2 * dpr));
+    for (let i = 0; i < data.ids.length; i++) {
+      const x = Math.round(screenX(i) * dpr), y = Math.round(screenY(i) * dpr);
+      if (x < 0 || y < 0 || x + size > w || y + size > h) continue;
+      for (let dy = 0; dy < size; dy++) words.fill(value, (y + dy) * w + x, (y + dy) * w + x + size);
+    }
+    pixels.layer.getContext("2d").putImageData(pixels.image, 0, 0);
+    ctx.save();
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.drawImage(pixels.layer, 0, 0);
+    ctx.restore();
   }
 
   /** The point nearest (sx, sy) within `radius` CSS pixels (Infinity: any), or undefined. */
@@ -183,13 +220,15 @@
       hits = ` · ${marks.hits.size} results highlighted${marks.label ? ` (${marks.label})` : ""}` +
              (shown < marks.hits.size ? ` (${shown} on the map)` : "");
     }
-    status.textContent = base + hits;
+    const selected = marks.selectedName ? ` · selected ${marks.selectedName}, ${marks.near.size} neighbours` : "";
+    status.textContent = base + hits + selected;
   }
 
   let selectSeq = 0;
   async function select(id, {centre = false} = {}) {
     const seq = ++selectSeq;
     marks.selected = id;
+    marks.selectedName = "";
     marks.near = new Set();
     if (centre) centreOn(id);
     redraw();
@@ -222,7 +261,8 @@
                       onclick: () => select(hit.id, {centre: true})},
           el("img", {src: thumbnailUrl(hit.id), alt: "", width: 96, height: 96, loading: "lazy"}),
           el("span", {text: `${baseName(hit.path)} · ${hit.cosine.toFixed(2)}`})))));
-      status.textContent = `Selected ${name}: ${similar.hits.length} neighbours.`;
+      marks.selectedName = name;
+      setStatus();
       redraw();
     } catch (err) {
       if (seq === selectSeq) {
@@ -234,6 +274,8 @@
 
   function clearSelection() {
     marks.selected = null;
+    marks.selectedName = "";
+    setStatus();
     marks.near = new Set();
     $("selected").hidden = true;
     $("neighbours").replaceChildren();
