@@ -84,17 +84,34 @@ def export_png(layout: MapLayout, path: Path, *, paths: Mapping[int, str] | None
 
 
 def thumbnail_data_url(path: str, thumb_px: int = DEFAULT_THUMB_PX) -> str | None:
-    """A ``data:image/jpeg;base64,...`` thumbnail of the image at ``path`` (None when it cannot be read)."""
-    from PIL import Image
+    """A ``data:image/jpeg;base64,...`` thumbnail of the image at ``path`` (None when it cannot be read).
+
+    JPEGs are decoded at a reduced scale (Pillow's ``draft``: DCT scaling, ~10x faster on a 12 MP photo); other
+    formats through ``data.images.decode_image``. EXIF orientation is applied either way."""
+    from PIL import Image, ImageOps
 
     from img_search.data.images import decode_image, read_file
     from img_search.errors import ImageDecodeError
 
     try:
-        image = decode_image(read_file(path))
+        data = read_file(path)
     except ImageDecodeError as exc:
         logger.debug("no thumbnail for %s: %s", path, exc)
         return None
+    image: Image.Image | None = None
+    if data[:2] == b"\xff\xd8":
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.draft("RGB", (thumb_px, thumb_px))
+                image = ImageOps.exif_transpose(im).convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            logger.debug("fast JPEG decode of %s failed (%s); decoding in full", path, exc)
+    if image is None:
+        try:
+            image = decode_image(data)
+        except ImageDecodeError as exc:
+            logger.debug("no thumbnail for %s: %s", path, exc)
+            return None
     image.thumbnail((thumb_px, thumb_px), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=70)
