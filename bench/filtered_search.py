@@ -110,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from img_search.search.collection import Collection
-    from img_search.search.searcher import SearchOptions, Searcher
+    from img_search.search.searcher import Searcher, SearchOptions
     from img_search.settings import SearchSettings
 
     index_dir = DATA / f"filtered-{args.images}-{args.backend or 'default'}"

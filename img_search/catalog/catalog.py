@@ -225,6 +225,11 @@ class Catalog(MetadataMixin):
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
+    def check_version(self) -> None:
+        """Re-check the schema version (a long-lived reader after the catalog changed under it): raises
+        ``CatalogVersionError`` when a newer img-search upgraded it, or it is older than readers read."""
+        self._check_version()
+
     def _check_version(self) -> None:
         version = self.schema_version
         if version > SCHEMA_VERSION:

@@ -206,6 +206,8 @@ class Collection:
             version = self._watch.data_version()
             if version == self._seen_version:
                 return False
+            # a newer img-search may have upgraded the catalog under us: refuse, keep serving the view we have
+            self._watch.check_version()
             self._view = self._open_view()
             self._seen_version = version
             return True

@@ -126,9 +126,6 @@ def test_a_catalog_of_a_newer_schema_is_refused_by_every_command(indexed: dict[s
     assert not (tmp_path / "out.parquet").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="Collection.refresh / VectorStore.open_reader re-read a catalog without "
-                   "checking its schema version again (Catalog checks it only at open): a long-lived reader keeps "
-                   "reading a catalog a newer img-search upgraded under it; fix in search/collection.py or store.py")
 def test_an_open_collection_meets_a_newer_schema_on_refresh(indexed: dict[str, Path]) -> None:
     """A long-lived reader (the service) whose catalog is upgraded under it by a newer img-search: the next refresh
     must refuse (CatalogVersionError) instead of reading tables whose meaning may have changed."""

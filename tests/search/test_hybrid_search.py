@@ -16,7 +16,7 @@ from img_search.errors import InvalidInputError, NotFoundError
 from img_search.search import collection as collection_mod
 from img_search.search.collection import Collection
 from img_search.search.filters import build_filter, haversine_m
-from img_search.search.searcher import SearchOptions, Searcher
+from img_search.search.searcher import Searcher, SearchOptions
 from img_search.settings import SearchSettings
 
 DIM = 16

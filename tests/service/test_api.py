@@ -20,7 +20,8 @@ from img_search.service.schemas import MAX_LIMIT
 
 SEARCH = "/api/v1/search"
 UPLOAD = "/api/v1/search/image"
-HIT_KEYS = {"id", "path", "cosine", "probability", "width", "height", "model", "collection"}
+HIT_KEYS = {"id", "path", "cosine", "probability", "width", "height", "model", "collection", "score", "text_score",
+            "matched", "date", "date_source"}
 
 
 def _jpeg_bytes(seed: int, size: tuple[int, int] = (80, 60)) -> bytes:

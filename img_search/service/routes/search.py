@@ -1,4 +1,8 @@
-"""``POST /api/v1/search`` (text), ``POST /api/v1/search/image`` (upload) and ``GET /api/v1/images/{id}/similar``."""
+"""``POST /api/v1/search`` (text), ``POST /api/v1/search/image`` (upload) and ``GET /api/v1/images/{id}/similar``.
+
+The routes are ``async`` and hand only the search itself (catalog reads, the index, the model) to the thread pool:
+one round trip per request, where plain ``def`` routes and dependencies cost one per dependency, one for the route
+and one more for validating its response (bench/http_search.py; docs/PERFORMANCE.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Path, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from img_search.search.collection import DEFAULT_LIMIT, Hit
 from img_search.search.searcher import SearchOptions
@@ -18,7 +23,6 @@ from img_search.service.schemas import (
     MAX_LIMIT,
     UPLOAD_PATH,
     Routing,
-    SearchFilters,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -34,7 +38,7 @@ _Text = Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS)]
 _Texts = Annotated[list[str] | None, Query(max_length=32)]
 
 
-def image_query_options(
+async def image_query_options(
     after: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS,
                                        description="Taken on or after (YYYY-MM-DD).")] = None,
     before: _Text = None,
@@ -48,8 +52,11 @@ def image_query_options(
     sort: Literal["score", "date"] = "score",
 ) -> SearchOptions:
     """The filters and sort of an image query, from query parameters (lists repeat the parameter)."""
-    flt = SearchFilters(after=after, before=before, near=near, cameras=camera or [], folders=folder or [],
-                        tags=tag or [], has_text=has_text, min_size=min_size).to_filter()
+    from img_search.search.filters import build_filter
+
+    # the library validates (InvalidInputError -> 422) and drops blank values (`?camera=`)
+    flt = build_filter(after=after, before=before, near=near, cameras=camera or (), folders=folder or (),
+                       tags=tag or (), has_text=has_text, min_size=min_size)
     return SearchOptions(filter=flt or None, sort=sort)
 
 
@@ -69,19 +76,19 @@ def _response(routed: Routed, hits: list[Hit], started: float) -> SearchResponse
 
 @router.post("/search", response_model=SearchResponse, responses=error_responses(404, 409, 413, 422, 503),
              summary="Text -> image search")
-def search(body: SearchRequest, router_: RouterDep) -> SearchResponse:
+async def search(body: SearchRequest, router_: RouterDep) -> SearchResponse:
     """The indexed images that best match ``query``, with the calibrated probability where the model has one.
     The collection is the one named by ``model``, else the SigLIP rollout's pick (see ``routing``)."""
     started = time.perf_counter()
     routed = router_.route(body.model, user_id=body.user_id, session_key=body.session_key)
-    hits = routed.searcher.search_text(body.query, limit=body.limit, threshold=body.threshold,
-                                       options=body.options())
+    hits = await run_in_threadpool(routed.searcher.search_text, body.query, limit=body.limit,
+                                   threshold=body.threshold, options=body.options())
     return _response(routed, hits, started)
 
 
 @router.post(UPLOAD_PATH.removeprefix("/api/v1"), response_model=SearchResponse,
              responses=error_responses(404, 409, 413, 422, 503), summary="Image -> image search (upload)")
-def search_image(
+async def search_image(
     file: Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, HEIC, ...). The whole request "
                                                  "may not exceed service.max_upload_bytes (default 20 MiB).")],
     routed: RoutedDep,
@@ -93,16 +100,18 @@ def search_image(
     its Content-Length, or as soon as more bytes arrive than the limit, before it is read whole (413); a file
     that is not an image is a 422."""
     started = time.perf_counter()
-    data = file.file.read()  # bounded: the body limit stopped anything larger while it was being received
-    hits = search_upload(routed.searcher, data, limit=limit, threshold=threshold, options=options)
+    data = await file.read()  # bounded: the body limit stopped anything larger while it was being received
+    hits = await run_in_threadpool(search_upload, routed.searcher, data, limit=limit, threshold=threshold,
+                                   options=options)
     return _response(routed, hits, started)
 
 
 @router.get("/images/{image_id}/similar", response_model=SearchResponse,
             responses=error_responses(404, 409, 422, 503), summary="Images similar to a catalog image")
-def similar(image_id: ImageId, routed: RoutedDep, options: ImageOptions, limit: LimitQuery = DEFAULT_LIMIT,
-            threshold: ThresholdQuery = None) -> SearchResponse:
+async def similar(image_id: ImageId, routed: RoutedDep, options: ImageOptions, limit: LimitQuery = DEFAULT_LIMIT,
+                  threshold: ThresholdQuery = None) -> SearchResponse:
     """Images similar to catalog image ``image_id`` by its stored vector (no model run), itself left out."""
     started = time.perf_counter()
-    hits = search_by_id(routed.searcher, image_id, limit=limit, threshold=threshold, options=options)
+    hits = await run_in_threadpool(search_by_id, routed.searcher, image_id, limit=limit, threshold=threshold,
+                                   options=options)
     return _response(routed, hits, started)
