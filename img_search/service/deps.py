@@ -1,5 +1,11 @@
 """Typed FastAPI dependencies: what the lifespan handler opened, handed to routes (swap them in tests through
-``app.dependency_overrides[get_router] = ...``). Nothing here builds a model or opens a catalog by itself."""
+``app.dependency_overrides[get_router] = ...``). Nothing here builds a model or opens a catalog by itself.
+
+The dependencies that only hand over ``app.state`` or decide in memory are ``async``: FastAPI runs every plain
+``def`` dependency in its thread pool, one round trip per dependency and per request, which bench/http_search.py
+measured as the bulk of the HTTP overhead of a search by id under concurrency (docs/PERFORMANCE.md, "Search service
+over HTTP"). ``get_registry`` stays a plain ``def``: its catch-up with the catalog can take a while (off the event
+loop)."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from img_search.service.thumbnails import Thumbnails
 from img_search.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -29,23 +35,23 @@ def get_registry(request: Request) -> CollectionRegistry:
     return registry
 
 
-def get_rollout(request: Request) -> Rollout:
+async def get_rollout(request: Request) -> Rollout:
     rollout: Rollout = request.app.state.rollout
     return rollout
 
 
-def get_router(request: Request, registry: Annotated[CollectionRegistry, Depends(get_registry)]) -> Router:
+async def get_router(request: Request, registry: Annotated[CollectionRegistry, Depends(get_registry)]) -> Router:
     """The router over the (refreshed) collections and the live rollout."""
     router: Router = request.app.state.router
     return router
 
 
-def get_thumbnails(request: Request) -> Thumbnails:
+async def get_thumbnails(request: Request) -> Thumbnails:
     thumbnails: Thumbnails = request.app.state.thumbnails
     return thumbnails
 
 
-def get_jobs(request: Request) -> ServiceJobs:
+async def get_jobs(request: Request) -> ServiceJobs:
     jobs: ServiceJobs = request.app.state.jobs
     return jobs
 
@@ -58,7 +64,7 @@ ThumbnailsDep = Annotated[Thumbnails, Depends(get_thumbnails)]
 JobsDep = Annotated[ServiceJobs, Depends(get_jobs)]
 
 
-def routed_from_query(
+async def routed_from_query(
     router: RouterDep,
     model: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS,
                                        description="Collection name or model; omitted: the rollout decides.")] = None,

@@ -59,6 +59,12 @@ SessionKey = Annotated[
 
 
 ShortText = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+# the shapes the library accepts (search.filters); values inside a shape can still be refused (a 13th month, a
+# latitude of 95, --before not after --after): those are 422s with the reason
+DATE_PATTERN = r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*$"
+NEAR_PATTERN = r"^\s*[-+]?\d+(\.\d+)?\s*,\s*[-+]?\d+(\.\d+)?\s*,\s*\d+(\.\d+)?\s*([kK][mM]|[mM]|[mM][iI])\s*$"
+SIZE_PATTERN = r"^\s*\d+\s*([xX×]\s*\d+)?\s*$"
+DateText = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS, pattern=DATE_PATTERN)]
 
 
 class SearchFilters(BaseModel):
@@ -69,16 +75,18 @@ class SearchFilters(BaseModel):
                       "cameras": ["Pixel 7"]}],
     })
 
-    after: ShortText | None = Field(None, description="Taken on or after this local date (YYYY-MM-DD[THH:MM]).")
-    before: ShortText | None = Field(None, description="Taken before this local date.")
-    near: ShortText | None = Field(None, description="LAT,LON,RADIUS: decimal degrees and km / m / mi.")
+    after: DateText | None = Field(None, description="Taken on or after this local date (YYYY-MM-DD[THH:MM]).")
+    before: DateText | None = Field(None, description="Taken before this local date.")
+    near: Annotated[str, Field(max_length=MAX_KEY_CHARS, pattern=NEAR_PATTERN)] | None = Field(
+        None, description="LAT,LON,RADIUS: decimal degrees and km / m / mi.")
     cameras: list[ShortText] = Field(default_factory=list, max_length=32,
                                      description="Camera make/model contains any of these (case-insensitive).")
     folders: list[ShortText] = Field(default_factory=list, max_length=32,
                                      description="Absolute folder paths on the server: images below any of them.")
     tags: list[ShortText] = Field(default_factory=list, max_length=32, description="Carries any of these tags.")
     has_text: bool | None = Field(None, description="With (true) or without (false) text read from the image.")
-    min_size: ShortText | None = Field(None, description="WIDTHxHEIGHT or N pixels at least.")
+    min_size: Annotated[str, Field(max_length=MAX_KEY_CHARS, pattern=SIZE_PATTERN)] | None = Field(
+        None, description="WIDTHxHEIGHT or N pixels at least.")
 
     def to_filter(self) -> Any:
         """The library's ``SearchFilter`` (``InvalidInputError`` -> 422 on a bad value)."""

@@ -18,9 +18,12 @@ from img_search.service.collections import Routed
 from img_search.service.deps import RoutedDep, RouterDep
 from img_search.service.queries import search_by_id, search_upload
 from img_search.service.schemas import (
+    DATE_PATTERN,
     MAX_IMAGE_ID,
     MAX_KEY_CHARS,
     MAX_LIMIT,
+    NEAR_PATTERN,
+    SIZE_PATTERN,
     UPLOAD_PATH,
     Routing,
     SearchHit,
@@ -39,16 +42,18 @@ _Texts = Annotated[list[str] | None, Query(max_length=32)]
 
 
 async def image_query_options(
-    after: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS,
+    after: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS, pattern=DATE_PATTERN,
                                        description="Taken on or after (YYYY-MM-DD).")] = None,
-    before: _Text = None,
-    near: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS,
+    before: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS, pattern=DATE_PATTERN,
+                                        description="Taken before (YYYY-MM-DD).")] = None,
+    near: Annotated[str | None, Query(min_length=1, max_length=MAX_KEY_CHARS, pattern=NEAR_PATTERN,
                                       description="LAT,LON,RADIUS (km, m or mi).")] = None,
     camera: _Texts = None,
     folder: _Texts = None,
     tag: _Texts = None,
     has_text: bool | None = None,
-    min_size: _Text = None,
+    min_size: Annotated[str | None, Query(max_length=MAX_KEY_CHARS, pattern=SIZE_PATTERN,
+                                          description="WIDTHxHEIGHT or N pixels at least.")] = None,
     sort: Literal["score", "date"] = "score",
 ) -> SearchOptions:
     """The filters and sort of an image query, from query parameters (lists repeat the parameter)."""
