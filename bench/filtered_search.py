@@ -94,7 +94,7 @@ def filters_for(selectivity: float) -> dict[str, object]:
     date_share = min(1.0, float(np.sqrt(selectivity)))
     camera_share = selectivity / date_share
     n_cams = max(1, round(camera_share * N_CAMERAS))
-    span_days = int(round(date_share * 25 * 365))
+    span_days = round(date_share * 25 * 365)
     start = np.datetime64("2000-01-01")
     end = start + np.timedelta64(span_days, "D")
     cams = [f"cam-{i:03d}" for i in range(n_cams)]
