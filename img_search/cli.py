@@ -984,8 +984,8 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name="img-search", standalone_mode=False)
     except _UsageError as exc:
         ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            typer.echo(ctx.get_help())  # `img-search` or `img-search index` alone: the help, as click shows it
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `img-search` or `img-search collection` alone: Typer has printed the help already (rich format)
             sys.exit(EXIT_USAGE)
         where = "img-search --help"
         if ctx is not None and ctx.parent is not None:

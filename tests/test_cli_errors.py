@@ -161,3 +161,13 @@ def test_human_output_prints_hostile_names_one_per_line(tmp_path: Path, tiny_sig
     on_disk = {os.fsencode(str(photos)) + b"/" + raw for raw in names}
     hits = json.loads(out)
     assert {os.fsencode(h["path"]) for h in hits} == on_disk and all("image_id" in h for h in hits)
+
+
+@pytest.mark.parametrize("args", [[], ["collection"]])
+def test_a_command_group_alone_prints_its_help_once(args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "img_search", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert (proc.stdout + proc.stderr).count("Usage:") == 1
