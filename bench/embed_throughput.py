@@ -24,12 +24,18 @@ pipeline on the folder: ``pipeline.runner.index_folders`` (scan, plan, decode wo
 ``encoder.encode_batch``, the catalog writer thread, the saved index's sync) into a fresh index directory, the encoder
 factory handing back the loaded encoder. The images/s of the run is the pipeline's own embed-loop rate
 (``IndexSummary.images_per_second``), its CPU seconds those of the embed loop (``LoopClock``: the worker process and
-its joined decode workers, from getrusage). The driver asks the workers in turn, round after round (order rotated each
-round, model-only and end-to-end alternating which goes first), so the machine's load hits both alike; the ratios
-(end-to-end / model-only of the same worker, and each figure / fp32@torch's) are taken within a round and reported as
-medians with their range. The CPU seconds per image (model only / embed loop) are the figures least sensitive to other
-load: on a busy machine the decode worker is one more runnable thread competing for the machine, which flatters the
-wall-clock ratio. JSON to bench/results/embed_throughput_precision.json.
+its joined decode workers, from getrusage). The ratio end to end / model only splits into the share of the loop
+during which the model computes (``TimedEncoder``: the rest is waiting for decoded batches, or the writer) times the
+model's speed inside the loop relative to alone (below 1 when the decode workers take cores from it). Also reported:
+the ratio without the loop's wait for its first decoded batch (a fixed ~0.5 s that a run of thousands of photos
+amortises but a short benchmark run does not). The driver asks the workers in turn, round after round (order rotated
+each round; the model-only figure of a round is the mean of one run just before and one just after the end-to-end
+run, which cancels a steady drift of the load), so the machine's load hits both alike; the ratios (end-to-end /
+model-only of the same worker, and each figure / fp32@torch's) are taken within a round and reported as medians with
+their range. The CPU seconds per
+image (model only / embed loop) are the figures least sensitive to other load: on a busy machine the decode worker is
+one more runnable thread competing for the machine, which flatters the wall-clock ratio. JSON to
+bench/results/embed_throughput_precision.json.
 """
 
 from __future__ import annotations
@@ -98,12 +104,13 @@ def build_model(path: Path) -> Path:
 
 
 def model_only(model_dir: Path, batch_size: int, batches: int) -> tuple[float, float]:
-    """(images/s, CPU seconds per image) of the model on pre-made tensors (no decode, no resize)."""
+    """(images/s, CPU seconds per image) of the model on pre-made tensors (no decode, no resize), at the precision
+    `img-search index` uses by default (``auto``, from the same runtime cache: ``$XDG_CACHE_HOME/img-search``)."""
     import torch
 
     from img_search.embedding import load_encoder
 
-    enc = load_encoder(str(model_dir), device="cpu")
+    enc = load_encoder(str(model_dir), device="cpu", precision="auto")
     size = enc.processor.image_processor.size
     pixels = np.random.default_rng(0).standard_normal((batch_size, 3, size["height"], size["width"])).astype(
         np.float32)
@@ -180,15 +187,41 @@ class LoopClock:
     def __init__(self) -> None:
         self.cpu = 0.0
         self._c0 = 0.0
+        self.started = 0.0  # perf_counter when the loop started
 
     def start(self, total: int, description: str) -> None:
         self._c0 = _cpu_seconds()
+        self.started = time.perf_counter()
 
     def advance(self, n: int) -> None:
         pass
 
     def stop(self) -> None:
         self.cpu = _cpu_seconds() - self._c0
+
+
+class TimedEncoder:
+    """The loaded encoder, with the seconds spent inside ``encode_batch`` counted: the share of the embed loop the
+    model computes (the rest is the model waiting for decoded batches, or the writer) and the model's own speed
+    while the decode workers run beside it."""
+
+    def __init__(self, encoder: object) -> None:
+        self._encoder = encoder
+        self.seconds = 0.0
+        self.images = 0
+        self.first_call: float | None = None  # perf_counter of the first batch's arrival
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._encoder, name)
+
+    def encode_batch(self, batch: dict) -> np.ndarray:
+        t = time.perf_counter()
+        if self.first_call is None:
+            self.first_call = t
+        out = self._encoder.encode_batch(batch)  # type: ignore[attr-defined]
+        self.seconds += time.perf_counter() - t
+        self.images += len(out)
+        return out
 
 
 def precision_worker(spec: str, model_dir: Path, folder: Path, batch_size: int, workers: int) -> None:
@@ -230,22 +263,27 @@ def precision_worker(spec: str, model_dir: Path, folder: Path, batch_size: int, 
             wall, cpu = time.perf_counter() - t, _cpu_seconds() - c
             out = {"rate": n * batch_size / wall, "cpu_per_image": cpu / (n * batch_size), "wall": wall}
         else:
-            clock = LoopClock()
+            clock, timed = LoopClock(), TimedEncoder(enc)
             with tempfile.TemporaryDirectory() as tmp:
-                summary = index_folders([str(folder)], Path(tmp), options, encoder_factory=lambda: enc,
+                summary = index_folders([str(folder)], Path(tmp), options, encoder_factory=lambda t=timed: t,
                                         progress=clock)
             wall, cpu = time.perf_counter() - t, _cpu_seconds() - c
             assert summary.embedded == len(files) and not summary.failed, summary
+            fill = (timed.first_call or clock.started) - clock.started  # waiting for the first decoded batch
             out = {"rate": summary.images_per_second, "cpu_per_image": clock.cpu / summary.embedded,
                    "run_cpu_per_image": cpu / summary.embedded, "wall": wall, "embed_s": summary.embed_seconds,
-                   "precision": summary.precision}
+                   "encode_s": timed.seconds, "fill_s": fill,
+                   "steady_rate": summary.embedded / (summary.embed_seconds - fill),
+                   "model_busy": timed.seconds / summary.embed_seconds,
+                   "model_busy_steady": timed.seconds / (summary.embed_seconds - fill),
+                   "model_rate_in_loop": timed.images / timed.seconds, "precision": summary.precision}
         out["loadavg"] = os.getloadavg()[0]
         print(json.dumps(out), flush=True)
 
 
 def compare_precisions(specs: list[str], folder: Path, model_dir: Path, batch_size: int, model_batches: int,
                        rounds: int, workers: int) -> dict:
-    """Start one worker per spec, then ``rounds`` rounds of (model only, end to end) per worker; figures per round."""
+    """Start one worker per spec, then ``rounds`` rounds of (model only, end to end, model only) per worker."""
     procs: dict[str, subprocess.Popen[str]] = {}
     starts: dict[str, dict] = {}
     for spec in specs:
@@ -272,13 +310,16 @@ def compare_precisions(specs: list[str], folder: Path, model_dir: Path, batch_si
     for r in range(rounds):
         for spec in specs[r % len(specs):] + specs[: r % len(specs)]:
             time.sleep(0.5)  # let the previous worker's threads go idle
-            first, second = ("model", "e2e") if r % 2 == 0 else ("e2e", "model")
-            got = {first: ask(spec, f"model {model_batches}" if first == "model" else "e2e")}
+            before = ask(spec, f"model {model_batches}")
             time.sleep(0.5)
-            got[second] = ask(spec, f"model {model_batches}" if second == "model" else "e2e")
-            runs[spec].append(got)
-            print(f"round {r + 1} {spec}: model {got['model']['rate']:.2f}, end to end {got['e2e']['rate']:.2f} "
-                  f"images/s (load {got['e2e']['loadavg']:.1f})", file=sys.stderr, flush=True)
+            e2e = ask(spec, "e2e")
+            time.sleep(0.5)
+            after = ask(spec, f"model {model_batches}")
+            model = {key: (before[key] + after[key]) / 2 for key in ("rate", "cpu_per_image", "wall")}
+            runs[spec].append({"model": model, "e2e": e2e, "model_before": before, "model_after": after})
+            print(f"round {r + 1} {spec}: model {before['rate']:.2f} / {after['rate']:.2f}, end to end "
+                  f"{e2e['rate']:.2f} images/s (steady {e2e['steady_rate']:.2f}; load {e2e['loadavg']:.1f})",
+                  file=sys.stderr, flush=True)
     for proc in procs.values():
         assert proc.stdin is not None
         proc.stdin.close()
@@ -292,6 +333,11 @@ def compare_precisions(specs: list[str], folder: Path, model_dir: Path, batch_si
         vs_base_e2e = [x["e2e"]["rate"] / b["e2e"]["rate"] for x, b in zip(res, runs[base], strict=True)]
         vs_base_model = [x["model"]["rate"] / b["model"]["rate"] for x, b in zip(res, runs[base], strict=True)]
         cpu_ratio = [x["model"]["cpu_per_image"] / x["e2e"]["cpu_per_image"] for x in res]
+        busy = [x["e2e"]["model_busy"] for x in res]
+        steady_ratio = [x["e2e"]["steady_rate"] / x["model"]["rate"] for x in res]
+        vs_base_steady = [x["e2e"]["steady_rate"] / b["e2e"]["steady_rate"] for x, b in zip(res, runs[base],
+                                                                                              strict=True)]
+        in_loop = [x["e2e"]["model_rate_in_loop"] / x["model"]["rate"] for x in res]
         rows[spec] = {
             **starts[spec],
             "model_rate": [x["model"]["rate"] for x in res], "e2e_rate": [x["e2e"]["rate"] for x in res],
@@ -300,7 +346,13 @@ def compare_precisions(specs: list[str], folder: Path, model_dir: Path, batch_si
             "model_vs_base": vs_base_model, "model_vs_base_median": med(vs_base_model),
             "model_cpu_per_image": med([x["model"]["cpu_per_image"] for x in res]),
             "e2e_cpu_per_image": med([x["e2e"]["cpu_per_image"] for x in res]),
-            "cpu_ratio": cpu_ratio, "cpu_ratio_median": med(cpu_ratio), "runs": res,
+            "cpu_ratio": cpu_ratio, "cpu_ratio_median": med(cpu_ratio), "model_busy": busy,
+            "model_busy_median": med(busy), "steady_over_model": steady_ratio,
+            "steady_over_model_median": med(steady_ratio), "steady_vs_base": vs_base_steady,
+            "steady_vs_base_median": med(vs_base_steady),
+            "fill_s_median": med([x["e2e"]["fill_s"] for x in res]), "in_loop_over_alone": in_loop,
+            "in_loop_over_alone_median": med(in_loop),
+            "runs": res,
         }
     return rows
 
@@ -310,7 +362,8 @@ def precision_table(rows: dict, base: str) -> str:
         return f"{min(xs):.2f}-{max(xs):.2f}"
 
     head = ("| variant | runs as | model only, images/s (median; per round) | end to end, images/s (median; per round) "
-            "| **end to end / model only** (median, range) | CPU-s per image: model / end to end (ratio) "
+            "| **end to end / model only** (median, range) | the same without the wait for the first batch "
+            "| = model busy in the loop x its speed there / alone | CPU-s per image: model / embed loop (ratio) "
             f"| end to end vs {base} (median, range) | model only vs {base} |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for spec, r in rows.items():
@@ -318,7 +371,9 @@ def precision_table(rows: dict, base: str) -> str:
             f"| {spec} | {r['choice']} | {np.median(r['model_rate']):.2f} "
             f"({', '.join(f'{x:.1f}' for x in r['model_rate'])}) | {np.median(r['e2e_rate']):.2f} "
             f"({', '.join(f'{x:.1f}' for x in r['e2e_rate'])}) | **{r['e2e_over_model_median']:.3f}** "
-            f"({rng(r['e2e_over_model'])}) | {r['model_cpu_per_image']:.3f} / {r['e2e_cpu_per_image']:.3f} "
+            f"({rng(r['e2e_over_model'])}) | {r['steady_over_model_median']:.3f} ({rng(r['steady_over_model'])}) "
+            f"| {r['model_busy_median']:.3f} x {r['in_loop_over_alone_median']:.3f} "
+            f"| {r['model_cpu_per_image']:.3f} / {r['e2e_cpu_per_image']:.3f} "
             f"({r['cpu_ratio_median']:.3f}) | {r['e2e_vs_base_median']:.2f} ({rng(r['e2e_vs_base'])}) "
             f"| {r['model_vs_base_median']:.2f} |")
     return "\n".join(lines)
@@ -348,7 +403,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None,
                     help="JPEGs embedded per end-to-end run [default: 500; with --precision 96]")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--model-batches", type=int, default=3, help="batches timed for the model-only figure")
+    ap.add_argument("--model-batches", type=int, default=3,
+                    help="batches timed for the model-only figure (with --precision: before and after each "
+                         "end-to-end run)")
     ap.add_argument("--noop-files", type=int, default=10_000)
     ap.add_argument("--skip-embed", action="store_true")
     ap.add_argument("--precision", default=None,
@@ -391,7 +448,8 @@ def main() -> None:
         model_cpu = (cpu_before + cpu_after) / 2
         loop_rate = summary["images_per_second"]
         rows += [
-            ("model only, pre-made tensors (mean of before/after)", f"{model_rate:.2f} images/s",
+            (f"model only, pre-made tensors (mean of before/after; {summary['precision']}, as `index`)",
+             f"{model_rate:.2f} images/s",
              f"before {before:.2f}, after {after:.2f}"),
             ("model only, CPU time per image", f"{model_cpu:.3f} s", ""),
             ("`img-search index`, CPU time per image (whole process tree: start-up, model load, decode workers)",
