@@ -24,7 +24,7 @@ from img_search.embedding.base import Encoder
 from img_search.errors import DimensionMismatchError, InvalidInputError, NotFoundError
 from img_search.search import hybrid as fusion
 from img_search.search.calibration import Calibration, check_temperature
-from img_search.search.collection import DEFAULT_LIMIT, Collection, Hit, check_threshold
+from img_search.search.collection import DEFAULT_LIMIT, Collection, Hit, check_limit, check_threshold
 from img_search.search.filters import SearchFilter
 from img_search.search.query import ParsedQuery, combine, parse_query
 from img_search.settings import Settings
@@ -187,7 +187,7 @@ class Searcher:
         """
         options = options or SearchOptions()
         threshold = check_threshold(threshold)
-        limit = _check_limit(limit)
+        limit = check_limit(limit)
         parsed = parse_query(query)
         calibration = self._calibration_for(options)
         texts = [parsed.text] if parsed.text else []
@@ -437,12 +437,6 @@ class Searcher:
         # query encoded beside its expansions or NOT-terms would score slightly differently from the same query alone
         with self._encode_lock:
             return np.concatenate([np.asarray(self.encoder.encode_texts([t]), np.float32) for t in texts])
-
-
-def _check_limit(limit: Any) -> int:
-    from img_search.search.collection import check_limit
-
-    return check_limit(limit)
 
 
 def _neg_iso(date: str | None) -> str:
