@@ -1,10 +1,12 @@
-"""Image makers for tests: real encoded files generated with Pillow."""
+"""Shared test helpers: real encoded images generated with Pillow, and the command line run as a user runs it."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,33 @@ def bind_mount(source: Path, target: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["umount", str(target)], check=True)
+
+
+CLI = (sys.executable, "-m", "img_search")
+
+
+def cli(*args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 300,
+        prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """``img-search ARGS`` in a fresh interpreter (the user's path), ``env`` laid over this process's environment.
+
+    ``check`` asserts exit 0 (showing stderr); ``prefix`` runs it under another command (``setpriv ...``); undecodable
+    output bytes are kept as surrogates. Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
+    proc = subprocess.run([*prefix, *CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, errors="surrogateescape")
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``img-search ARGS`` in this process through ``img_search.cli.main``: (exit code, stdout, stderr)."""
+    from img_search.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

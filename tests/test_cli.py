@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 from helpers import make_jpeg
 
-
-def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run([sys.executable, "-m", "img_search", *args], capture_output=True, text=True,
-                          env=full_env, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+cli = functools.partial(helpers.cli, check=True)
 
 
 @pytest.fixture()

@@ -13,19 +13,9 @@ from pathlib import Path
 
 import pytest
 from helpers import make_jpeg
+from helpers import run_main as run
 
 from img_search.cli import display_path, main
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -12,15 +10,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import cli
 
 from img_search.catalog import Catalog
 from img_search.errors import CatalogError
 from img_search.export import export_catalog
 from img_search.pipeline.runner import IndexOptions, index_folders
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "img_search", *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 from explore_support import add_vectors, unit
@@ -205,10 +206,7 @@ def test_map_command_end_to_end(photo_dir: Path, tmp_path: Path, tiny_siglip: Pa
     env = {"IMG_SEARCH_INDEX_DIR": str(tmp_path / "idx"), "IMG_SEARCH_MODEL": str(tiny_siglip)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        import os
-
-        return subprocess.run([sys.executable, "-m", "img_search", *args], capture_output=True, text=True,
-                              env={**os.environ, **env}, timeout=900)
+        return helpers.cli(*args, env=env, timeout=900)
 
     assert cli("index", str(photo_dir), "--workers", "0").returncode == 0
     done = cli("map", "--json", "--png", str(tmp_path / "m.png"), "--html", str(tmp_path / "m.html"))

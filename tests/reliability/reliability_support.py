@@ -24,15 +24,6 @@ import pytest
 from img_search.catalog import Catalog
 from img_search.search.store import CURRENT, read_current
 
-CLI = [sys.executable, "-m", "img_search"]
-
-
-def cli(*args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = (), timeout: float = 300,
-        ) -> subprocess.CompletedProcess[str]:
-    """``img-search ARGS`` in a fresh interpreter (the user's path), with ``env`` over this process's environment."""
-    return subprocess.run([*prefix, *CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, errors="surrogateescape")
-
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     """The single ``error: ...`` line a failed command must print (asserts there is exactly one and no traceback)."""

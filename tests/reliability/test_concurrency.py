@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_jpeg
-from reliability_support import CLI, catalog_state, check_saved_index, cli, integrity, one_line_error
+from helpers import CLI, cli, make_jpeg
+from reliability_support import catalog_state, check_saved_index, integrity, one_line_error
 
 N_BASE = 40  # indexed before the writer starts
 N_NEW = 400  # what the writer adds, two per transaction

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_jpeg, pattern
-from reliability_support import catalog_state, check_saved_index, cli, integrity, min_cosine
+from helpers import cli, make_jpeg, pattern
+from reliability_support import catalog_state, check_saved_index, integrity, min_cosine
 
 DRIVER = Path(__file__).with_name("crash_driver.py")
 SEED = int(os.environ.get("IMG_SEARCH_CRASH_SEED", "20240611"))

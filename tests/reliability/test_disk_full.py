@@ -16,13 +16,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from helpers import make_jpeg
+from helpers import CLI, cli, make_jpeg
 from reliability_support import (
-    CLI,
     catalog_state,
     check_generations,
     check_saved_index,
-    cli,
     integrity,
     one_line_error,
     resize_tmpfs,

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli
 from hostile_corpus import Corpus, build
-from reliability_support import can_read, catalog_state, cli, integrity, no_dac_override_prefix
+from reliability_support import can_read, catalog_state, integrity, no_dac_override_prefix
 
 
 @dataclass(frozen=True)

@@ -3,23 +3,17 @@ tiny SigLIP) and through a server (`--server`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 from img_search.catalog import Catalog
 
-
-def cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "img_search", *args], capture_output=True, text=True,
-                          env=dict(os.environ, **env), timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+cli = functools.partial(helpers.cli, check=True)
 
 
 @pytest.fixture()
