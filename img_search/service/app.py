@@ -57,6 +57,7 @@ _KIND_NAMES: tuple[tuple[type[ImgSearchError], str], ...] = (
 )
 _UNPARSABLE_BODY = "There was an error parsing the body"  # fastapi.routing's detail for a body it cannot parse
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_CLOSE = {"Connection": "close"}  # on a 413 whose body is still arriving: uvicorn then closes the connection
 _HTTP_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_input"}
 
@@ -156,6 +157,10 @@ class BodyLimit:
       limit: ``receive`` raises ``HTTPException(413)``, which FastAPI's body parsing passes on to ``_http_error``.
 
     So an upload is never read whole, in memory or in a spool file, beyond ``service.max_upload_bytes``.
+
+    Both 413s carry ``Connection: close``: the rest of the body is still on its way, and on a kept-alive connection
+    uvicorn (httptools and h11 alike) would read and discard all of it (issue 12: 128 MB of a chunked upload were
+    accepted after its 413). With the header uvicorn closes the connection once the 413 is written.
     """
 
     def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
@@ -175,8 +180,8 @@ class BodyLimit:
         limit = self.limits.get(path, self.default)
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _error(413, "too_large", self._message(path, limit, f" ({int(declared):,} bytes)"))(
-                scope, receive, send)
+            await _error(413, "too_large", self._message(path, limit, f" ({int(declared):,} bytes)"),
+                         headers=_CLOSE)(scope, receive, send)
             return
         received = 0
 
@@ -186,7 +191,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise HTTPException(413, self._message(path, limit, ""))
+                    raise HTTPException(413, self._message(path, limit, ""), headers=_CLOSE)
             return message
 
         await self.app(scope, limited_receive, send)

@@ -277,19 +277,11 @@ def _peak_rss(server: Server, stop: threading.Event, out: list[int]) -> None:
         time.sleep(0.01)
 
 
-def test_an_endless_chunked_upload_is_refused_without_buffering(server: Server) -> None:
-    """A chunked body (no Content-Length) that would run to ``CAP`` bytes, 512 times the limit: the 413 arrives while
-    the body is still being sent (after a few MB at most: the limit plus socket buffers), and the server's RSS grows
-    by far less than what was sent. (uvicorn then reads and discards the rest of the body on a kept-alive
-    connection, without buffering it: see docs/RELIABILITY.md.)"""
-    cap = 128 * 1024 * 1024
-    chunk = b"\xff" * 65536
-    head = (b"--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
-            b"Content-Type: image/jpeg\r\n\r\n")
-    before = server.rss()
-    stop, samples = threading.Event(), [before]
-    sampler = threading.Thread(target=_peak_rss, args=(server, stop, samples), daemon=True)
-    sampler.start()
+def _send_after_413(server: Server, request_head: bytes, pieces: Iterator[bytes], cap: int
+                    ) -> tuple[bytes, int, int | None, bool]:
+    """Send ``request_head`` then ``pieces`` (up to ``cap`` bytes of body) while a thread reads the answer: (answer,
+    body bytes sent, bytes sent when the whole answer had arrived or None, whether the server broke the connection
+    before ``cap`` was sent)."""
     answer = bytearray()
     sent = 0
     sent_at_answer: list[int] = []
@@ -308,33 +300,88 @@ def test_an_endless_chunked_upload_is_refused_without_buffering(server: Server) 
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         reader = threading.Thread(target=read, args=(sock,), daemon=True)
         reader.start()
-        sock.sendall(f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                     "Content-Type: multipart/form-data; boundary=b0\r\n\r\n".encode())
+        sock.sendall(request_head)
         try:
             while sent < cap:
-                piece = head + chunk if sent == 0 else chunk
-                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                piece = next(pieces)
+                sock.sendall(piece)
                 sent += len(piece)
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             closed_early = True  # the server stopped reading (stalled) or closed the connection
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
         reader.join(timeout=30)
+    return bytes(answer), sent, sent_at_answer[0] if sent_at_answer else None, closed_early
+
+
+def _check_413_and_close(answer: bytes, sent: int, sent_at_answer: int | None, closed_early: bool,
+                         cap: int) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), answer[:300]
+    if b"chunked" in head.lower():
+        body = body.split(b"\r\n", 1)[1]
+    assert json.loads(body[: body.rindex(b"}") + 1])["error"] == "too_large"
+    assert sent_at_answer is not None and sent_at_answer < 8 * 1024 * 1024, "the 413 came only after the body was read"
+    assert b"\r\nconnection: close" in head.lower(), head
+    # the server closed the connection after its 413 instead of reading (and discarding) the rest of the body
+    assert closed_early and sent < cap, f"{sent / 2**20:.1f} MB of {cap / 2**20:.0f} MB accepted after the 413"
+
+
+MULTIPART_HEAD = (b"--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
+                  b"Content-Type: image/jpeg\r\n\r\n")
+
+
+def test_an_endless_chunked_upload_is_refused_without_buffering(server: Server) -> None:
+    """A chunked body (no Content-Length) that would run to ``CAP`` bytes, 512 times the limit: the 413 arrives while
+    the body is still being sent (after a few MB at most: the limit plus socket buffers), says ``Connection: close``
+    and the server closes the connection (it used to keep it alive and read and discard the whole 128 MB), and its
+    RSS grows by far less than what was sent."""
+    cap = 128 * 1024 * 1024
+    chunk = b"\xff" * 65536
+
+    def pieces() -> Iterator[bytes]:
+        first = MULTIPART_HEAD + chunk
+        yield b"%x\r\n" % len(first) + first + b"\r\n"
+        while True:
+            yield b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+
+    before = server.rss()
+    stop, samples = threading.Event(), [before]
+    sampler = threading.Thread(target=_peak_rss, args=(server, stop, samples), daemon=True)
+    sampler.start()
+    answer, sent, sent_at_answer, closed_early = _send_after_413(
+        server, f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        "Content-Type: multipart/form-data; boundary=b0\r\n\r\n".encode(), pieces(), cap)
     time.sleep(0.5)
     stop.set()
     sampler.join()
     growth = max(samples) - before
-    head_, _, body = bytes(answer).partition(b"\r\n\r\n")
-    print(f"\nchunked upload: 413 after {sent_at_answer[0] / 2**20 if sent_at_answer else -1:.2f} MB sent; "
+    print(f"\nchunked upload: 413 after {sent_at_answer / 2**20 if sent_at_answer else -1:.2f} MB sent; "
           f"{sent / 2**20:.1f} MB sent in all ({'connection closed by the server' if closed_early else 'drained'}; "
           f"cap {cap / 2**20:.0f} MB, limit {MAX_UPLOAD / 2**10:.0f} KiB); server RSS peak growth "
           f"{growth / 2**20:.1f} MB")
-    assert head_.startswith(b"HTTP/1.1 413"), bytes(answer[:300])
-    if b"chunked" in head_.lower():
-        body = body.split(b"\r\n", 1)[1]
-    assert json.loads(body[: body.rindex(b"}") + 1])["error"] == "too_large"
-    assert sent_at_answer and sent_at_answer[0] < 8 * 1024 * 1024, "the 413 came only after the body was read"
+    _check_413_and_close(answer, sent, sent_at_answer, closed_early, cap)
     assert growth < 32 * 1024 * 1024, f"server RSS grew {growth / 2**20:.1f} MB while refusing an upload"
+    assert httpx.get(server.url + "/api/v1/health", timeout=30).status_code == 200
+
+
+def test_a_declared_oversized_upload_is_refused_and_the_connection_closed(server: Server) -> None:
+    """A Content-Length of 64 MB (256 x the limit), body sent anyway: the 413 comes from the header alone, with
+    ``Connection: close``, and the server closes the connection instead of reading the 64 MB it was told about."""
+    cap = 64 * 1024 * 1024
+    chunk = b"\xff" * 65536
+
+    def pieces() -> Iterator[bytes]:
+        yield MULTIPART_HEAD + chunk
+        while True:
+            yield chunk
+
+    answer, sent, sent_at_answer, closed_early = _send_after_413(
+        server, f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nContent-Length: {cap}\r\n"
+        "Content-Type: multipart/form-data; boundary=b0\r\n\r\n".encode(), pieces(), cap)
+    print(f"\ndeclared {cap / 2**20:.0f} MB upload: 413 after {sent_at_answer or 0:,} bytes sent; "
+          f"{sent / 2**20:.1f} MB sent in all ({'closed by the server' if closed_early else 'drained'})")
+    _check_413_and_close(answer, sent, sent_at_answer, closed_early, cap)
     assert httpx.get(server.url + "/api/v1/health", timeout=30).status_code == 200
 
 
