@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-import queue
 import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,11 +34,9 @@ from numpy.typing import NDArray
 from img_search.crossfilter.types import is_table_prefix
 from img_search.errors import InvalidInputError, UnavailableError
 from img_search.pipeline.reader import ReadBatch
+from img_search.pipeline.writer import BackgroundWriter
 
 logger = logging.getLogger(__name__)
-
-_STOP = object()
-QUEUE_DEPTH = 4
 
 
 def _msgpack() -> Any:
@@ -146,7 +142,8 @@ def has_model(db: sqlite3.Connection, tables: Tables) -> bool:
 
 
 class EmbeddingsWriter:
-    """Pipeline sink (``pipeline.loop.Sink``): a thread commits each batch's vectors, one transaction per batch.
+    """Pipeline sink (``pipeline.loop.Sink``): a ``BackgroundWriter`` thread commits each batch's vectors, one
+    transaction per batch.
 
     Sources are ``compute.UuidImage``; failures are not written (``run_loop`` reports them). An error in the thread
     is re-raised at the next ``put`` or at ``close``."""
@@ -154,48 +151,21 @@ class EmbeddingsWriter:
     def __init__(self, path: Path, tables: Tables) -> None:
         self.path, self.tables = path, tables
         self.written = 0
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_DEPTH)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="crossfilter-writer", daemon=True)
-        self._thread.start()
+        self._writer: BackgroundWriter[sqlite3.Connection, tuple[list[str], NDArray[np.float32]]] = (
+            BackgroundWriter(lambda: connect(path), self._commit, sqlite3.Connection.close, name="crossfilter-writer"))
 
-    def _run(self) -> None:
-        db: sqlite3.Connection | None = None
-        try:
-            db = connect(self.path)
-        except BaseException as exc:
-            self._error = exc
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                if self._error is not None:
-                    continue  # drain so put() never blocks forever
-                uuids: list[str]
-                vectors: NDArray[np.float32]
-                uuids, vectors = item  # type: ignore[misc]
-                try:
-                    assert db is not None
-                    write_embeddings(db, self.tables, uuids, vectors)
-                    self.written += len(uuids)
-                except BaseException as exc:
-                    self._error = exc
-        finally:
-            if db is not None:
-                db.close()
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def _commit(self, db: sqlite3.Connection, item: tuple[list[str], NDArray[np.float32]]) -> None:
+        uuids, vectors = item
+        write_embeddings(db, self.tables, uuids, vectors)
+        self.written += len(uuids)
 
     def put(self, batch: ReadBatch[Any], vectors: NDArray[np.float32] | None) -> None:
-        self._check()
+        """Sink protocol: the vectors of a batch's ok images, keyed by their UUIDs."""
+        self._writer.check()
         if vectors is None or not batch.ok:
             return
-        self._queue.put(([i.source.uuid for i in batch.ok], vectors))
+        self._writer.submit(([i.source.uuid for i in batch.ok], vectors))
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join()
-        self._check()
+        """Wait until everything queued is committed."""
+        self._writer.close()

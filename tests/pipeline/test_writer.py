@@ -23,7 +23,7 @@ from img_search.data.folder import FileEntry
 from img_search.data.images import content_hash
 from img_search.errors import CatalogError
 from img_search.pipeline.reader import ReadBatch, ReadItem
-from img_search.pipeline.writer import QUEUE_DEPTH, CatalogWriter
+from img_search.pipeline.writer import QUEUE_DEPTH, BackgroundWriter, CatalogWriter
 
 DIM = 4
 THREAD_NAME = "img-search-writer"
@@ -250,3 +250,38 @@ def test_a_catalog_the_thread_cannot_open_does_not_hang_put(catalog: tuple[Path,
     feeder.join(3)
     assert not feeder.is_alive(), "put() or close() is blocked on a queue nobody drains"
     assert len(outcome) == 1 and isinstance(outcome[0], CatalogError)
+
+
+def test_background_writer_writes_in_order_and_reraises_the_first_error_without_blocking() -> None:
+    written: list[int] = []
+    closed: list[str] = []
+
+    def write(conn: str, item: int) -> None:
+        if item == 3:
+            raise OSError(28, "No space left on device")
+        written.append(item)
+
+    writer: BackgroundWriter[str, int] = BackgroundWriter(lambda: "conn", write, closed.append, name="test-writer")
+    for i in range(3):
+        writer.submit(i)
+    writer.submit(3)
+    # After the failure the thread drains what is queued: more submissions than the queue holds never block, and
+    # the first error reaches the caller at a later submit or at close.
+    with pytest.raises(OSError, match="No space left"):
+        for i in range(4, 4 + 4 * QUEUE_DEPTH):
+            writer.submit(i)
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert written == [0, 1, 2] and closed == ["conn"]
+
+
+def test_background_writer_reports_a_store_that_cannot_open() -> None:
+    def connect() -> str:
+        raise CatalogError("the catalog is locked by another process")
+
+    writer: BackgroundWriter[str, int] = BackgroundWriter(connect, lambda c, i: None, lambda c: None, name="t")
+    with pytest.raises(CatalogError, match="locked"):
+        for i in range(2 * QUEUE_DEPTH + 2):
+            writer.submit(i)
+    with pytest.raises(CatalogError):
+        writer.close()
