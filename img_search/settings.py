@@ -43,8 +43,10 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 DEFAULT_ANN_THRESHOLD = 20_000
 DEVICES_HELP = "auto | cpu | cuda | cuda:N | mps"
 DTYPES: tuple[str, ...] = ("auto", "float32", "float16", "bfloat16")  # the deprecated --dtype's values
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")  # as embedding.precision.PRECISIONS
-_DTYPE_TO_PRECISION = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# what the encoder can compute in (embedding.precision resolves ``auto`` per tower)
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16", "int8")
+DTYPE_ALIASES: dict[str, str] = {  # the deprecated --dtype value -> its precision
+    "auto": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -317,7 +319,7 @@ def load_settings(index_dir: str | os.PathLike[str] | None = None, **overrides: 
     values = {name: getattr(settings, name) for name in Settings.model_fields}
     if values["dtype"] is not None and "precision" not in settings.model_fields_set:
         logger.warning("--dtype / dtype is deprecated: use --precision (%s -> %s)", values["dtype"],
-                       _DTYPE_TO_PRECISION[values["dtype"]])
-        values["precision"] = _DTYPE_TO_PRECISION[values["dtype"]]
+                       DTYPE_ALIASES[values["dtype"]])
+        values["precision"] = DTYPE_ALIASES[values["dtype"]]
     # hand back the plain class: picklable for worker processes, no file path baked into its type
     return Settings.model_construct(**values)

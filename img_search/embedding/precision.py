@@ -23,13 +23,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from img_search.errors import InvalidInputError
+from img_search.settings import DTYPE_ALIASES, PRECISIONS
 
 logger = logging.getLogger(__name__)
 
 TOWERS = ("image", "text")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-# ``--dtype`` (deprecated) values and what they mean as a precision
-DTYPE_ALIASES = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 # CPU flags (as /proc/cpuinfo spells them) that make a precision run natively fast
 INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})  # int8 dot products (x86 / arm)
