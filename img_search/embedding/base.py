@@ -7,6 +7,7 @@ while ``Encoder.encode_batch`` runs the model on collated arrays in the main pro
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -50,6 +51,41 @@ class Encoder(Protocol):
 
     def encode_texts(self, texts: list[str]) -> FeatureVector: ...
 
+
+class LockedEncoder:
+    """An ``Encoder`` whose forward passes run one at a time, for encoders shared by threads (a ``Searcher``, the
+    service's collections).
+
+    A shared fast tokenizer called from two threads at once can fail with ``RuntimeError: Already borrowed``
+    (huggingface/tokenizers#537: padding and truncation are set on the shared Rust object per call), and on CPU one
+    forward pass already uses every core. ``inner`` is the wrapped encoder (its precision and runtime are the truth).
+    """
+
+    def __init__(self, inner: Encoder) -> None:
+        self.inner = inner
+        self.info: ModelInfo = inner.info
+        self.device: str = inner.device
+        self._lock = threading.Lock()
+
+    @classmethod
+    def wrap(cls, encoder: Encoder) -> LockedEncoder:
+        """``encoder`` itself when it is already a ``LockedEncoder``, else a new one around it."""
+        return encoder if isinstance(encoder, LockedEncoder) else cls(encoder)
+
+    def image_preprocessor(self) -> ImagePreprocessor:
+        return self.inner.image_preprocessor()
+
+    def encode_batch(self, batch: PixelBatch) -> FeatureVector:
+        with self._lock:
+            return self.inner.encode_batch(batch)
+
+    def encode_images(self, images: list[Any]) -> FeatureVector:
+        with self._lock:
+            return self.inner.encode_images(images)
+
+    def encode_texts(self, texts: list[str]) -> FeatureVector:
+        with self._lock:
+            return self.inner.encode_texts(texts)
 
 def collate_pixels(items: list[PixelBatch]) -> PixelBatch:
     """Stack per-image arrays into a batch (all keys must agree across items)."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from img_search.embedding.base import Encoder
+from img_search.embedding.base import Encoder, LockedEncoder
 from img_search.errors import DimensionMismatchError, InvalidInputError, NotFoundError
 from img_search.search import hybrid as fusion
 from img_search.search.calibration import Calibration, check_temperature
@@ -124,9 +124,6 @@ class Searcher:
         self._encoder: Encoder | None = None
         self._factory: Callable[[], Encoder] | None = None
         self._load_lock = threading.Lock()
-        # one forward pass at a time: on CPU torch already spreads one over every core, and a fast tokenizer shared
-        # by two threads can fail with "Already borrowed" (huggingface/tokenizers#537)
-        self._encode_lock = threading.Lock()
         model = collection.model
         self.calibration: Calibration | None = Calibration.maybe(model.logit_scale, model.logit_bias)
         if isinstance(encoder, Encoder):
@@ -143,7 +140,8 @@ class Searcher:
             )
         # the live model's learned values are the truth (the catalog's copy may predate a fine-tune)
         self.calibration = Calibration.maybe(encoder.info.logit_scale, encoder.info.logit_bias)
-        self._encoder = encoder
+        # one forward pass at a time (LockedEncoder): the searcher is shared by threads
+        self._encoder = LockedEncoder.wrap(encoder)
 
     @property
     def encoder(self) -> Encoder:
@@ -353,7 +351,7 @@ class Searcher:
         collection = self.collection
         vector = collection.catalog().vector_for(collection.model.id, content_hash(data))
         if vector is None:
-            vector = self._encode_images([decode_image(data)])[0]
+            vector = self._encode_images([decode_image(data, min_side=self._query_decode_side())])[0]
         return self._image_hits(np.asarray(vector, np.float32), limit, threshold, options, frozenset())
 
     def search_id(self, image_id: int, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,
@@ -422,12 +420,22 @@ class Searcher:
         if stored is not None:
             return stored, own_id
         kwargs = {} if max_image_pixels is None else {"max_image_pixels": max_image_pixels}
-        image = decode_image(data, **kwargs)
+        image = decode_image(data, min_side=self._query_decode_side(), **kwargs)
         return self._encode_images([image])[0], own_id
 
+    def _query_decode_side(self) -> int | None:
+        """``decode_image``'s ``min_side`` for an image query embedded now: decoded as most of the collection's
+        vectors were (``catalog.decode``: full, or JPEGs at a reduced scale for this model's input side)."""
+        from img_search.catalog.decode import collection_decode
+        from img_search.data.images import reduced_decode_side
+
+        mode = collection_decode(self.collection.catalog(), self.collection.model.id)
+        if mode is None:
+            return None
+        return reduced_decode_side(getattr(self.encoder.image_preprocessor(), "input_side", None), mode)
+
     def _encode_images(self, images: list[Any]) -> NDArray[np.float32]:
-        with self._encode_lock:
-            return self.encoder.encode_images(images)
+        return self.encoder.encode_images(images)
 
     def _encode_texts(self, texts: list[str]) -> NDArray[np.float32]:
         dim = self.collection.model.dim or 0
@@ -435,8 +443,7 @@ class Searcher:
             return np.empty((0, dim), np.float32)
         # one text per forward pass: a dynamically quantised (int8) text tower scales its activations per batch, so a
         # query encoded beside its expansions or NOT-terms would score slightly differently from the same query alone
-        with self._encode_lock:
-            return np.concatenate([np.asarray(self.encoder.encode_texts([t]), np.float32) for t in texts])
+        return np.concatenate([np.asarray(self.encoder.encode_texts([t]), np.float32) for t in texts])
 
 
 def _neg_iso(date: str | None) -> str:

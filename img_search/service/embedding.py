@@ -17,7 +17,7 @@ import os
 import threading
 from typing import Any
 
-from img_search.embedding.base import Encoder, FeatureVector, ImagePreprocessor, ModelInfo, PixelBatch
+from img_search.embedding.base import LockedEncoder
 from img_search.errors import CatalogNotFoundError, DimensionMismatchError
 from img_search.settings import Settings
 
@@ -158,33 +158,3 @@ def get_search_embedding_service(user_id: str | int | None = None, *, session_ke
     if use_siglip:
         return get_siglip_service(s), svc.siglip_collection
     return get_clip_service(s), svc.clip_collection
-
-
-class LockedEncoder:
-    """An ``Encoder`` whose forward passes run one at a time.
-
-    A shared fast tokenizer called from two threads at once can fail with ``RuntimeError: Already borrowed``
-    (huggingface/tokenizers#537: padding and truncation are set on the shared Rust object per call), and torch
-    already uses every core for one forward pass on CPU.
-    """
-
-    def __init__(self, inner: Encoder) -> None:
-        self.inner = inner
-        self.info: ModelInfo = inner.info
-        self.device: str = inner.device
-        self._lock = threading.Lock()
-
-    def image_preprocessor(self) -> ImagePreprocessor:
-        return self.inner.image_preprocessor()
-
-    def encode_batch(self, batch: PixelBatch) -> FeatureVector:
-        with self._lock:
-            return self.inner.encode_batch(batch)
-
-    def encode_images(self, images: list[Any]) -> FeatureVector:
-        with self._lock:
-            return self.inner.encode_images(images)
-
-    def encode_texts(self, texts: list[str]) -> FeatureVector:
-        with self._lock:
-            return self.inner.encode_texts(texts)
