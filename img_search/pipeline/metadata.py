@@ -7,17 +7,16 @@ stale (its XMP sidecar appeared, changed or went away since it was read) is read
 ``Image.open`` is lazy, so nothing but the headers is parsed, plus a reduced decode for the dominant colours (JPEG
 at a DCT scale of 1/8 where the colour grid allows; other formats in full). Results are committed in batches of
 ``BATCH`` (``Catalog.set_photo_metadata``, which refreshes the text index), so an interrupted back-fill keeps what it
-read. With ``workers`` > 0 and enough files the reads run in forked processes.
+read. The reads run in the calling process: a process pool gained nothing measurable here (docs/PERFORMANCE.md,
+"Photo metadata": a spawn pool of 2 took 1.00-1.36x the serial time for 200 photos on the 2-core machine) and the
+forked ``multiprocessing.Pool`` it replaced could hang for good (issue 9: the pool waits forever for the task of a
+worker that died).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import signal
-from collections.abc import Generator, Iterable, Sequence
-from contextlib import closing
+from collections.abc import Iterable, Sequence
 
 from img_search.catalog import Catalog, PhotoMetadata
 from img_search.data.metadata import read_metadata, sidecar_mtimes
@@ -26,9 +25,6 @@ from img_search.pipeline.progress import Progress
 logger = logging.getLogger(__name__)
 
 BATCH = 256  # files per catalog transaction
-PARALLEL_DISABLED = True
-PARALLEL_FROM = 64  # fewer files are read in the calling process (forking costs more than it saves)
-_CHUNK = 16  # files per task handed to a worker process
 
 
 def stale_metadata(catalog: Catalog, roots: Sequence[str], *, skip: Iterable[str] = (),
@@ -46,35 +42,11 @@ def stale_metadata(catalog: Catalog, roots: Sequence[str], *, skip: Iterable[str
     return [p for p in live if p in forced or p not in state or state[p] != sidecars.get(p)]
 
 
-def _worker_init(parent: int) -> None:
-    from img_search.pipeline.reader import _die_with_parent
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
-    _die_with_parent(parent, 0)
-
-
-def _read(path: str) -> tuple[str, PhotoMetadata]:
-    return path, read_metadata(path)
-
-
-def _results(paths: Sequence[str], workers: int) -> Generator[tuple[str, PhotoMetadata], None, None]:
-    # open bug: the forked pool hung for good once in the full test suite (a lock copied from another thread at
-    # fork?); until that is understood the back-fill reads in the calling process
-    if PARALLEL_DISABLED or workers <= 0 or len(paths) < PARALLEL_FROM:
-        yield from map(_read, paths)
-        return
-    workers = min(workers, os.cpu_count() or 1, max(1, len(paths) // _CHUNK))
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
-    try:
-        yield from pool.imap(_read, paths, chunksize=_CHUNK)
-    finally:
-        pool.terminate()
-        pool.join()
-
-
 def backfill_metadata(catalog: Catalog, paths: Sequence[str], *, workers: int = 0,
                       progress: Progress | None = None) -> int:
-    """Read and record the metadata of ``paths`` (``stale_metadata``'s list); returns how many were recorded."""
+    """Read (``data.metadata.read_metadata``, never raises) and record the metadata of ``paths``
+    (``stale_metadata``'s list), in the calling process; returns how many were recorded. ``workers`` is not used
+    (the call in ``pipeline/runner.py`` still passes the decode worker count; to be dropped there)."""
     if not paths:
         return 0
     logger.info("reading photo metadata of %d files not decoded this run", len(paths))
@@ -93,11 +65,10 @@ def backfill_metadata(catalog: Catalog, paths: Sequence[str], *, workers: int = 
         pending = []
 
     try:
-        with closing(_results(paths, workers)) as results:
-            for item in results:
-                pending.append(item)
-                if len(pending) >= BATCH:
-                    flush()
+        for path in paths:
+            pending.append((path, read_metadata(path)))
+            if len(pending) >= BATCH:
+                flush()
     finally:
         try:
             if pending and not writing:  # an interrupted back-fill keeps what it read

@@ -150,26 +150,29 @@ def test_reused_vectors_get_their_files_metadata(tmp_path: Path, tiny_siglip: Pa
         assert _ids(cat, "eiffel") == {"copy_of_paris.jpg"}
 
 
-@pytest.mark.skip(reason="open bug: the forked back-fill pool hung (900 s) in the full suite; the pool is disabled "
-                  "(pipeline/metadata.py PARALLEL_DISABLED) until it is understood")
-def test_parallel_backfill_matches_serial(tmp_path: Path, tiny_siglip: Path, siglip_encoder,  # type: ignore[no-untyped-def]
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backfill_reads_every_file_in_the_calling_process(tmp_path: Path, tiny_siglip: Path, siglip_encoder,  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A back-fill of more files than the old pool's threshold (64), with decode workers asked for, reads each file
+    once, in this process (issue 9: the forked pool it had could hang for good), in several transactions."""
     folder = tmp_path / "many"
-    for i in range(24):
-        photo(folder / f"{i:02d}.jpg", (10 * i, 200 - 5 * i, 90), exif=exif_for(
-            taken=f"2022:{i % 12 + 1:02d}:15 12:00:00", make="Nikon", model=f"Z{i}", lat=10.0 + i, lon=20.0))
-    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-    for idx in (serial, parallel):
-        _run(folder, idx, tiny_siglip, lambda: siglip_encoder, read_metadata=False)
-    monkeypatch.setattr(backfill, "PARALLEL_FROM", 4)
-    monkeypatch.setattr(backfill, "BATCH", 5)  # several transactions
-    assert _run(folder, serial, tiny_siglip, _never, workers=0).metadata_read == 24
-    assert _run(folder, parallel, tiny_siglip, _never, workers=2).metadata_read == 24
+    for i in range(70):
+        photo(folder / f"{i:02d}.jpg", (3 * i, 200 - 2 * i, 90), exif=exif_for(
+            taken=f"2022:{i % 12 + 1:02d}:15 12:00:00", make="Nikon", model=f"Z{i}", lat=10.0 + i / 10, lon=20.0))
+    idx = tmp_path / "idx"
+    _run(folder, idx, tiny_siglip, lambda: siglip_encoder, read_metadata=False)
+    here, reads = os.getpid(), []
+    real = backfill.read_metadata
 
-    def table(idx: Path) -> dict[str, object]:
-        with Catalog.in_dir(idx) as cat:
-            return {p: cat.photo_metadata(row.id) for p, row in cat.images_under(str(folder)).items()}
+    def read_here(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert os.getpid() == here, "metadata read in another process"
+        reads.append(os.path.basename(path))
+        return real(path, *args, **kwargs)
 
-    got = table(parallel)
-    assert got == table(serial)
-    assert {m.camera_model for m in got.values()} == {f"Z{i}" for i in range(24)}  # type: ignore[attr-defined]
+    monkeypatch.setattr(backfill, "read_metadata", read_here)
+    monkeypatch.setattr(backfill, "BATCH", 16)  # several transactions
+    assert _run(folder, idx, tiny_siglip, _never, workers=2).metadata_read == 70
+    assert sorted(reads) == sorted(f"{i:02d}.jpg" for i in range(70))
+    with Catalog.in_dir(idx) as cat:
+        got = {os.path.basename(p): cat.photo_metadata(row.id) for p, row in cat.images_under(str(folder)).items()}
+    assert {m.camera_model for m in got.values()} == {f"Z{i}" for i in range(70)}  # type: ignore[union-attr]
+    assert _run(folder, idx, tiny_siglip, _never, workers=2).metadata_read == 0
