@@ -541,11 +541,26 @@ class Catalog(MetadataMixin):
 
     # -- runs and stats -------------------------------------------------------------------------
     def start_run(self, model_id: int | None) -> int:
+        """Record a new run as 'running' and return its id. Call it under the writer lock (``catalog/lock.py``).
+
+        Every other run still 'running' then belongs to a writer that is gone (killed: SIGKILL, OOM, power loss)
+        without reaching ``finish_run``; in the same transaction each is marked 'interrupted', ``finished_at`` the
+        time this run noticed it (unix seconds; when that writer died is not known), so ``info`` does not report it
+        running forever.
+        """
+        now = time.time()
         with self.transaction() as db:
+            stale = db.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'", (now,)
+            ).rowcount
             cur = db.execute(
-                "INSERT INTO runs (model_id, started_at, status) VALUES (?, ?, 'running')", (model_id, time.time())
+                "INSERT INTO runs (model_id, started_at, status) VALUES (?, ?, 'running')", (model_id, now)
             )
-            return int(cur.lastrowid or 0)
+            run_id = int(cur.lastrowid or 0)
+        if stale:
+            logger.warning("%d earlier run(s) of %s never finished (the process was killed); marked interrupted",
+                           stale, self.path)
+        return run_id
 
     def finish_run(self, run_id: int, *, status: str, stats: dict[str, Any], model_id: int | None = None) -> None:
         with self.transaction() as db:

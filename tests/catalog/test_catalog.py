@@ -119,3 +119,39 @@ def test_a_v1_catalog_is_read_as_it_is_and_upgraded_in_place_by_a_writer(tmp_pat
                              threshold=0.999, passed=False)
         assert sorted(writer.precision_counts(1)) == [("fp32", "torch", 2), ("int8", "onnxruntime", 1)]
         assert writer.failed_precisions(1) == {("fp16", "torch")}
+
+
+def test_a_run_whose_writer_was_killed_is_marked_interrupted_by_the_next_run(tmp_path: Path) -> None:
+    """A writer SIGKILLed between ``start_run`` and ``finish_run`` leaves its run 'running'; the next run (under the
+    writer lock, so no live writer can own that row) marks it 'interrupted' with a finished_at, and finishes its own."""
+    import signal
+    import subprocess
+    import sys
+
+    from img_search.info import catalog_info
+    from img_search.pipeline.runner import IndexOptions, index_folders
+
+    idx, photos = tmp_path / "idx", tmp_path / "photos"
+    photos.mkdir()
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys; from pathlib import Path; from img_search.catalog import Catalog; "
+        "from img_search.catalog.lock import IndexLock; idx = Path(sys.argv[1]); lock = IndexLock(idx).acquire(); "
+        "cat = Catalog.in_dir(idx); cat.start_run(None); os.kill(os.getpid(), signal.SIGKILL)"), str(idx)],
+        capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Catalog.in_dir(idx, readonly=True) as cat:
+        assert cat.db.execute("SELECT status, finished_at FROM runs").fetchall() == [("running", None)]
+
+    def never():  # type: ignore[no-untyped-def]
+        raise AssertionError("nothing to embed")
+
+    index_folders([str(photos)], idx, IndexOptions(model="tiny-unused", workers=0), encoder_factory=never)
+    with Catalog.in_dir(idx, readonly=True) as cat:
+        rows = cat.db.execute("SELECT id, status, started_at, finished_at FROM runs ORDER BY id").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(1, "interrupted"), (2, "finished")]
+    assert rows[0][3] is not None and rows[0][3] >= rows[0][2]
+    assert catalog_info(idx)["last_run"]["status"] == "finished"
+    index_folders([str(photos)], idx, IndexOptions(model="tiny-unused", workers=0), encoder_factory=never)
+    with Catalog.in_dir(idx, readonly=True) as cat:  # a finished run is never re-marked
+        assert [r[0] for r in cat.db.execute("SELECT status FROM runs ORDER BY id")] == ["interrupted", "finished",
+                                                                                         "finished"]
