@@ -14,7 +14,10 @@ Hugging Face cache, which may be read-only)::
 A changed checkpoint (re-downloaded, fine-tuned in place) gets a new key, so a stale graph is never used. Every
 entry is written into a temporary name in the same folder and renamed into place (a folder rename for graphs), so
 two processes exporting at once waste work but never leave a half-written graph: the first rename wins and the
-other process uses it.
+other process uses it. A writer holds an exclusive ``flock`` on its temporary entry while it writes; the kernel drops
+it when the writer dies, however it dies. Each export and JSON write first removes the temporary entries
+(``.*.tmp``) nobody holds: those of killed writers (issue 12: a SIGKILL mid-export used to leave its half-built graph
+folder behind for good), never one whose writer is alive.
 
 Export needs torch, transformers, ``onnx`` and ``onnxscript`` (``torch.onnx``'s exporter); reading needs none.
 """
@@ -22,12 +25,14 @@ Export needs torch, transformers, ``onnx`` and ``onnxscript`` (``torch.onnx``'s 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import warnings
@@ -47,6 +52,25 @@ ONNX_OPSET = 18
 # set whose distribution could differ from the user's photos). The token-embedding Gather stays float32.
 INT8_OP_TYPES = ("MatMul",)
 _PROTOBUF_LIMIT = 1_800_000_000  # bytes of weights past which the graph keeps them in an external data file
+_TEMP_SUFFIX = ".tmp"  # every temporary entry of the cache is named ".<final name>.<random><_TEMP_SUFFIX>"
+_TEMP_ATTEMPTS = 5  # a new temporary name is tried when a cleaner removed the previous one before it was locked
+
+
+def _hold(fd: int, path: str) -> bool:
+    """Take the exclusive ``flock`` on ``fd`` (the open temporary entry ``path``) that marks it in use. False when
+    another process holds it, or ``path`` is no longer ``fd``'s entry (a cleaner removed it between its creation
+    and this lock). Where the file system has no ``flock`` (some network mounts) the entry stays unlocked, and
+    ``RuntimeCache.remove_stale_temps`` cannot lock it either, so it is never removed."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        logger.debug("no flock on %s (%s): it stays unlocked", path, exc)
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except OSError:
+        return False
 
 
 def default_cache_dir() -> Path:
@@ -149,15 +173,22 @@ class RuntimeCache:
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         """Write ``data`` (plus the format version) to ``path`` through a temporary file and ``os.replace``."""
         self._ensure_dir(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({**data, "format": FORMAT_VERSION}, fh, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        self.remove_stale_temps()
+        for _ in range(_TEMP_ATTEMPTS):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:  # open until replaced: the flock marks it in use
+                if not _hold(fd, tmp):
+                    continue
+                try:
+                    json.dump({**data, "format": FORMAT_VERSION}, fh, indent=1, sort_keys=True)
+                    fh.flush()
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+                return
+        raise UnavailableError(f"cannot write {path}: its temporary file was removed {_TEMP_ATTEMPTS} times")
 
     def write_manifest(self, data: dict[str, Any]) -> None:
         self.write_json(self.dir / "manifest.json", data)
@@ -172,7 +203,8 @@ class RuntimeCache:
         if final.is_dir():
             return final
         self._ensure_dir(self.dir)
-        tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=f".{name}.", suffix=".tmp"))
+        self.remove_stale_temps()
+        tmp, fd = self._temp_dir(name)
         try:
             build(tmp)
             try:
@@ -183,7 +215,59 @@ class RuntimeCache:
                 logger.debug("%s was published by another process meanwhile", final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            os.close(fd)  # drops the flock (on ``final`` once renamed)
         return final
+
+    def _temp_dir(self, name: str) -> tuple[Path, int]:
+        """A new temporary folder for ``name`` and an open descriptor of it holding its flock (``_hold``)."""
+        for _ in range(_TEMP_ATTEMPTS):
+            tmp = tempfile.mkdtemp(dir=self.dir, prefix=f".{name}.", suffix=_TEMP_SUFFIX)
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:  # removed by a cleaner before it could be locked
+                continue
+            if _hold(fd, tmp):
+                return Path(tmp), fd
+            os.close(fd)
+        raise UnavailableError(f"cannot build {self.dir / name}: its temporary folder was removed "
+                               f"{_TEMP_ATTEMPTS} times")
+
+    def remove_stale_temps(self) -> list[str]:
+        """Remove the temporary entries (``.*.tmp`` in the entry and its ``parity/``) whose writer is gone: those
+        whose flock can be taken (the kernel dropped it when the writer died; entries written before writers held
+        one have none either). An entry some process holds is left alone. Errors (a read-only cache, an entry
+        vanishing meanwhile) are logged at debug and skipped. Returns the names removed."""
+        removed: list[str] = []
+        for folder in (self.dir, self.dir / "parity"):
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for entry in names:
+                if not (entry.startswith(".") and entry.endswith(_TEMP_SUFFIX)):
+                    continue
+                path = os.path.join(folder, entry)
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if not os.path.samestat(os.lstat(path), os.fstat(fd)):
+                        continue
+                    if stat.S_ISDIR(os.fstat(fd).st_mode):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
+                    removed.append(entry)
+                except OSError as exc:  # held by a live writer (BlockingIOError), or cannot be removed
+                    logger.debug("temporary %s left in place: %s", path, exc)
+                finally:
+                    os.close(fd)
+        if removed:
+            logger.info("removed %d temporary entries left by killed writers in %s: %s", len(removed), self.dir,
+                        ", ".join(sorted(removed)))
+        return removed
 
 
 @contextlib.contextmanager
