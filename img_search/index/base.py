@@ -14,6 +14,14 @@ Contract (checked by ``tests/index/test_conformance.py`` for every installed bac
   **every row holds ``min(k, len(index))`` distinct live ids**, whatever k: an approximate search that comes back
   short (an HNSW graph or IVF probes that do not reach k vectors) is completed by exact scoring, and a k of at least
   ``1 / EXACT_K_FRACTION`` of the collection is scored exactly from the start (see ``exact_is_cheaper``);
+* ``search(queries, k, allowed=ids)`` is a *filtered* search: ``allowed`` is an int64 array of ids, ascending and
+  without repeats (``check_allowed`` makes it so), and every row then holds ``min(k, |allowed & live|)`` distinct live
+  ids taken from ``allowed`` only, best first, padded as above; ids of ``allowed`` that the index does not hold are
+  ignored and an empty ``allowed`` gives all-padding rows. Each backend uses its library's own filtered search where
+  it has one (faiss ``SearchParameters(sel=IDSelector...)``, hnswlib's ``filter`` callable, Qdrant's
+  ``HasIdCondition``), completing short rows exactly like an unfiltered search; usearch and ScaNN, whose Python
+  bindings take no filter, over-fetch and keep the allowed ids (``overfetch_filtered``), or score the allowed
+  vectors exactly when the over-fetch would reach the exhaustive threshold anyway;
 * ``save(path)`` / ``load(path)`` (classmethod) round-trip the index (memory-mapped where supported);
 * ``memory_bytes()`` estimates the index's resident size; ``len(index)`` counts stored vectors;
 * ``search_params`` names the parameters ``set_search_params(**params)`` may change on a built index without
@@ -86,7 +94,8 @@ class VectorIndex(Protocol):
 
     def contains(self, ids: IdArray) -> BoolArray: ...
 
-    def search(self, queries: FloatArray, k: int) -> tuple[IdArray, FloatArray]: ...
+    def search(self, queries: FloatArray, k: int, *, allowed: IdArray | None = None
+               ) -> tuple[IdArray, FloatArray]: ...
 
     def save(self, path: Path) -> None: ...
 
@@ -244,3 +253,85 @@ def topk(scores: FloatArray, k: int) -> tuple[NDArray[np.intp], FloatArray]:
     order = np.lexsort((part, -part_scores), axis=1)
     cols = np.take_along_axis(part, order, axis=1)
     return cols, np.take_along_axis(part_scores, order, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- filtered search
+# over-fetch of a filtered search through an unfiltered one: ask for k * OVERFETCH / share + OVERFETCH_PAD hits (share:
+# the allowed fraction of the collection), 4x more per retry. 1.5 covers the spread of the number of allowed ids among
+# the first hits of a random filter (bench/filtered_search.py: one retry in 200 queries at 5 %).
+OVERFETCH = 1.5
+OVERFETCH_PAD = 16
+OVERFETCH_GROWTH = 4
+
+
+def check_allowed(allowed: Any) -> IdArray:
+    """``allowed`` as a 1-D int64 array, ascending and without repeats (``np.unique`` only when it is not already)."""
+    arr = np.ascontiguousarray(allowed, dtype=np.int64).reshape(-1)
+    if arr.size > 1 and not bool((arr[1:] > arr[:-1]).all()):
+        arr = np.unique(arr)
+    return arr
+
+
+def overfetch_k(k: int, n_allowed: int, n_live: int) -> int:
+    """How many unfiltered hits to ask for so that about ``k`` of them fall among ``n_allowed`` of ``n_live``."""
+    share = max(n_allowed, 1) / max(n_live, 1)
+    return min(n_live, int(np.ceil(k * OVERFETCH / min(share, 1.0))) + OVERFETCH_PAD)
+
+
+class IdRows:
+    """Row positions of ids in a fixed id array (``ids[row]``; -1 entries, tombstones, never match).
+
+    ``rows(allowed)`` -> ascending row numbers of the ids of ``allowed`` (sorted int64) that ``ids`` holds: a
+    ``searchsorted`` into a sorted copy, O(m log n), so a filtered search never scans the whole id array.
+    """
+
+    def __init__(self, ids: IdArray) -> None:
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+
+    def rows(self, allowed: IdArray) -> NDArray[np.intp]:
+        n = self.sorted.shape[0]
+        if n == 0 or allowed.size == 0:
+            return np.empty(0, dtype=np.intp)
+        pos = np.searchsorted(self.sorted, allowed)
+        found = pos < n
+        found[found] = self.sorted[pos[found]] == allowed[found]
+        return np.sort(self.order[pos[found]])
+
+
+def score_rows(q: FloatArray, vectors: FloatArray, ids: IdArray, k: int) -> tuple[IdArray, FloatArray]:
+    """Exact top-``k`` of (n_q, dim) queries over (m, dim) ``vectors`` labelled ``ids``: (n_q, k) padded results.
+
+    One query is scored with ``np.einsum`` (one thread, no BLAS): OpenBLAS runs a large matrix-vector product on
+    every core and, on a loaded machine, waits for them (measured at 5,072 x 768: p50 12 ms threaded vs 0.35 ms on one
+    thread, docs/PERFORMANCE.md "Filtered search"). Several queries go through BLAS, where threads pay off.
+    """
+    if vectors.shape[0] == 0 or k <= 0:
+        return empty_results(q.shape[0], k)
+    scores = np.einsum("ij,j->i", vectors, q[0])[None, :] if q.shape[0] == 1 else q @ vectors.T
+    cols, best = topk(scores, k)
+    return pad_results(ids[cols], best.astype(np.float32, copy=False), k)
+
+
+def overfetch_filtered(search: Callable[[FloatArray, int], tuple[IdArray, FloatArray]], q: FloatArray, k: int,
+                       allowed: IdArray, n_live: int) -> tuple[IdArray, FloatArray]:
+    """A filtered search through an unfiltered ``search(q, kk)`` that keeps the full-row contract: ask for
+    ``overfetch_k`` hits, keep those in ``allowed``, and widen by ``OVERFETCH_GROWTH`` until every row holds ``k``
+    allowed ids or the search returned every live vector (then it held every allowed one: ``search`` returns
+    ``min(kk, n_live)`` ids per row). Returns (n_q, k) ids / scores, padded."""
+    n_q = q.shape[0]
+    if k <= 0 or n_live <= 0 or allowed.size == 0:
+        return empty_results(n_q, k)
+    kk = overfetch_k(k, int(allowed.size), n_live)
+    while True:
+        found, scores = search(q, kk)
+        keep = np.isin(found, allowed) & (found >= 0)
+        if kk >= n_live or int(keep.sum(axis=1).min()) >= k:
+            break
+        kk = min(n_live, kk * OVERFETCH_GROWTH)
+    out_ids = np.full((n_q, k), -1, np.int64)
+    out_scores = np.full((n_q, k), -np.inf, np.float32)
+    for row in range(n_q):
+        ids_row, scores_row = found[row][keep[row]][:k], scores[row][keep[row]][:k]
+        out_ids[row, : ids_row.size], out_scores[row, : ids_row.size] = ids_row, scores_row
+    return out_ids, out_scores

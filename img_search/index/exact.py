@@ -12,15 +12,18 @@ from img_search.index.base import (
     BoolArray,
     FloatArray,
     IdArray,
+    IdRows,
     Metric,
     as_ids,
     as_query,
     as_vectors,
+    check_allowed,
     check_metric,
     check_search_params,
     check_writable,
     normalize,
     pad_results,
+    score_rows,
     topk,
     unit_queries,
 )
@@ -40,6 +43,7 @@ class ExactIndex:
         self._ids: IdArray = np.empty(0, dtype=np.int64)
         self._vectors: FloatArray = np.empty((0, dim), dtype=np.float32)
         self._readonly = False
+        self._rows: IdRows | None = None  # id -> row positions for filtered searches, rebuilt after changes
 
     def __len__(self) -> int:
         return int(self._ids.shape[0])
@@ -55,20 +59,26 @@ class ExactIndex:
             self._ids, self._vectors = self._ids[keep], self._vectors[keep]
         self._ids = np.concatenate([self._ids, new_ids])
         self._vectors = np.concatenate([self._vectors, vecs]) if len(self._vectors) else vecs.copy()
+        self._rows = None
 
     def remove(self, ids: Any) -> None:
         check_writable(self)
         drop = np.asarray(ids, dtype=np.int64).reshape(-1)
         keep = ~np.isin(self._ids, drop)
         self._ids, self._vectors = self._ids[keep], self._vectors[keep]
+        self._rows = None
 
     def contains(self, ids: Any) -> BoolArray:
         return np.isin(np.asarray(ids, dtype=np.int64).reshape(-1), self._ids)
 
-    def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+    def search(self, queries: Any, k: int, *, allowed: Any = None) -> tuple[IdArray, FloatArray]:
         q = as_query(queries, self.dim)
         if self.metric == "cosine":
             q = unit_queries(q)
+        if allowed is not None:
+            rows = self.rows_of(check_allowed(allowed))
+            # ascending rows: the gather reads a memory-mapped matrix front to back
+            return score_rows(q, np.take(self._vectors, rows, axis=0), self._ids[rows], k)
         if q.shape[0] == 1:  # one query: no blocking, no concatenation
             cols, best = topk(q @ self._vectors.T, k)
             return pad_results(self._ids[cols], best, k)
@@ -107,6 +117,12 @@ class ExactIndex:
     def set_search_params(self, **params: Any) -> None:
         """Exact search has nothing to tune; any parameter is an error."""
         check_search_params(self.name, self.search_params, params)
+
+    def rows_of(self, allowed: IdArray) -> np.ndarray:
+        """Ascending row numbers of the ids of ``allowed`` (sorted int64) that this index holds."""
+        if self._rows is None:
+            self._rows = IdRows(self._ids)
+        return self._rows.rows(allowed)
 
     @property
     def vectors(self) -> FloatArray:

@@ -45,16 +45,19 @@ from img_search.index.base import (
     BoolArray,
     FloatArray,
     IdArray,
+    IdRows,
     Metric,
     as_ids,
     as_query,
     as_vectors,
+    check_allowed,
     check_metric,
     check_search_params,
     check_writable,
     empty_results,
     exact_is_cheaper,
     normalize,
+    overfetch_filtered,
     pad_results,
     short_rows,
     unit_queries,
@@ -134,6 +137,7 @@ class FaissIndex:
         self._selector_dirty = False
         self._params_cache: Any = None  # SearchParameters carrying the selector, rebuilt with it
         self._params_base: Any = None
+        self._label_rows: IdRows | None = None  # id -> faiss position (positional methods), for filter bitmaps
         self._one_shape = (1, self.dim)
         self._readonly = False
         self._mmap_source: Path | None = None
@@ -229,6 +233,7 @@ class FaissIndex:
             self._tombstone(new_ids)
             self._index.add(vecs)
             self._labels = np.concatenate([self._labels, new_ids])
+            self._label_rows = None
             if self._n_tombstones:
                 self._selector_dirty = True
         else:
@@ -256,6 +261,7 @@ class FaissIndex:
         if self._positional:
             self._index.add(buf_vecs)
             self._labels = buf_ids.copy()
+            self._label_rows = None
         else:
             self._index.add_with_ids(buf_vecs, buf_ids)
             self._ids = buf_ids.copy()
@@ -265,6 +271,7 @@ class FaissIndex:
         n_hit = int(hit.sum())
         if n_hit:
             self._labels[hit] = -1
+            self._label_rows = None
             self._n_tombstones += n_hit
             self._selector_dirty = True
 
@@ -304,6 +311,7 @@ class FaissIndex:
         index.add(vectors)
         self._index = index
         self._labels = self._labels[live]
+        self._label_rows = None
         self._n_tombstones = 0
         self._selector, self._selector_dirty = None, False
         self._apply_search_params()
@@ -361,15 +369,18 @@ class FaissIndex:
                                                                        base_index_params=base)
         return self._params_cache
 
-    def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
-        one = self._search_one(queries, k)
-        if one is not None:
-            return one
+    def search(self, queries: Any, k: int, *, allowed: Any = None) -> tuple[IdArray, FloatArray]:
+        if allowed is None:
+            one = self._search_one(queries, k)
+            if one is not None:
+                return one
         q = as_query(queries, self.dim)
         if self.metric == "cosine":
             q = unit_queries(q)
         if self._buffer is not None:
-            return self._buffer.search(q, k)
+            return self._buffer.search(q, k, allowed=allowed)
+        if allowed is not None:
+            return self._search_allowed(q, k, check_allowed(allowed))
         # inlined len(self): this path runs once per query of a service
         n_live = (self._labels.shape[0] - self._n_tombstones) if self._positional else self._ids.shape[0]
         if n_live == 0 or k <= 0:
@@ -388,6 +399,64 @@ class FaissIndex:
             if self._positional:
                 found = self._labels[found]
         return (found, scores) if kk == k else pad_results(found, scores, k)
+
+    def _search_allowed(self, q: FloatArray, k: int, allowed: IdArray) -> tuple[IdArray, FloatArray]:
+        """faiss' own filtered search: an ``IDSelectorBitmap`` over the positions of the allowed ids (hnsw, refined
+        ivf_pq: faiss holds positions) or an ``IDSelectorBatch`` of the ids (flat, ivf: faiss holds the ids), passed
+        as ``SearchParameters(sel=...)``. faiss skips non-selected vectors while scanning (flat, IVF lists) and keeps
+        walking through them without returning them (HNSW); a row that comes back short is searched exhaustively
+        with the same selector, as is a k of at least ``EXACT_K_FRACTION`` of the allowed vectors."""
+        n_q = q.shape[0]
+        if self.gpu:  # GPU indexes take no selector: over-fetch through the unfiltered search
+            return overfetch_filtered(lambda qq, kk: self.search(qq, kk), q, k, allowed, len(self))
+        if self._positional:
+            if self._label_rows is None:
+                self._label_rows = IdRows(self._labels)
+            rows = self._label_rows.rows(allowed)
+            n_allowed = int(rows.size)
+            bitmap = np.zeros(self._labels.shape[0], dtype=bool)
+            bitmap[rows] = True
+            selector = faiss.IDSelectorBitmap(np.packbits(bitmap, bitorder="little"))
+        else:
+            present = allowed[np.isin(allowed, self._ids)]
+            n_allowed = int(present.size)
+            selector = faiss.IDSelectorBatch(present)
+        if n_allowed == 0 or k <= 0:
+            return empty_results(n_q, k)
+        kk = min(k, n_allowed)
+        if self.method != "flat" and exact_is_cheaper(kk, n_allowed):
+            found, scores = self._exhaustive_selected(q, kk, selector)
+        else:
+            if self.method == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.ef_search, kk))
+            elif self.method == "flat":
+                params = faiss.SearchParameters(sel=selector)
+            elif self.rerank:
+                base = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+                params = faiss.IndexRefineSearchParameters(k_factor=float(self.rerank), base_index_params=base)
+            else:
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+            scores, found = self._index.search(q, kk, params=params)
+            rows_short = short_rows(found, kk)
+            if rows_short is not None:  # the graph walk / probed lists held fewer than kk allowed vectors
+                found[rows_short], scores[rows_short] = self._exhaustive_selected(q[rows_short], kk, selector)
+        if self._positional:
+            found = np.where(found >= 0, self._labels[found], -1)
+        return (found, scores) if kk == k else pad_results(found, scores, k)
+
+    def _exhaustive_selected(self, q: FloatArray, kk: int, selector: Any) -> tuple[IdArray, FloatArray]:
+        """Every selected vector scored: the flat storage with the selector (positions, for hnsw / refined ivf_pq),
+        the flat index itself, or every inverted list (ivf, ivf_pq: PQ codes unless re-ranked)."""
+        index = self._index
+        if self._positional:
+            storage = faiss.downcast_index(index.storage if self.method == "hnsw" else index.refine_index)
+            scores, found = storage.search(q, kk, params=faiss.SearchParameters(sel=selector))
+        elif self.method == "flat":
+            scores, found = index.search(q, kk, params=faiss.SearchParameters(sel=selector))
+        else:
+            nlist = int(faiss.extract_index_ivf(index).nlist)
+            scores, found = index.search(q, kk, params=faiss.SearchParametersIVF(sel=selector, nprobe=nlist))
+        return found, scores
 
     def _search_one(self, queries: Any, k: int) -> tuple[IdArray, FloatArray] | None:
         """The path of a service's typical call, kept to a few operations: one float32 (1, dim) query of unit length
@@ -493,6 +562,7 @@ class FaissIndex:
         stored = np.load(path / "ids.npy")
         if index._positional:
             index._labels = stored
+            index._label_rows = None
             index._n_tombstones = int(meta["n_tombstones"])
         else:
             index._ids = stored

@@ -36,6 +36,7 @@ from img_search.index.base import (
     as_ids,
     as_query,
     as_vectors,
+    check_allowed,
     check_metric,
     check_search_params,
     check_writable,
@@ -43,6 +44,7 @@ from img_search.index.base import (
     exact_is_cheaper,
     merge_topk,
     pad_results,
+    score_rows,
     short_rows,
     topk,
     unit_queries,
@@ -54,6 +56,9 @@ _FILE = "index.hnswlib"
 _F32 = np.dtype(np.float32)
 # vectors fetched per get_items call by the exact path (64k x 768 float32 = 200 MB at most at a time)
 _EXACT_CHUNK = 65_536
+# a filtered search scored exactly reads up to this many allowed vectors with get_items (~33 us each), more from the
+# level-0 block (a copy of every vector: ~0.65 ms per 1,000 stored)
+_GET_ITEMS_MAX = 256
 
 
 class HnswlibIndex:
@@ -156,7 +161,9 @@ class HnswlibIndex:
             return None
         return labels.view(np.int64), 1.0 - distances
 
-    def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+    def search(self, queries: Any, k: int, *, allowed: Any = None) -> tuple[IdArray, FloatArray]:
+        if allowed is not None:
+            return self._search_allowed(as_query(queries, self.dim), k, check_allowed(allowed))
         one = self._search_one(queries, k)
         if one is not None:
             return one
@@ -180,6 +187,43 @@ class HnswlibIndex:
         if rows is not None:
             ids[rows], scores[rows] = self._search_exact(q[rows], kk)
         return (ids, scores) if kk == k else pad_results(ids, scores, k)
+
+    def _search_allowed(self, q: FloatArray, k: int, allowed: IdArray) -> tuple[IdArray, FloatArray]:
+        """hnswlib's own filtered search: ``knn_query(filter=...)`` with a Python callable that hnswlib calls for
+        every node it considers returning (``allowed_set.__contains__``: a C-level set lookup, but one call into
+        Python per node, under the GIL, so on one thread; docs/PERFORMANCE.md measures it). Rows it leaves short
+        (hnswlib raises when any row finds fewer than k), and a k of at least ``EXACT_K_FRACTION`` of the allowed
+        vectors, are scored exactly over the allowed stored vectors."""
+        n_q = q.shape[0]
+        if self._deleted:
+            allowed = allowed[~np.isin(allowed, np.fromiter(self._deleted, dtype=np.int64, count=len(self._deleted)))]
+        if k <= 0 or allowed.size == 0 or self._index.element_count == 0:
+            return empty_results(n_q, k)
+        allowed_set = set(allowed.tolist())
+        # an upper bound of the allowed ids stored (ids of allowed the index never held are not known without a
+        # lookup per id): the search asks for min(k, that) and completes short rows exactly
+        kk = min(k, allowed.size)
+        if not exact_is_cheaper(kk, allowed.size):
+            try:
+                labels, distances = self._index.knn_query(q, k=kk, num_threads=1, filter=allowed_set.__contains__)
+            except RuntimeError:  # some row found fewer than kk: all rows exactly (correct, and rare)
+                pass
+            else:
+                return pad_results(labels.view(np.int64), (1.0 - distances).astype(np.float32, copy=False), k)
+        return self._search_exact_allowed(q, k, allowed)
+
+    def _search_exact_allowed(self, q: FloatArray, k: int, allowed: IdArray) -> tuple[IdArray, FloatArray]:
+        """Brute force over the stored vectors of the live ``allowed`` ids (``get_items`` below
+        ``_GET_ITEMS_MAX`` of them, else the level-0 block)."""
+        if self.metric == "cosine":
+            q = unit_queries(q)
+        if allowed.size <= _GET_ITEMS_MAX:
+            present = allowed[self.contains(allowed)]
+            vectors = np.asarray(self._index.get_items(present), dtype=np.float32).reshape(-1, self.dim)
+            return score_rows(q, vectors, present, k)
+        labels, vectors = self._stored()
+        keep = np.isin(labels, allowed)
+        return score_rows(q, vectors[keep], labels[keep], k)
 
     def _search_ragged(self, q: FloatArray, kk: int) -> tuple[IdArray, FloatArray]:
         """Per query, what the graph finds (at most kk); the rest padded for the exact pass to complete."""

@@ -37,6 +37,7 @@ from img_search.index.base import (
     as_ids,
     as_query,
     as_vectors,
+    check_allowed,
     check_metric,
     check_writable,
     pad_results,
@@ -168,9 +169,9 @@ class QdrantIndex:
             point_ids: list[Any] = drop.tolist()
             self._client.delete(self.collection, points_selector=models.PointIdsList(points=point_ids), wait=True)
 
-    def _raw_search(self, q: FloatArray, kk: int) -> list[Any]:
+    def _raw_search(self, q: FloatArray, kk: int, flt: models.Filter | None = None) -> list[Any]:
         """The client call itself (what a benchmark times as the raw library)."""
-        requests = [models.QueryRequest(query=row.tolist(), limit=kk, params=self._params) for row in q]
+        requests = [models.QueryRequest(query=row.tolist(), limit=kk, params=self._params, filter=flt) for row in q]
         return self._client.query_batch_points(self.collection, requests=requests)
 
     def contains(self, ids: Any) -> BoolArray:
@@ -182,19 +183,31 @@ class QdrantIndex:
                                                            with_vectors=False)}
         return np.fromiter((int(i) in found for i in wanted.tolist()), dtype=bool, count=wanted.size)
 
-    def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+    def search(self, queries: Any, k: int, *, allowed: Any = None) -> tuple[IdArray, FloatArray]:
+        """``allowed``: Qdrant's own filtered search, a ``HasIdCondition`` over those ids (the server plans it: a
+        full scan of the matching points when few, a filtered HNSW walk otherwise)."""
         q = as_query(queries, self.dim)
         n = q.shape[0]
+        flt = None
+        if allowed is not None:
+            ids_allowed = check_allowed(allowed)
+            if ids_allowed.size == 0:
+                return pad_results(np.empty((n, 0), np.int64), np.empty((n, 0), np.float32), k)
+            point_ids: list[Any] = ids_allowed.tolist()
+            flt = models.Filter(must=[models.HasIdCondition(has_id=point_ids)])
         if k <= 0 or n == 0:
             return pad_results(np.empty((n, 0), np.int64), np.empty((n, 0), np.float32), k)
         ids = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
-        counts = self._fill(ids, scores, np.arange(n), self._raw_search(q, k))
+        counts = self._fill(ids, scores, np.arange(n), self._raw_search(q, k, flt))
         if self.mode == "server" and (counts < k).any():  # an HNSW walk can stop short of k: re-ask exactly
-            short = np.flatnonzero(counts < min(k, len(self)))
+            reachable = len(self) if flt is None else self._client.count(self.collection, count_filter=flt,
+                                                                         exact=True).count
+            short = np.flatnonzero(counts < min(k, reachable))
             if short.size:
                 exact = models.SearchParams(exact=True)
-                requests = [models.QueryRequest(query=q[i].tolist(), limit=k, params=exact) for i in short]
+                requests = [models.QueryRequest(query=q[i].tolist(), limit=k, params=exact, filter=flt)
+                            for i in short]
                 self._fill(ids, scores, short, self._client.query_batch_points(self.collection, requests=requests))
         return ids, scores
 

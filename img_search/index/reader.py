@@ -8,7 +8,8 @@ see ``base.py``) and wraps it in an ``IndexReader``:
 * ``remove(ids)`` masks them in the saved index and drops them from the delta;
 * ``search(q, k)`` asks the saved index for ``k + m`` hits, where ``m`` is the number of masked ids it holds (so at
   least k live ones remain: every backend returns ``min(k, len)`` distinct ids), drops the masked ones, merges the
-  rest with the delta's top k by score and pads with id -1 / score -inf;
+  rest with the delta's top k by score and pads with id -1 / score -inf; ``search(q, k, allowed=ids)`` passes the
+  saved index ``ids`` minus the masked ones (its own filtered search) and the delta ``ids``, and merges the two;
 * ``save`` raises ``ReadOnlyIndexError``: readers never save (only `img-search index` writes the saved index).
 
 With an empty delta and nothing masked (a search right after `index`), ``search`` is the saved index's own call.
@@ -33,6 +34,7 @@ from img_search.index.base import (
     as_ids,
     as_query,
     as_vectors,
+    check_allowed,
     merge_topk,
     pad_results,
 )
@@ -94,7 +96,9 @@ class IndexReader:
         return self._base_len - int(self._masked.size) + len(self._delta)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+    def search(self, queries: Any, k: int, *, allowed: Any = None) -> tuple[IdArray, FloatArray]:
+        if allowed is not None:
+            return self._search_allowed(queries, k, check_allowed(allowed))
         n_masked = int(self._masked.size)
         if not n_masked and not len(self._delta):  # nothing changed since the save: the base's own answer
             return self.base.search(queries, k)
@@ -115,6 +119,17 @@ class IndexReader:
             parts.append(self._delta.search(q, k))
         if not parts:
             return pad_results(np.empty((q.shape[0], 0), np.int64), np.empty((q.shape[0], 0), np.float32), k)
+        return merge_topk(parts, k)
+
+    def _search_allowed(self, queries: Any, k: int, allowed: IdArray) -> tuple[IdArray, FloatArray]:
+        """The saved index's filtered search over ``allowed`` minus the masked ids, merged with the delta's."""
+        if not self._masked.size and not len(self._delta):
+            return self.base.search(queries, k, allowed=allowed)
+        q = as_query(queries, self.dim)
+        base_allowed = allowed[~np.isin(allowed, self._masked)] if self._masked.size else allowed
+        parts = [self.base.search(q, k, allowed=base_allowed)]
+        if len(self._delta):
+            parts.append(self._delta.search(q, k, allowed=allowed))
         return merge_topk(parts, k)
 
     def set_search_params(self, **params: Any) -> None:

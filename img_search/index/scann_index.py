@@ -35,12 +35,15 @@ from img_search.index.base import (
     as_ids,
     as_query,
     as_vectors,
+    check_allowed,
     check_metric,
     check_search_params,
     check_writable,
     empty_results,
     exact_is_cheaper,
     normalize,
+    overfetch_filtered,
+    overfetch_k,
     pad_results,
     short_rows,
     unit_queries,
@@ -206,7 +209,9 @@ class ScannIndex:
             return None
         return self._searcher_ids.take(rows)[None], scores[None]
 
-    def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+    def search(self, queries: Any, k: int, *, allowed: Any = None) -> tuple[IdArray, FloatArray]:
+        if allowed is not None:
+            return self._search_allowed(queries, k, check_allowed(allowed))
         one = self._search_one(queries, k)
         if one is not None:
             return one
@@ -241,6 +246,18 @@ class ScannIndex:
             if short is not None:  # the searched leaves held fewer than kk vectors: score those rows exactly
                 ids[short], scores[short] = self._store.search(q[short], kk)
         return (ids, scores) if kk == k else pad_results(ids, scores, k)
+
+    def _search_allowed(self, queries: Any, k: int, allowed: IdArray) -> tuple[IdArray, FloatArray]:
+        """ScaNN's Python searcher takes no filter (its C++ restricts are not in the pybind API), so: over-fetch
+        through the unfiltered search and keep the allowed ids, or, when that over-fetch would reach the exhaustive
+        threshold anyway, score the allowed vectors exactly from the stored float copy."""
+        q = as_query(queries, self.dim)
+        if self._dirty:
+            self.build()
+        n_live = len(self._store)
+        if exact_is_cheaper(overfetch_k(k, int(allowed.size), max(n_live, 1)), n_live):
+            return self._store.search(unit_queries(q) if self.metric == "cosine" else q, k, allowed=allowed)
+        return overfetch_filtered(lambda qq, kk: self.search(qq, kk), q, k, allowed, n_live)
 
     def _config(self) -> dict[str, Any]:
         return {

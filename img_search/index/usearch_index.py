@@ -31,13 +31,19 @@ from img_search.index.base import (
     as_ids,
     as_query,
     as_vectors,
+    check_allowed,
     check_metric,
     check_search_params,
     check_writable,
     empty_results,
     exact_is_cheaper,
+    normalize,
+    overfetch_filtered,
+    overfetch_k,
     pad_results,
+    score_rows,
     short_rows,
+    unit_queries,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,7 +154,9 @@ class UsearchIndex:
             return None
         return keys.view(np.int64)[None], (1.0 - matches.distances)[None]
 
-    def search(self, queries: Any, k: int) -> tuple[IdArray, FloatArray]:
+    def search(self, queries: Any, k: int, *, allowed: Any = None) -> tuple[IdArray, FloatArray]:
+        if allowed is not None:
+            return self._search_allowed(as_query(queries, self.dim), k, check_allowed(allowed))
         one = self._search_one(queries, k)
         if one is not None:
             return one
@@ -164,6 +172,23 @@ class UsearchIndex:
             if rows is not None:  # the graph walk reached fewer than kk vectors: brute force those rows
                 ids[rows], scores[rows] = self._matches(q[rows], kk, True)
         return (ids, scores) if kk == k else pad_results(ids, scores, k)
+
+    def _search_allowed(self, q: FloatArray, k: int, allowed: IdArray) -> tuple[IdArray, FloatArray]:
+        """usearch's Python binding (2.x ``Index.search``) takes no filter (the C++ core's predicate search is not
+        exposed), so: over-fetch through the unfiltered search and keep the allowed keys; when that over-fetch would
+        reach the exhaustive threshold anyway, score the allowed vectors exactly instead (``Index.get``, as float32)."""
+        n_live = len(self._index)
+        if k <= 0 or n_live == 0 or allowed.size == 0:
+            return empty_results(q.shape[0], k)
+        if exact_is_cheaper(overfetch_k(k, int(allowed.size), n_live), n_live):
+            present = allowed[self.contains(allowed)]
+            vectors = np.asarray(self._index.get(present.astype(np.uint64), dtype=np.float32), dtype=np.float32)
+            vectors = vectors.reshape(-1, self.dim)
+            if self.metric == "cosine":
+                q = unit_queries(q)
+                vectors = normalize(vectors)
+            return score_rows(q, vectors, present, k)
+        return overfetch_filtered(lambda qq, kk: self.search(qq, kk), q, k, allowed, n_live)
 
     def _matches(self, q: FloatArray, kk: int, exact: bool) -> tuple[IdArray, FloatArray]:
         """usearch's answer as (n, kk) ids and similarities, padded where a row found fewer."""

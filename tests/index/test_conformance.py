@@ -372,6 +372,100 @@ def test_qdrant_edge_saves_in_place(data: dict[str, np.ndarray], tmp_path: Path)
     assert len(again) == 490
 
 
+# ---------------------------------------------------------------------------------------------- filtered search
+# allowed subsets of the 3,000 ids: 50 %, 5 %, 0.5 % (15 ids) and 4 ids, each plus ids the index never held
+FILTER_SHARES = (0.5, 0.05, 0.005, 4 / N)
+# recall@10 floor of a filtered search against exact search over the allowed vectors. A graph walk that skips most
+# nodes and a probe of a few IVF lists both lose some neighbours under a narrow filter, so the floor is the case's
+# unfiltered floor minus 0.1 (measured lowest here: see the printout of test_filtered_search)
+FILTER_FLOOR_DROP = 0.1
+
+
+def _allowed(data: dict[str, np.ndarray], share: float, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    m = max(1, round(share * N))
+    chosen = rng.choice(data["ids"], size=m, replace=False)
+    strangers = np.array([10 * N + 5, 10 * N + 77], dtype=np.int64)  # ids no backend holds
+    return np.sort(np.concatenate([chosen, strangers]))
+
+
+def _exact_filtered(ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: int,
+                    allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = np.isin(ids, allowed)
+    exact = ExactIndex(dim=DIM)
+    exact.add(ids[keep], vectors[keep])
+    return exact.search(queries, k)
+
+
+def _check_filtered(found: np.ndarray, scores: np.ndarray, k: int, reachable: np.ndarray, label: str) -> None:
+    """Only ids of ``reachable`` (allowed and live), min(k, |reachable|) distinct ones per row, best first."""
+    _check_full_rows(found, scores, k, reachable, label)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_filtered_search(case: Case, data: dict[str, np.ndarray], built: dict[str, VectorIndex]) -> None:
+    """search(allowed=): allowed ids only, full rows, recall against exact search over the allowed vectors, scores
+    that are the similarities of the ids returned; ids the index never held are ignored."""
+    index = get_built(case, data, built)
+    for share in FILTER_SHARES:
+        allowed = _allowed(data, share)
+        reachable = allowed[np.isin(allowed, data["ids"])]
+        for k in (K, 3 * K):
+            found, scores = index.search(data["queries"], k, allowed=allowed)
+            label = f"{case.id} share={share:g} k={k}"
+            _check_filtered(found, scores, k, reachable, label)
+            gt, _ = _exact_filtered(data["ids"], data["vectors"], data["queries"], k, allowed)
+            want = min(k, reachable.size)
+            r = recall(found[:, :want], gt[:, :want])
+            print(f"{label}: recall {r:.3f}")
+            assert r >= case.floor - FILTER_FLOOR_DROP, f"{label}: recall {r:.3f}"
+            pos = {int(i): j for j, i in enumerate(data["ids"].tolist())}
+            hit = found[:, :want]
+            expected = np.einsum("qd,qkd->qk", data["queries"],
+                                 data["vectors"][np.vectorize(pos.__getitem__)(hit)])
+            err = np.abs(scores[:, :want] - expected)
+            # quantised scores (score_tol above float rounding): 99 % within the tolerance, since a filter picks, from
+            # a wider candidate pool, the ids whose codes over-score most (seen: one of 1,000 PQ4 scores off by 0.35)
+            worst = float(np.quantile(err, 0.99)) if case.score_tol > 1e-3 else float(err.max())
+            assert worst <= case.score_tol + 1e-5, f"{label}: scores off by {worst:.4f}"
+    # a list that is not sorted, with repeats, is taken as the set it names
+    allowed = _allowed(data, 0.05)
+    shuffled = np.concatenate([allowed[::-1], allowed[:3]])
+    np.testing.assert_array_equal(index.search(data["queries"][:5], K, allowed=shuffled)[0],
+                                  index.search(data["queries"][:5], K, allowed=allowed)[0])
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_filtered_search_empty_and_foreign(case: Case, data: dict[str, np.ndarray],
+                                           built: dict[str, VectorIndex]) -> None:
+    """An empty allowed list, or one of ids the index never held, gives all-padding rows; a k larger than the allowed
+    set gives every allowed id, then padding."""
+    index = get_built(case, data, built)
+    q = data["queries"][:4]
+    for allowed in (np.empty(0, np.int64), np.array([10 * N + 1, 10 * N + 2], np.int64)):
+        ids, scores = index.search(q, K, allowed=allowed)
+        assert ids.shape == scores.shape == (4, K)
+        assert (ids == -1).all() and np.isneginf(scores).all(), case.id
+    few = np.sort(data["ids"][[5, 17, 400]])
+    ids, scores = index.search(q, K, allowed=np.concatenate([few, [10 * N + 3]]))
+    _check_filtered(ids, scores, K, few, f"{case.id} k > |allowed|")
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_filtered_search_after_removals(case: Case, data: dict[str, np.ndarray]) -> None:
+    """Removed ids in ``allowed`` never come back, and the rest still fill the rows."""
+    index = build(case, data)
+    if not index.supports_remove:
+        pytest.skip(f"{case.id} cannot remove")
+    allowed = _allowed(data, 0.05)
+    drop = allowed[::2]
+    index.remove(drop)
+    reachable = np.setdiff1d(allowed[np.isin(allowed, data["ids"])], drop)
+    for k in (K, reachable.size + 5):
+        ids, scores = index.search(data["queries"][:10], k, allowed=allowed)
+        _check_filtered(ids, scores, k, reachable, f"{case.id} after removals k={k}")
+
+
 # ---------------------------------------------------------------------------------------------- every k
 def _tight(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Vectors crowded around one direction (cosine ~0.9 between any two): the hard case for graph walks."""
@@ -516,6 +610,21 @@ def _check_reader(reader: VectorIndex, sep: dict[str, Any], label: str, max_miss
     # the replaced ids are found at their new vectors, not at their old ones
     top, _ = reader.search(sep["clear"][:1], K)
     assert set(top[0].tolist()) == set(sep["changes"]["replaced"][0].tolist()), label
+    # filtered: saved, replaced, removed and delta ids mixed in one allowed list; every backend must find the allowed
+    # live ids of the cluster at each clear centre (clusters are far apart) and fill every row
+    allowed = np.sort(np.concatenate([sep["ids"][5:15], sep["ids"][20:30], sep["ids"][500:505],
+                                      sep["changes"]["topped_up"][0][:2], sep["changes"]["new"][0][::2],
+                                      sep["changes"]["new_removed"][0][:3]]))
+    queries = np.concatenate([sep["clear"], sep["emptied"]])
+    reachable = allowed[np.isin(allowed, exact.ids)]
+    for k in (K, reachable.size + 3):
+        ids, scores = reader.search(queries, k, allowed=allowed)
+        _check_full_rows(ids, scores, k, reachable, f"{label}: filtered reader k={k}")
+        want, want_scores = exact.search(sep["clear"], k, allowed=allowed)
+        for row, (g, w, ws) in enumerate(zip(ids, want, want_scores, strict=False)):
+            w_top = set(w[:K][ws[:K] > 0.5].tolist())  # same-cluster ids (cosine ~0.9); the rest are near ties at ~0
+            misses = len(w_top - set(g[:K].tolist()))
+            assert misses <= max_misses, f"{label}: filtered query {row}: {sorted(g[:K])} != {sorted(w_top)}"
 
 
 def _open_separated_reader(case: Case, path: Path) -> VectorIndex:
