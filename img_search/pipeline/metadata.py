@@ -7,10 +7,10 @@ stale (its XMP sidecar appeared, changed or went away since it was read) is read
 ``Image.open`` is lazy, so nothing but the headers is parsed, plus a reduced decode for the dominant colours (JPEG
 at a DCT scale of 1/8 where the colour grid allows; other formats in full). Results are committed in batches of
 ``BATCH`` (``Catalog.set_photo_metadata``, which refreshes the text index), so an interrupted back-fill keeps what it
-read. The reads run in the calling process: a process pool gained nothing measurable here (docs/PERFORMANCE.md,
+read. The reads run in the calling process: a process pool was no faster here (docs/PERFORMANCE.md,
 "Photo metadata": a spawn pool of 2 took 1.00-1.36x the serial time for 200 photos on the 2-core machine) and the
-forked ``multiprocessing.Pool`` it replaced could hang for good (issue 9: the pool waits forever for the task of a
-worker that died).
+``multiprocessing.Pool`` it had hung for good in the full test suite (issue 9; such a pool waits forever for the
+task of a worker that dies, as every worker of its forkserver variant did: docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
