@@ -12,6 +12,10 @@ Run: .venv/bin/python bench/embed_throughput.py [--images 500] [--batch-size 32]
    process (start-up included).
 Figures go to stdout as a Markdown table; copy them into docs/PERFORMANCE.md.
 
+Reduced-scale JPEG decoding vs full: .venv/bin/python bench/embed_throughput.py --decode-parity [--images 64]
+(CPU per image of read + decode + processor, the processor's pixel difference and the embeddings' cosine to the full
+decode, float32 torch on the base architecture, 1024x768 and 12 MP JPEGs; JSON to bench/results/decode_parity.json).
+
 Per precision: .venv/bin/python bench/embed_throughput.py --precision fp32@torch,fp32,bf16,int8,auto [--rounds 3]
 
 Each comma-separated entry is a precision as `img-search index --precision` takes it (the runtime then chosen by the
@@ -22,7 +26,9 @@ timing) and then, on each request of the driver, either runs the model alone on 
 ``--batch-size`` photos of the folder through the checkpoint's processor, ``--model-batches`` batches) or runs the real
 pipeline on the folder: ``pipeline.runner.index_folders`` (scan, plan, decode workers forked by the DataLoader,
 ``encoder.encode_batch``, the catalog writer thread, the saved index's sync) into a fresh index directory, the encoder
-factory handing back the loaded encoder. The images/s of the run is the pipeline's own embed-loop rate
+factory loading a second copy of the encoder from the same runtime cache as `index` does (the decode workers start
+before it: ``pipeline.loop.EarlyStart``), so the overlap of the first batches' decoding with the model load is
+what a real run gets. The images/s of the run is the pipeline's own embed-loop rate
 (``IndexSummary.images_per_second``), its CPU seconds those of the embed loop (``LoopClock``: the worker process and
 its joined decode workers, from getrusage). The ratio end to end / model only splits into the share of the loop
 during which the model computes (``TimedEncoder``: the rest is waiting for decoded batches, or the writer) times the
@@ -229,6 +235,7 @@ def precision_worker(spec: str, model_dir: Path, folder: Path, batch_size: int, 
     import logging
 
     from img_search.data.folder import FileEntry
+    from img_search.data.images import DECODE_FULL, reduced_decode_side, reduced_mode
     from img_search.embedding import load_encoder
     from img_search.embedding.base import collate_pixels
     from img_search.embedding.onnx_export import prepare_runtime
@@ -243,11 +250,14 @@ def precision_worker(spec: str, model_dir: Path, folder: Path, batch_size: int, 
     choice = enc.session("image").choice  # type: ignore[attr-defined]
     load_s = time.perf_counter() - t0
     files = sorted(folder.glob("*.jpg"))
-    loader, pre = FileLoader(), enc.image_preprocessor()
-    c0 = time.process_time()
-    items = [pre(loader(FileEntry(str(f), f.stat().st_size, f.stat().st_mtime_ns)).image)
-             for f in files[:batch_size]]
-    decode_cpu = (time.process_time() - c0) / len(items)  # read + decode + the checkpoint's processor, per image
+    pre = enc.image_preprocessor()
+    decode_cpu = {}
+    for mode in (DECODE_FULL, reduced_mode()):  # read + decode + the checkpoint's processor, per image
+        loader = FileLoader(min_side=reduced_decode_side(pre.input_side, mode))  # type: ignore[attr-defined]
+        c0 = time.process_time()
+        items = [pre(loader(FileEntry(str(f), f.stat().st_size, f.stat().st_mtime_ns)).image)
+                 for f in files[:batch_size]]
+        decode_cpu[mode] = (time.process_time() - c0) / len(items)
     pixels = collate_pixels(items)
     enc.encode_batch(pixels)  # warm-up
     print(json.dumps({"choice": f"{choice.precision} on {choice.runtime}", "load_s": load_s,
@@ -263,12 +273,19 @@ def precision_worker(spec: str, model_dir: Path, folder: Path, batch_size: int, 
             wall, cpu = time.perf_counter() - t, _cpu_seconds() - c
             out = {"rate": n * batch_size / wall, "cpu_per_image": cpu / (n * batch_size), "wall": wall}
         else:
-            clock, timed = LoopClock(), TimedEncoder(enc)
+            clock, made = LoopClock(), []
+
+            def factory(made: list[TimedEncoder] = made) -> TimedEncoder:
+                # loads the encoder as `index` does (the decode workers start before it)
+                made.append(TimedEncoder(load_encoder(str(model_dir), device="cpu", precision=precision,
+                                                      runtime=runtime, cache_dir=RUNTIME_CACHE)))
+                return made[-1]
+
             with tempfile.TemporaryDirectory() as tmp:
-                summary = index_folders([str(folder)], Path(tmp), options, encoder_factory=lambda t=timed: t,
-                                        progress=clock)
+                summary = index_folders([str(folder)], Path(tmp), options, encoder_factory=factory, progress=clock)
             wall, cpu = time.perf_counter() - t, _cpu_seconds() - c
             assert summary.embedded == len(files) and not summary.failed, summary
+            timed = made[-1]
             fill = (timed.first_call or clock.started) - clock.started  # waiting for the first decoded batch
             out = {"rate": summary.images_per_second, "cpu_per_image": clock.cpu / summary.embedded,
                    "run_cpu_per_image": cpu / summary.embedded, "wall": wall, "embed_s": summary.embed_seconds,
@@ -276,7 +293,9 @@ def precision_worker(spec: str, model_dir: Path, folder: Path, batch_size: int, 
                    "steady_rate": summary.embedded / (summary.embed_seconds - fill),
                    "model_busy": timed.seconds / summary.embed_seconds,
                    "model_busy_steady": timed.seconds / (summary.embed_seconds - fill),
-                   "model_rate_in_loop": timed.images / timed.seconds, "precision": summary.precision}
+                   "model_rate_in_loop": timed.images / timed.seconds, "precision": summary.precision,
+                   "decode": summary.decode}
+            del made, timed
         out["loadavg"] = os.getloadavg()[0]
         print(json.dumps(out), flush=True)
 
@@ -393,6 +412,76 @@ def jpeg_folder(n: int) -> Path:
     return folder
 
 
+def big_jpegs(n: int, size: tuple[int, int] = (4032, 3024)) -> Path:
+    """``n`` 12 MP JPEGs (a phone camera's size), made like ``make_jpegs``'s; some carry an EXIF orientation (6: the
+    camera held upright), so the reduced decode's orientation path is measured too."""
+    folder = make_jpegs(CACHE / f"jpegs_{size[0]}x{size[1]}", n, size)
+    for i, f in enumerate(sorted(folder.glob("*.jpg"))[:n]):
+        if i % 4 == 3:
+            with Image.open(f) as im:
+                if im.getexif().get(0x0112):
+                    continue
+                exif = im.getexif()
+                exif[0x0112] = 6
+                pixels = im.copy()
+            pixels.save(f, quality=90, exif=exif)
+    return folder
+
+
+def decode_parity(model_dir: Path, n: int, factors: tuple[int, ...] = (1, 2)) -> dict:
+    """Reduced-scale JPEG decoding against the full decode, per factor: CPU ms per image of read + decode + the
+    checkpoint's processor, the processor's output difference (mean / max |difference| on its [-1, 1] scale) and the
+    embeddings' cosine (float32 torch, the SigLIP-base architecture) to the full decode's, on 1024x768 and 12 MP JPEGs.
+    """
+    from img_search.data.images import DECODE_FULL, decode_image, read_file, reduced_decode_side, reduced_mode
+    from img_search.embedding import load_encoder
+    from img_search.embedding.base import collate_pixels
+
+    enc = load_encoder(str(model_dir), device="cpu", precision="fp32", runtime="torch")
+    pre = enc.image_preprocessor()  # type: ignore[attr-defined]
+    side = pre.input_side
+    out: dict = {"input_side": side, "sets": {}}
+    for name, folder in (("1024x768", jpeg_folder(n)), ("4032x3024", big_jpegs(n))):
+        files = sorted(folder.glob("*.jpg"))[:n]
+        blobs = [read_file(str(f)) for f in files]
+        rows: dict = {}
+        ref_pixels = ref_vecs = None
+        for mode in (DECODE_FULL, *(reduced_mode(k) for k in factors)):
+            min_side = reduced_decode_side(side, mode)
+            for _ in range(2):  # the second pass is timed (warm caches)
+                c0 = time.process_time()
+                images = [decode_image(b, min_side=min_side) for b in blobs]
+                c1 = time.process_time()
+                items = [pre(im) for im in images]
+                c2 = time.process_time()
+            pixels = collate_pixels(items)["pixel_values"]
+            vecs = np.concatenate([enc.encode_batch({"pixel_values": pixels[i:i + 16]})
+                                   for i in range(0, len(pixels), 16)])
+            if ref_pixels is None:
+                ref_pixels, ref_vecs = pixels, vecs
+            diff = np.abs(pixels - ref_pixels)
+            cos = np.sum(vecs * ref_vecs, axis=1)
+            rows[mode] = {"decoded_size": list(images[0].size), "decode_ms": 1000 * (c1 - c0) / len(blobs),
+                          "processor_ms": 1000 * (c2 - c1) / len(blobs), "pixel_mean_abs": float(diff.mean()),
+                          "pixel_max_abs": float(diff.max()), "min_cosine": float(cos.min()),
+                          "mean_cosine": float(cos.mean())}
+            print(f"{name} {mode}: {rows[mode]}", file=sys.stderr, flush=True)
+        out["sets"][name] = rows
+    return out
+
+
+def decode_table(result: dict) -> str:
+    lines = ["| JPEGs | decode | decoded at | CPU ms per image: decode + processor | pixel difference to full, mean / "
+             "max | embedding cosine to full, min / mean |", "|---|---|---|---|---|---|"]
+    for name, rows in result["sets"].items():
+        for mode, r in rows.items():
+            lines.append(f"| {name} | {mode} | {r['decoded_size'][0]}x{r['decoded_size'][1]} | "
+                         f"{r['decode_ms'] + r['processor_ms']:.1f} ({r['decode_ms']:.1f} + {r['processor_ms']:.1f}) | "
+                         f"{r['pixel_mean_abs']:.4f} / {r['pixel_max_abs']:.3f} | "
+                         f"{r['min_cosine']:.6f} / {r['mean_cosine']:.6f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         spec, model_dir, folder, batch, workers = sys.argv[2:7]
@@ -414,8 +503,17 @@ def main() -> None:
                          "auto")
     ap.add_argument("--rounds", type=int, default=3, help="with --precision: rounds over the variants")
     ap.add_argument("--workers", type=int, default=None, help="decode workers [default: the pipeline's default]")
+    ap.add_argument("--decode-parity", action="store_true",
+                    help="reduced-scale JPEG decoding vs full: CPU, pixel difference, embedding cosine (--images "
+                         "JPEGs of each size, default 64)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.decode_parity:
+        result = decode_parity(build_model(CACHE / "siglip-base-random"), args.images or 64)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "decode_parity.json").write_text(json.dumps(result, indent=1))
+        print(decode_table(result))
+        return
     if args.precision:
         from img_search.pipeline.runner import default_workers
 

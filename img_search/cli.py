@@ -291,6 +291,12 @@ def index(
                                                   "receipts), searchable as text; needs `pip install "
                                                   "'img-search[ocr]'` [env IMG_SEARCH_OCR; default: off].")]
     = None,
+    full_decode: Annotated[bool | None, typer.Option("--full-decode/--reduced-decode", show_default=False,
+                                                     help="Decode JPEGs in full rather than at a reduced libjpeg "
+                                                          "scale (never below the model's input size; vectors differ "
+                                                          "slightly). A collection keeps the mode it holds; switch "
+                                                          "with --recompute [env IMG_SEARCH_FULL_DECODE; default: "
+                                                          "reduced].")] = None,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     verbose: VerboseOpt = 0,
@@ -304,14 +310,15 @@ def index(
     with _edge():
         settings = _settings(index_dir, model=model, batch_size=batch_size, workers=workers, device=device,
                              dtype=dtype, precision=precision, max_image_pixels=max_image_pixels,
-                             include_hidden=include_hidden, default_excludes=default_excludes, ocr=ocr)
+                             include_hidden=include_hidden, default_excludes=default_excludes, ocr=ocr,
+                             full_decode=full_decode)
         model_name = settings.model or DEFAULT_MODEL
         options = IndexOptions(
             model=model_name, batch_size=settings.batch_size,
             workers=default_workers() if settings.workers is None else settings.workers, recompute=recompute,
             include_hidden=settings.include_hidden, max_image_pixels=settings.max_image_pixels,
             excludes=(*settings.exclude, *(exclude or ())), default_excludes=settings.default_excludes,
-            ocr=settings.ocr,
+            ocr=settings.ocr, full_decode=settings.full_decode,
         )
         progress = None if quiet else _make_progress()
         summary = index_folders([str(f) for f in folders], settings.index_dir, options,
@@ -596,6 +603,8 @@ def info(
         if m["precisions"]:
             _out("  vectors: " + ", ".join(f"{c['images']} {c['precision']} on {c['runtime']}"
                                          for c in m["precisions"]))
+        if m.get("decode"):
+            _out("  decoded: " + ", ".join(f"{n} {mode}" for mode, n in m["decode"].items()))
         for check in m["parity_checks"]:
             verdict = "passed" if check["passed"] else "FAILED (never mixed into the collection)"
             _out(f"  parity {check['tower']} {check['precision']} on {check['runtime']}: min cosine to fp32 "

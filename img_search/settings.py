@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     # None: half the cores, 1 to 4 (pipeline/runner.default_workers)
     workers: int | None = Field(None, ge=0)
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    # `index` decodes JPEGs in full instead of at a reduced libjpeg scale (data/images.py "decode modes"; a
+    # collection keeps the mode its vectors were computed with: switching needs --recompute)
+    full_decode: bool = False
     include_hidden: bool = False
     # globs matched against the path relative to the indexed folder (`**` allowed), on top of the default list
     exclude: tuple[str, ...] = ()

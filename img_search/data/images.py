@@ -12,6 +12,16 @@ from the user's setting; a call may ask for a lower limit, never a higher one (a
 call would race in a threaded server). ``decode_image`` checks the header against the call's limit before
 decoding and names the limit in its reason.
 
+Reduced-scale JPEG decoding (``min_side``): libjpeg can decode a JPEG at 1/2, 1/4 or 1/8 of its size by scaling the
+DCT (Pillow's ``Image.draft``; what libvips' shrink-on-load does), which costs a fraction of a full decode and leaves
+the model's processor a smaller image to resize. ``decode_image(..., min_side=n)`` picks the smallest such scale
+that keeps both sides >= ``n``; the indexing pipeline asks for ``REDUCED_DECODE_FACTOR`` x the model's input side
+(``reduced_decode_side``), so the processor never upsamples. The vectors differ slightly from a full decode's
+(docs/PERFORMANCE.md, "Reduced-scale JPEG decoding"), so the decode mode is recorded with a collection's vectors
+(``catalog.decode``). The pixel limit is checked on the full size, before anything is decoded; EXIF orientation is
+applied after the scaled decode; other formats (PNG, HEIC, MPO, ...) decode in full whatever ``min_side`` says. The
+full-resolution size (oriented) stays readable through ``full_size``.
+
 PNG metadata never costs the picture: a PNG whose compressed text (zTXt, compressed iTXt) or ICC profile
 (iCCP) inflates past Pillow's ``MAX_TEXT_CHUNK`` (or whose text passes ``MAX_TEXT_MEMORY``) is decoded again
 from its stream with those chunks dropped; Pillow's limits themselves are kept, since they protect memory.
@@ -47,6 +57,53 @@ _WHITE = (255, 255, 255)
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I;16BS", "I;16LS", "I", "I;32", "F")
 _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _configured_limit: int | None = None
+
+# -- decode modes ----------------------------------------------------------------------------------------------
+DECODE_FULL = "full"
+# Reduced-scale JPEG decoding keeps both sides >= this factor x the model's input side (SigLIP-base: >= 224 px), never
+# below it. bench/embed_throughput.py --decode-parity (docs/PERFORMANCE.md, "Reduced-scale JPEG decoding"; SigLIP-base
+# architecture, random weights, float32): factor 1 -> min cosine to the full decode's embeddings 0.99998 on 1024x768
+# and 12 MP JPEGs, read + decode + processor 13.7 -> 5.5 ms (1024x768) and 218 -> 23 ms (12 MP) of CPU per image;
+# factor 2 -> 0.999996, but a 1024x768 JPEG is then not scaled at all (768 < 2 x 448). The recorded mode names the
+# factor ("reduced-1x"), so changing it never mixes vectors silently.
+REDUCED_DECODE_FACTOR = 1
+_REDUCED_RE = re.compile(r"^reduced-(\d+)x$")
+_FULL_SIZE_KEY = "img_search.full_size"
+
+
+def reduced_mode(factor: int = REDUCED_DECODE_FACTOR) -> str:
+    """The recorded name of reduced-scale decoding at ``factor`` x the input side: ``"reduced-2x"``."""
+    _check_positive_int(factor, "the reduced-decode factor")
+    return f"reduced-{factor}x"
+
+
+def decode_factor(mode: str) -> int | None:
+    """``mode`` (``"full"`` or ``"reduced-<k>x"``, as recorded) -> k, or None for full decoding.
+
+    Raises InvalidInputError for any other name.
+    """
+    if mode == DECODE_FULL:
+        return None
+    found = _REDUCED_RE.match(mode)
+    if found is None or int(found.group(1)) < 1:
+        raise InvalidInputError(f"unknown decode mode {mode!r}; valid: {DECODE_FULL!r} or 'reduced-<k>x'")
+    return int(found.group(1))
+
+
+def reduced_decode_side(input_side: int | None, mode: str) -> int | None:
+    """The ``min_side`` for ``decode_image`` that decodes as ``mode`` for a model whose processor takes
+    ``input_side`` px a side (None: unknown -> full decoding), or None for full decoding."""
+    factor = decode_factor(mode)
+    if factor is None or input_side is None:
+        return None
+    return factor * int(input_side)
+
+
+def full_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the picture at full resolution, EXIF orientation applied: ``image.size`` unless
+    ``decode_image`` decoded it at a reduced scale."""
+    size = (getattr(image, "info", None) or {}).get(_FULL_SIZE_KEY)
+    return (int(size[0]), int(size[1])) if size else (image.width, image.height)
 
 
 def _register_heif() -> bool:
@@ -177,27 +234,43 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_image_pixels: int | None = None) -> Image.Image:
+def decode_image(data: bytes, *, max_image_pixels: int | None = None, min_side: int | None = None) -> Image.Image:
     """Bytes -> RGB image with EXIF orientation applied, or ImageDecodeError with a reason a user can act on.
 
     ``max_image_pixels``: this call's limit (None: the process-wide one, see ``configure_pixel_limit``); it may
     only be lower than the process-wide limit, else InvalidInputError. Images above it fail with a "too large"
-    reason before any pixel is decoded.
+    reason before any pixel is decoded (the full size counts, even when ``min_side`` decodes fewer pixels).
+    ``min_side`` (px, >= 1): decode a baseline/progressive JPEG at the smallest libjpeg scale (1/2, 1/4, 1/8) that
+    keeps both sides >= ``min_side`` (see the module docstring; other formats decode in full); ``full_size`` gives
+    the full-resolution size. None: full decoding.
     """
     limit = check_pixel_limit(max_image_pixels)
+    if min_side is not None:
+        _check_positive_int(min_side, "min_side")
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        return _decode(data, limit)
+        return _decode(data, limit, min_side)
     except ImageDecodeError:
         stripped = png_without_oversized_metadata(data)
         if stripped is None:
             raise
         logger.debug("PNG metadata chunks over Pillow's limits dropped; decoding the pixels again")
-        return _decode(stripped, limit)
+        return _decode(stripped, limit, None)
 
 
-def _decode(data: bytes, limit: int | None) -> Image.Image:
+def _draft(img: Image.Image, min_side: int | None) -> bool:
+    """Ask libjpeg for a scaled decode of a single-frame JPEG (both sides stay >= ``min_side``); True if scaled."""
+    if min_side is None or img.format != "JPEG":
+        return False
+    width, height = img.size
+    if width < 2 * min_side or height < 2 * min_side:
+        return False
+    img.draft(img.mode, (min_side, min_side))
+    return img.size != (width, height)
+
+
+def _decode(data: bytes, limit: int | None, min_side: int | None = None) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except _BOMB_ERRORS as exc:
@@ -209,6 +282,7 @@ def _decode(data: bytes, limit: int | None) -> Image.Image:
     width, height = img.size
     if limit is not None and width * height > limit:
         raise _too_large(width, height, limit)
+    scaled = _draft(img, min_side)
     frame: Image.Image = img
     try:
         if getattr(img, "n_frames", 1) > 1:
@@ -223,9 +297,13 @@ def _decode(data: bytes, limit: int | None) -> Image.Image:
     except Exception as exc:  # a broken EXIF block must not cost the picture itself
         logger.debug("ignoring unusable EXIF orientation: %s", exc)
     try:
-        return to_rgb(frame)
+        rgb = to_rgb(frame)
     except (OSError, ValueError, TypeError) as exc:
         raise ImageDecodeError(f"cannot convert mode {img.mode} to RGB: {exc}") from None
+    if scaled:  # the oriented full size: transposed when the orientation turned the picture
+        turned = (frame.width, frame.height) != (img.width, img.height)
+        rgb.info[_FULL_SIZE_KEY] = (height, width) if turned else (width, height)
+    return rgb
 
 
 # -- PNG metadata over Pillow's limits --------------------------------------------------------------------------
@@ -305,6 +383,6 @@ def read_file(path: str) -> bytes:
         raise ImageDecodeError(f"cannot read the file: {exc.strerror or exc}") from None
 
 
-def load_image(path: str, *, max_image_pixels: int | None = None) -> Image.Image:
+def load_image(path: str, *, max_image_pixels: int | None = None, min_side: int | None = None) -> Image.Image:
     """Read and decode one file (see ``decode_image``)."""
-    return decode_image(read_file(path), max_image_pixels=max_image_pixels)
+    return decode_image(read_file(path), max_image_pixels=max_image_pixels, min_side=min_side)

@@ -122,6 +122,31 @@ class HFImagePreprocessor:
         out = self.image_processor(images=[image], return_tensors="np")
         return {k: np.asarray(out[k])[0] for k in self.input_names if k in out}
 
+    @property
+    def input_side(self) -> int | None:
+        """Pixels a side the processor resizes every image to: the larger side of its fixed ``size`` (SigLIP:
+        224x224, aspect not kept) or its ``shortest_edge`` (CLIP, before the centre crop); None when it resizes to
+        neither (no resize, or a patch budget as in SigLIP 2's NaFlex): reduced-scale decoding is then off."""
+        proc = self.image_processor
+        size = getattr(proc, "size", None) or {}
+        if not getattr(proc, "do_resize", True) or not hasattr(size, "get"):
+            return None
+        if size.get("height") and size.get("width"):
+            return max(int(size["height"]), int(size["width"]))
+        if size.get("shortest_edge"):
+            return int(size["shortest_edge"])
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        """Same processor class, configuration and inputs (decode workers started with one loaded apart from the
+        model are checked against the model's own)."""
+        if not isinstance(other, HFImagePreprocessor):
+            return NotImplemented
+        return (type(self.image_processor) is type(other.image_processor) and self.input_names == other.input_names
+                and self.image_processor.to_dict() == other.image_processor.to_dict())
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 class HFEncoder:
     """One encoder class for every ``transformers`` dual encoder family registered in FAMILIES.
@@ -297,6 +322,24 @@ def detect_family(config: Any, processor: Any) -> str:
     if family == "siglip" and tokenizer_name.startswith(_GEMMA_TOKENIZERS):
         family = "siglip2"
     return family
+
+
+def load_image_preprocessor(model: str) -> HFImagePreprocessor | None:
+    """The image preprocessor ``load_hf_encoder(model)`` will hand out, loaded alone (the checkpoint's processor
+    files only: ~10 ms after the ``transformers`` import), so decode workers can start before the model is loaded
+    (``pipeline.loop.EarlyStart``); None when it cannot be loaded that way (the caller then waits for the encoder)."""
+    from transformers import AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        processor = _from_pretrained(AutoProcessor, canonical_model_id(model))
+        image_processor = processor.image_processor
+    except Exception as exc:  # any checkpoint the encoder itself may still load (remote code, no processor files)
+        logger.debug("image preprocessor of %s not loaded ahead of the model: %s", model, exc)
+        return None
+    names = getattr(image_processor, "model_input_names", None) or ["pixel_values"]
+    return HFImagePreprocessor(image_processor, tuple(names))
 
 
 def load_hf_encoder(model: str, *, family: str | None = None, device: str = "auto", dtype: str | None = None,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from img_search.data.folder import FileEntry
-from img_search.data.images import check_pixel_limit, content_hash, decode_image, read_file
+from img_search.data.images import check_pixel_limit, content_hash, decode_image, full_size, read_file
 from img_search.embedding.base import ImagePreprocessor, PixelBatch, collate_pixels
 from img_search.errors import ImageDecodeError
 
@@ -26,12 +26,15 @@ S = TypeVar("S")
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """What a loader returns for one source: the RGB image and, where known, a content hash and the photo's metadata
-    (``catalog.PhotoMetadata``, read from the same bytes: ``data.metadata``)."""
+    (``catalog.PhotoMetadata``, read from the same bytes: ``data.metadata``). ``model_image``: the picture the model
+    gets when it is not ``image`` (decoded at a reduced scale while ``image`` is the full decode that text reading
+    needs)."""
 
     image: Any
     content_hash: bytes | None = None
     metadata: Any = None
     ocr: Any = None  # catalog.OcrText when the text was read (pipeline.ocr.OcrLoader)
+    model_image: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,23 +64,32 @@ class FileLoader:
     metadata from the same bytes and decoded image (``data.metadata.read_metadata``: never fails the image).
 
     ``max_image_pixels``: None for the process-wide limit, or a lower one (checked here, before any worker
-    forks: InvalidInputError when above the process-wide limit).
+    forks: InvalidInputError when above the process-wide limit). ``min_side``: decode JPEGs at a reduced scale
+    keeping both sides >= it (``data.images.decode_image``; None: in full); with ``keep_full`` the picture is also
+    decoded in full as ``Loaded.image`` (text reading needs every pixel) and the reduced one goes to the model as
+    ``Loaded.model_image``.
     """
 
-    def __init__(self, max_image_pixels: int | None = None, *, read_metadata: bool = False) -> None:
+    def __init__(self, max_image_pixels: int | None = None, *, read_metadata: bool = False,
+                 min_side: int | None = None, keep_full: bool = False) -> None:
         check_pixel_limit(max_image_pixels)
         self.max_image_pixels = max_image_pixels
         self.read_metadata = read_metadata
+        self.min_side = min_side
+        self.keep_full = keep_full
 
     def __call__(self, entry: FileEntry) -> Loaded:
         data = read_file(entry.path)
-        image = decode_image(data, max_image_pixels=self.max_image_pixels)
+        image = decode_image(data, max_image_pixels=self.max_image_pixels, min_side=self.min_side)
+        model_image = None
+        if self.keep_full and full_size(image) != image.size:
+            model_image, image = image, decode_image(data, max_image_pixels=self.max_image_pixels)
         metadata = None
         if self.read_metadata:
             from img_search.data.metadata import read_metadata
 
             metadata = read_metadata(entry.path, data, image)
-        return Loaded(image, content_hash(data), metadata)
+        return Loaded(image, content_hash(data), metadata, model_image=model_image)
 
 
 def read_one(source: S, load: Callable[[S], Loaded], preprocess: ImagePreprocessor | None) -> ReadItem[S]:
@@ -85,14 +97,14 @@ def read_one(source: S, load: Callable[[S], Loaded], preprocess: ImagePreprocess
     a failure comes back as a ``ReadItem`` with ``error``."""
     try:
         loaded = load(source)
-        pixels = preprocess(loaded.image) if preprocess is not None else None
+        model_image = loaded.model_image if loaded.model_image is not None else loaded.image
+        pixels = preprocess(model_image) if preprocess is not None else None
+        width, height = full_size(loaded.image)  # the picture's own size, however it was decoded
     except ImageDecodeError as exc:
         return ReadItem(source, error=str(exc))
     except Exception as exc:  # one odd input must not end the run
         return ReadItem(source, error=f"{type(exc).__name__}: {exc}")
-    image = loaded.image
-    return ReadItem(source, loaded.content_hash, image.width, image.height, pixels, metadata=loaded.metadata,
-                    ocr=loaded.ocr)
+    return ReadItem(source, loaded.content_hash, width, height, pixels, metadata=loaded.metadata, ocr=loaded.ocr)
 
 
 class SourceDataset(Generic[S]):
@@ -148,7 +160,7 @@ def _die_with_parent(parent: int, worker_id: int) -> None:
 
 def read_batches(
     dataset: SourceDataset[Any], *, batch_size: int, workers: int, prefetch_batches: int = 2
-) -> Generator[ReadBatch[Any], None, None]:
+) -> Batches:
     """An iterator of ReadBatches in source order; ``workers=0`` decodes in the calling process.
 
     The worker processes are forked here, eagerly, so callers can start their own threads afterwards.
@@ -167,18 +179,32 @@ def read_batches(
         collate_fn=collate,
         **kwargs,
     )
-    return _stopping_workers(iter(loader))
+    return Batches(iter(loader))
 
 
-def _stopping_workers(batches: Iterator[ReadBatch[Any]]) -> Generator[ReadBatch[Any], None, None]:
-    """Yield the loader's batches; on ``close()`` (or exhaustion, or an error) stop its decode workers at once.
+class Batches:
+    """The loader's batches; ``close()`` (or exhaustion, or an error while iterating) stops its decode workers at
+    once, even before the first batch was asked for.
 
-    Without this, an interrupted run leaves the workers running until the interrupted frame's traceback is freed.
-    torch offers no public call for it: ``_shutdown_workers`` is what the iterator's own ``__del__`` calls.
+    Without this, an interrupted run leaves the workers running until the interrupted frame's traceback is freed (and
+    a generator closed before its first ``next`` never runs its ``finally``). torch offers no public call for it:
+    ``_shutdown_workers`` is what the iterator's own ``__del__`` calls.
     """
-    try:
-        yield from batches
-    finally:
-        shutdown = getattr(batches, "_shutdown_workers", None)
+
+    def __init__(self, batches: Iterator[ReadBatch[Any]]) -> None:
+        self._batches = batches
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> ReadBatch[Any]:
+        try:
+            return next(self._batches)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        shutdown = getattr(self._batches, "_shutdown_workers", None)
         if callable(shutdown):
             shutdown()

@@ -63,6 +63,9 @@ class IndexOptions:
     read_metadata: bool = True  # photo metadata (data.metadata): in the decode workers, back-filled for the rest
     ocr: bool = False  # read the text in each picture (pipeline.ocr); ocr_engine names a data.ocr.OCR_ENGINES entry
     ocr_engine: str = "rapidocr"
+    # decode JPEGs in full, not at a reduced libjpeg scale (data.images "decode modes"); a collection that holds
+    # vectors keeps its mode unless `recompute` (``decode_mode``)
+    full_decode: bool = False
 
     def __post_init__(self) -> None:
         for name, value, low in (("batch_size", self.batch_size, 1), ("workers", self.workers, 0)):
@@ -98,6 +101,7 @@ class IndexSummary:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     precision: str | None = None  # how the image tower computed this run's vectors ("int8 on onnxruntime")
+    decode: str | None = None  # how this run decoded the images it embedded ("full", "reduced-1x": catalog.decode)
     interrupted: bool = False
 
     @property
@@ -265,16 +269,8 @@ def index_folders(
             if options.read_metadata:
                 summary.metadata_read = _backfill_metadata(catalog, roots, plan, options, progress)
             if plan.todo:
-                encoder = encoder_factory()
-                info = encoder.info
-                model_id = catalog.ensure_model(
-                    model_name, family=info.family, dim=info.dim, logit_scale=info.logit_scale,
-                    logit_bias=info.logit_bias, recompute=options.recompute,
-                )
-                choice = prepare_encoder(encoder, catalog, model_id)
-                summary.precision = f"{choice.precision} on {choice.runtime}"
-                _embed(plan.todo, encoder, catalog.path, model_id, options, summary, progress or LogProgress(),
-                       choice, ocr)
+                model_id = _embed(plan.todo, encoder_factory, catalog, model_name, model_id, options, summary,
+                                  progress or LogProgress(), ocr)
             if ocr is not None and summary.ocr is not None:  # pictures indexed earlier, or reused, without text
                 from img_search.pipeline.ocr import backfill_ocr
                 from img_search.pipeline.reader import FileLoader
@@ -355,22 +351,101 @@ def prepare_encoder(encoder: Encoder, catalog: Catalog, model_id: int) -> TowerC
     return image.choice
 
 
-def _embed(todo: list[FileEntry], encoder: Encoder, catalog_path: Path, model_id: int, options: IndexOptions,
-           summary: IndexSummary, progress: Progress, choice: TowerChoice, ocr: Any = None) -> None:
-    """Embed ``todo`` through the loop; ``ocr`` (a ``data.ocr.OcrReader``): also read each picture's text in the
-    decode workers, counted in ``summary.ocr``."""
-    from img_search.pipeline.loop import run_loop
+def decode_mode(catalog: Catalog, model_id: int | None, options: IndexOptions) -> str:
+    """How this run decodes the images it embeds: the collection's own mode while it holds vectors of one mode only
+    (so it never mixes them; switching takes ``recompute``, logged as a warning), else what ``options`` ask
+    (``full_decode``: ``"full"``; default: reduced scale, ``data.images.reduced_mode()``)."""
+    from img_search.catalog.decode import decode_counts
+    from img_search.data.images import DECODE_FULL, reduced_mode
+
+    wanted = DECODE_FULL if options.full_decode else reduced_mode()
+    held = decode_counts(catalog, model_id) if model_id is not None and not options.recompute else {}
+    if len(held) == 1 and wanted not in held:
+        [mode] = held
+        logger.warning("the collection's %d vectors were computed from images decoded as %r: new images are decoded "
+                       "the same way (to decode as %r, re-embed everything with --recompute)", held[mode], mode,
+                       wanted)
+        return mode
+    if len(held) > 1:
+        logger.warning("the collection mixes decode modes (%s): new images are decoded as %r; --recompute makes it "
+                       "one", ", ".join(f"{m}: {n}" for m, n in held.items()), wanted)
+    return wanted
+
+
+class _DecodeRecorder:
+    """A sink that records each batch's decode mode (``catalog.decode``) and hands the batch on to ``inner``."""
+
+    def __init__(self, inner: Any, catalog: Catalog, model_id: int, mode: str) -> None:
+        self.inner, self.catalog, self.model_id, self.mode = inner, catalog, model_id, mode
+
+    def put(self, batch: Any, vectors: Any) -> None:
+        from img_search.catalog.decode import record_decode
+
+        if vectors is not None and batch.ok:  # recorded before the writer commits the vectors (catalog.decode)
+            record_decode(self.catalog, self.model_id, [i.content_hash for i in batch.ok], self.mode)
+        self.inner.put(batch, vectors)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _embed(todo: list[FileEntry], encoder_factory: Callable[[], Encoder], catalog: Catalog, model_name: str,
+           model_id: int | None, options: IndexOptions, summary: IndexSummary, progress: Progress,
+           ocr: Any = None) -> int:
+    """Load the encoder, prepare its runtimes (``prepare_encoder``) and embed ``todo`` through the loop; return the
+    model's id. The decode workers start before the encoder loads when the checkpoint's image preprocessor loads on
+    its own (``pipeline.loop.EarlyStart``). ``ocr`` (a ``data.ocr.OcrReader``): also read each picture's text in
+    the decode workers (from a full decode), counted in ``summary.ocr``."""
+    from img_search.data.images import reduced_decode_side
+    from img_search.embedding.base import ImagePreprocessor
+    from img_search.pipeline.loop import EarlyStart, run_loop
     from img_search.pipeline.ocr import CountingSink, OcrLoader
     from img_search.pipeline.reader import FileLoader
     from img_search.pipeline.writer import CatalogWriter
 
-    def sink() -> Any:
-        writer = CatalogWriter(catalog_path, model_id, precision=choice.precision, runtime=choice.runtime)
-        return writer if ocr is None or summary.ocr is None else CountingSink(writer, summary.ocr)
+    mode = summary.decode = decode_mode(catalog, model_id, options)
+    ready: dict[str, Any] = {}
 
-    load = FileLoader(options.max_image_pixels, read_metadata=options.read_metadata)
-    stats = run_loop(todo, load if ocr is None else OcrLoader(load, ocr), encoder, sink,
-                     batch_size=options.batch_size, workers=options.workers, progress=progress)
+    def start() -> Encoder:
+        encoder = encoder_factory()
+        info = encoder.info
+        ready["model_id"] = catalog.ensure_model(
+            model_name, family=info.family, dim=info.dim, logit_scale=info.logit_scale, logit_bias=info.logit_bias,
+            recompute=options.recompute,
+        )
+        ready["choice"] = choice = prepare_encoder(encoder, catalog, ready["model_id"])
+        summary.precision = f"{choice.precision} on {choice.runtime}"
+        return encoder
+
+    def loader_for(preprocess: ImagePreprocessor) -> Any:
+        min_side = reduced_decode_side(getattr(preprocess, "input_side", None), mode)
+        load = FileLoader(options.max_image_pixels, read_metadata=options.read_metadata, min_side=min_side,
+                          keep_full=ocr is not None)
+        return load if ocr is None else OcrLoader(load, ocr)
+
+    def sink() -> Any:
+        choice = ready["choice"]
+        writer = CatalogWriter(catalog.path, ready["model_id"], precision=choice.precision, runtime=choice.runtime)
+        recorded = _DecodeRecorder(writer, catalog, ready["model_id"], mode)
+        return recorded if ocr is None or summary.ocr is None else CountingSink(recorded, summary.ocr)
+
+    early = _early_preprocessor(options.model)
+    if early is not None:
+        stats = run_loop(todo, loader_for(early), None, sink, batch_size=options.batch_size, workers=options.workers,
+                         progress=progress, start=EarlyStart(early, start, loader_for))
+    else:
+        encoder = start()
+        stats = run_loop(todo, loader_for(encoder.image_preprocessor()), encoder, sink,
+                         batch_size=options.batch_size, workers=options.workers, progress=progress)
     summary.embedded += stats.embedded
     summary.failed.extend(Failure(i.source.path, i.error or "") for i in stats.failed)
     summary.embed_seconds = stats.seconds
+    return int(ready["model_id"])
+
+
+def _early_preprocessor(model: str) -> Any:
+    """The checkpoint's image preprocessor loaded without the model (``embedding.hf.load_image_preprocessor``), or
+    None when it cannot be (the loop then starts its workers after the encoder loads)."""
+    from img_search.embedding.hf import load_image_preprocessor
+
+    return load_image_preprocessor(model)

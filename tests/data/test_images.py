@@ -334,3 +334,79 @@ def test_decoding_in_threads_never_touches_the_global(pixel_state) -> None:  # t
     assert writes == []
     assert Image.MAX_IMAGE_PIXELS == 500_000
     assert results == ["(400, 300)", "too large(40, 30)"] * 32
+
+
+# -- reduced-scale JPEG decoding (decode modes) ------------------------------------------------------------------
+def _photo(size: tuple[int, int] = (640, 480), seed: int = 3) -> Image.Image:
+    return pattern(seed, size)
+
+
+def test_reduced_decode_keeps_both_sides_at_least_min_side_and_the_full_size() -> None:
+    from img_search.data.images import full_size
+
+    data = _encode(_photo((640, 480)), "JPEG", quality=90)
+    full = decode_image(data)
+    for min_side, expected in ((224, (320, 240)), (100, (160, 120)), (50, (80, 60)), (240, (320, 240)),
+                               (241, (640, 480)), (400, (640, 480))):
+        out = decode_image(data, min_side=min_side)
+        assert out.size == expected
+        assert min(out.size) >= min_side or out.size == full.size
+        assert full_size(out) == (640, 480)
+    assert full_size(full) == (640, 480)
+
+
+def test_reduced_decode_is_close_to_a_full_decode_resized() -> None:
+    data = _encode(_photo((800, 600), seed=7), "JPEG", quality=92)
+    reduced = decode_image(data, min_side=200)
+    assert reduced.size == (400, 300)
+    full_small = np.asarray(decode_image(data).resize(reduced.size, Image.Resampling.BOX), np.float32)
+    diff = np.abs(np.asarray(reduced, np.float32) - full_small)
+    assert diff.mean() < 5.0  # of 255 (the picture carries noise of sigma 20): DCT scaling ~ an area average
+
+
+def test_reduced_decode_applies_exif_orientation() -> None:
+    from img_search.data.images import full_size
+
+    img = _photo((640, 480), seed=5)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    data = _encode(img, "JPEG", exif=exif.tobytes(), quality=92)
+    full, reduced = decode_image(data), decode_image(data, min_side=200)
+    assert full.size == (480, 640) and reduced.size == (240, 320)
+    assert full_size(reduced) == (480, 640)
+    got = np.asarray(reduced, np.float32)
+    expected = np.asarray(full.resize(reduced.size, Image.Resampling.BOX), np.float32)
+    upside_down = np.asarray(full.transpose(Image.Transpose.ROTATE_180).resize(reduced.size, Image.Resampling.BOX),
+                             np.float32)
+    assert np.abs(got - expected).mean() < 5.0 < np.abs(got - upside_down).mean()  # turned the same way
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_reduced_decode_leaves_other_formats_untouched(fmt: str) -> None:
+    from img_search.data.images import full_size
+
+    data = _encode(_photo((640, 480), seed=2), fmt)
+    full, asked = decode_image(data), decode_image(data, min_side=100)
+    assert asked.size == (640, 480) and full_size(asked) == (640, 480)
+    np.testing.assert_array_equal(np.asarray(asked), np.asarray(full))
+
+
+def test_reduced_decode_checks_the_pixel_limit_on_the_full_size() -> None:
+    data = _encode(_photo((640, 480)), "JPEG")
+    with pytest.raises(ImageDecodeError, match="too large: 640x480"):
+        decode_image(data, max_image_pixels=640 * 480 - 1, min_side=50)
+    assert decode_image(data, max_image_pixels=640 * 480, min_side=50).size == (80, 60)
+
+
+def test_decode_mode_names() -> None:
+    from img_search.data.images import DECODE_FULL, decode_factor, reduced_decode_side, reduced_mode
+    from img_search.errors import InvalidInputError
+
+    assert reduced_mode(1) == "reduced-1x" and decode_factor("reduced-2x") == 2 and decode_factor(DECODE_FULL) is None
+    assert reduced_decode_side(224, "reduced-2x") == 448 and reduced_decode_side(224, DECODE_FULL) is None
+    assert reduced_decode_side(None, "reduced-1x") is None  # unknown input side: full decoding
+    for bad in ("reduced", "reduced-0x", "half", ""):
+        with pytest.raises(InvalidInputError):
+            decode_factor(bad)
+    with pytest.raises(InvalidInputError):
+        decode_image(b"x", min_side=0)

@@ -272,3 +272,33 @@ def test_interrupt_stops_the_workers_before_it_propagates() -> None:
     else:
         pytest.fail("the interrupt did not propagate")
     assert len(run.workers_at_sink) == 2 and running == []
+
+
+def _scrambled(image: Any) -> PixelBatch:
+    """A preprocessor that is not the encoder's: the fake encoder would read wrong source ids from its pixels."""
+    return {"pixel_values": 1.0 - preprocess(image)["pixel_values"]}
+
+
+@pytest.mark.parametrize("ahead", [preprocess, _scrambled])
+def test_early_start_forks_before_the_encoder_and_checks_its_preprocessor(ahead: Any) -> None:
+    from img_search.pipeline.loop import EarlyStart
+
+    log: list[str] = []
+    encoder = FakeEncoder()
+    workers_at_load: list[int] = []
+    children_before = {p.pid for p in psutil.Process().children()}
+
+    def load() -> Encoder:
+        workers_at_load.extend(p.pid for p in psutil.Process().children() if p.pid not in children_before)
+        log.append("encoder loaded")
+        return encoder
+
+    sink: list[RecordingSink] = []
+    start = EarlyStart(ahead, load, lambda pre: ColourLoader())
+    stats = run_loop(list(range(10)), ColourLoader(), None, lambda: sink.append(RecordingSink(log)) or sink[-1],
+                     batch_size=4, workers=1, progress=RecordingProgress(log), start=start)
+    assert workers_at_load  # the decode worker was running while the encoder loaded
+    assert log[:2] == ["encoder loaded", "sink built"] and stats.embedded == 10
+    assert [s for batch in encoder.seen for s in batch] == list(range(10))  # pixels made by the encoder's own
+    np.testing.assert_allclose(np.concatenate([v for _, _, v in sink[0].puts if v is not None]),
+                               expected_vectors(list(range(10))))

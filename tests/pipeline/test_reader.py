@@ -189,3 +189,23 @@ def test_real_preprocessor_gives_the_encoder_its_input_shape(tmp_path: Path, sig
     assert all(b.pixels["pixel_values"].dtype == np.float32 for b in batches)
     vectors = siglip_encoder.encode_batch(batches[0].pixels)
     assert vectors.shape == (4, siglip_encoder.info.dim) and vectors.dtype == np.float32
+
+
+def test_reduced_decode_keeps_the_photo_size_and_a_full_picture_for_text_reading(tmp_path: Path) -> None:
+    path = make_jpeg(tmp_path / "big.jpg", seed=4, size=(400, 300))
+    seen: list[tuple[int, int]] = []
+
+    def preprocess(image: Any) -> dict[str, NDArray[Any]]:
+        seen.append(image.size)
+        return tiny_preprocess(image)
+
+    item = read_one(entry(path), FileLoader(min_side=64), preprocess)
+    assert (item.width, item.height, seen[-1]) == (400, 300, (100, 75))  # catalogued at its own size
+    loaded = FileLoader(min_side=64, keep_full=True)(entry(path))
+    assert loaded.image.size == (400, 300) and loaded.model_image.size == (100, 75)  # OCR reads every pixel
+    item = read_one(entry(path), FileLoader(min_side=64, keep_full=True), preprocess)
+    assert (item.width, item.height, seen[-1]) == (400, 300, (100, 75))
+    np.testing.assert_array_equal(item.pixels["pixel_values"] if item.pixels else None,
+                                  tiny_preprocess(load_image(str(path), min_side=64))["pixel_values"])
+    small = make_jpeg(tmp_path / "small.jpg", seed=5, size=(96, 64))
+    assert FileLoader(min_side=64, keep_full=True)(entry(small)).model_image is None  # not scaled: one decode

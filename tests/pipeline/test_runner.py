@@ -113,13 +113,73 @@ def test_pipeline_vectors_equal_direct_encoding(photo_dir: Path, tmp_path: Path,
                                                 siglip_encoder) -> None:  # type: ignore[no-untyped-def]
     from img_search.data.images import load_image
 
-    _run(photo_dir, tmp_path / "idx", tiny_siglip, lambda: siglip_encoder, workers=2)
-    with Catalog.in_dir(tmp_path / "idx") as cat:
+    side = siglip_encoder.image_preprocessor().input_side
+    for full_decode, min_side in ((False, side), (True, None)):  # the default decodes JPEGs at a reduced scale
+        idx = tmp_path / f"idx-{full_decode}"
+        _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder, workers=2, full_decode=full_decode)
+        with Catalog.in_dir(idx) as cat:
+            model_id = cat.get_model(str(tiny_siglip)).id
+            paths = sorted(cat.images_under(str(photo_dir)))
+            stored = np.stack([cat.vector_for(model_id, cat.image(p).content_hash) for p in paths])
+            assert {(r.width, r.height) for r in map(cat.image, paths)} == {(96, 64)}  # the photos' own size
+        direct = siglip_encoder.encode_images([load_image(p, min_side=min_side) for p in paths])
+        np.testing.assert_allclose(stored, direct, atol=1e-5)
+
+
+# Lowest cosine seen between the tiny model's vectors of reduced-scale and full decodes of 96x64 test JPEGs (40 seeds):
+# 0.994. The tiny model (random weights, 32 px input, 8 px patches) is far more sensitive to pixel changes than the
+# base architecture (0.99998 in bench/embed_throughput.py --decode-parity); the floor catches a wrong picture
+# (turned, another scale, another file: cosine < 0.9), not rounding.
+TINY_DECODE_COSINE_FLOOR = 0.95
+
+
+def test_reduced_decode_parity_and_record(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                          siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    from img_search.catalog.decode import collection_decode, decode_counts
+    from img_search.data.images import load_image
+    from img_search.info import catalog_info
+
+    idx = tmp_path / "idx"
+    s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)
+    assert s.decode == "reduced-1x"
+    with Catalog.in_dir(idx) as cat:
         model_id = cat.get_model(str(tiny_siglip)).id
         paths = sorted(cat.images_under(str(photo_dir)))
         stored = np.stack([cat.vector_for(model_id, cat.image(p).content_hash) for p in paths])
-    direct = siglip_encoder.encode_images([load_image(p) for p in paths])
-    np.testing.assert_allclose(stored, direct, atol=1e-5)
+        assert decode_counts(cat, model_id) == {"reduced-1x": 12}
+    full = siglip_encoder.encode_images([load_image(p) for p in paths])
+    cosines = np.sum(stored * full, axis=1)
+    assert cosines.min() >= TINY_DECODE_COSINE_FLOOR and cosines.max() < 1 - 1e-6  # close, and not the same pixels
+    assert catalog_info(idx)["models"][0]["decode"] == {"reduced-1x": 12}
+
+    # asking for full decoding later does not mix modes: new photos follow the collection until --recompute
+    make_jpeg(photo_dir / "new.jpg", seed=50)
+    s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder, full_decode=True)
+    assert (s.embedded, s.decode) == (1, "reduced-1x")
+    s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder, full_decode=True, recompute=True)
+    assert (s.embedded, s.decode) == (13, "full")
+    with Catalog.in_dir(idx) as cat:
+        assert decode_counts(cat, model_id) == {"full": 13} and collection_decode(cat, model_id) == "full"
+        stored = cat.vector_for(model_id, cat.image(paths[0]).content_hash)
+    np.testing.assert_allclose(stored, full[0], atol=1e-5)
+
+
+def test_catalog_without_decode_records_reads_as_full(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                                      siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Vectors written before decode modes were recorded were decoded in full: such a collection stays full."""
+    from img_search.catalog.decode import TABLE, decode_counts
+
+    idx = tmp_path / "idx"
+    _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder, full_decode=True)
+    with Catalog.in_dir(idx) as cat:
+        cat.db.execute(f"DROP TABLE {TABLE}")  # as an index built before the record existed
+        model_id = cat.get_model(str(tiny_siglip)).id
+        assert decode_counts(cat, model_id) == {"full": 12}
+    make_jpeg(photo_dir / "new.jpg", seed=51)
+    s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)  # default: reduced, but the collection is full
+    assert (s.embedded, s.decode) == (1, "full")
+    with Catalog(idx / "catalog.sqlite3", readonly=True) as cat:
+        assert decode_counts(cat, model_id) == {"full": 13}
 
 
 def test_second_writer_is_refused(tmp_path: Path, photo_dir: Path, tiny_siglip: Path) -> None:
