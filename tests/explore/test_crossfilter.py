@@ -223,3 +223,32 @@ def test_entry_points_and_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and "SIGLIP2" in done.stderr and "NOPE" in done.stderr
     done = subprocess.run([*img, "--input_dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "--output_embeddings_db" in done.stderr
+
+
+def test_interoperates_with_crossfilters_msgpack_numpy_codec(uuid_photos: Path, tmp_path: Path,
+                                                            tiny_models: dict[str, Path],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """crossfilter's own writer stores ``msgpack_numpy``-encoded arrays and its reader unpacks with
+    ``msgpack_numpy``'s hook: a database it wrote is extended and re-projected here, and every row we write reads
+    back through its reader as the same float32 values."""
+    msgpack_numpy = pytest.importorskip("msgpack_numpy")
+    db = tmp_path / "theirs.db"
+    dim = 32
+    theirs = np.random.default_rng(3).normal(size=(3, dim)).astype(np.float32)
+    theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
+    with sqlite3.connect(db) as conn:  # the schema and rows as crossfilter's compute_embeddings_cli leaves them
+        conn.execute(f"CREATE TABLE {T}_EMBEDDINGS (UUID TEXT PRIMARY KEY, EMBEDDING BLOB)")
+        conn.executemany(f"INSERT INTO {T}_EMBEDDINGS VALUES (?, ?)",
+                         [(uid(i), msgpack.packb(theirs[i], default=msgpack_numpy.encode)) for i in range(3)])
+    summary = run(uuid_photos, db, tiny_models["siglip2"], capsys=capsys)
+    assert summary["already_present"] == 3 and summary["embedded"] == N_VALID - 3
+    rows = read_db(db)
+    assert set(rows) == {uid(i) for i in range(N_VALID)}
+    for i in range(N_VALID):
+        vec = msgpack.unpackb(rows[uid(i)], object_hook=msgpack_numpy.decode)  # crossfilter's reader
+        vec = np.asarray(vec, np.float32)
+        assert vec.shape == (dim,) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+        if i < 3:
+            assert np.array_equal(vec, theirs[i])  # their rows are kept as they were
+    with sqlite3.connect(db) as conn:  # the map covers their rows and ours
+        assert conn.execute(f"SELECT COUNT(*) FROM {T}_UMAP_PROJECTIONS").fetchone()[0] == N_VALID
