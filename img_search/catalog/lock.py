@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
+import sys
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -111,3 +113,43 @@ class IndexLock:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+# struct flock of Linux (x86-64 and arm64): short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid,
+# padded to 32 bytes (fcntl(2), "Advisory record locking")
+_FLOCK = "@hhqqi"
+_FLOCK_SIZE = 32
+
+
+def writer_active(index_dir: Path) -> bool | None:
+    """Whether an `index` (any process) holds the writer lock of ``index_dir`` now, asked without taking it.
+
+    Uses ``fcntl(F_GETLK)``, which reports a conflicting POSIX lock without placing one, so a reader probing never
+    disturbs a writer starting at the same moment (and works on read-only media). True when this process holds it.
+    False when no lock file exists or nobody holds it. None when it cannot be told (not Linux, unreadable file).
+    """
+    path = Path(index_dir) / LOCK_FILENAME
+    try:
+        key = str(path.resolve())
+    except OSError:
+        return None
+    with _HELD_GUARD:
+        if key in _HELD:  # never open (and close) the file here: closing any descriptor drops our own lock
+            return True
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0).ljust(_FLOCK_SIZE, b"\0")
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    l_type = struct.unpack(_FLOCK, answer[: struct.calcsize(_FLOCK)])[0]
+    return bool(l_type != fcntl.F_UNLCK)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from img_search.catalog.lock import LOCK_FILENAME, IndexLock
+from img_search.catalog.lock import LOCK_FILENAME, IndexLock, writer_active
 from img_search.errors import CatalogLockedError, CatalogReadOnlyError
 
 # a holder process: takes the lock, says so, then does what the test asks ("sleep", "exit" without releasing,
@@ -251,3 +251,24 @@ def test_index_dir_that_cannot_be_created_is_a_typed_refusal(tmp_path: Path) -> 
     blocker.write_text("not a directory")
     with pytest.raises(CatalogReadOnlyError, match="cannot write to the index directory"):
         IndexLock(blocker / "idx").acquire()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_GETLK probe is Linux-only (None elsewhere)")
+def test_writer_active_asks_without_taking_the_lock(tmp_path: Path) -> None:
+    idx = tmp_path / "idx"
+    assert writer_active(idx) is False  # no lock file yet
+    with IndexLock(idx):
+        assert writer_active(idx) is True  # this process: answered without opening (closing would drop the lock)
+        assert writer_active(idx) is True  # ... and still held after asking twice
+        assert _probe(idx).startswith("refused")
+    assert writer_active(idx) is False
+    holder = _start_holder(idx, "sleep")
+    try:
+        for _ in range(3):
+            assert writer_active(idx) is True  # another process holds it; asking never takes it from them
+        assert _probe(idx).startswith("refused")
+    finally:
+        _stop(holder)  # SIGKILL: the kernel drops the lock with the process
+    assert writer_active(idx) is False
+    with IndexLock(idx):  # and the lock is free for the next writer
+        pass
