@@ -617,7 +617,12 @@ def info(
         _out(f"folder {display_path(root['path'])} (last indexed {root['last_indexed']})")
     if data["last_run"]:
         run = data["last_run"]
-        _out(f"last run: {run['status']} at {run['finished']}")
+        if run["status"] == "running":
+            _out(f"last run: running since {run['started']}")
+        elif run["status"] == "interrupted" and run["finished"] is None:
+            _out(f"last run: interrupted (started {run['started']}; its process is gone, the next `index` resumes)")
+        else:
+            _out(f"last run: {run['status']} at {run['finished']}")
     if data["failures"]:
         _out(f"skipped files ({data['images'].get('error', 0)} in all):")
         for f in data["failures"]:

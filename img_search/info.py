@@ -9,6 +9,7 @@ from typing import Any
 
 from img_search.catalog.catalog import CATALOG_FILENAME, Catalog
 from img_search.catalog.decode import decode_counts
+from img_search.catalog.lock import writer_active
 from img_search.search.store import read_current
 
 
@@ -17,8 +18,6 @@ def _when(ts: float | None) -> str | None:
 
 
 def _saved_index(index_dir: Path, model_id: int) -> dict[str, Any] | None:
-
-
     gen = read_current(index_dir / "vectors" / f"model-{model_id}")
     if gen is None:
         return None
@@ -27,7 +26,18 @@ def _saved_index(index_dir: Path, model_id: int) -> dict[str, Any] | None:
             "size_on_disk_bytes": size}
 
 
+def _run_status(index_dir: Path, status: str) -> str:
+    """A run recorded as ``running`` whose writer no longer holds the index lock was killed: ``interrupted`` (the
+    next `index` run records it so; until then only the lock tells)."""
+    if status == "running" and writer_active(index_dir) is False:
+        return "interrupted"
+    return status
+
+
 def catalog_info(index_dir: Path, *, failures: int = 20) -> dict[str, Any]:
+    """What ``index_dir`` holds: schema, counts per status, models with their precisions, decode modes, parity checks
+    and saved search index, indexed folders, the last run and up to ``failures`` skipped files. Sizes in bytes,
+    times as local ISO 8601. Raises ``CatalogError`` kinds (not found, newer schema)."""
     index_dir = Path(index_dir)
     with Catalog(index_dir / CATALOG_FILENAME, readonly=True) as catalog:
         counts = catalog.embedding_counts()
@@ -51,7 +61,8 @@ def catalog_info(index_dir: Path, *, failures: int = 20) -> dict[str, Any]:
             ],
             "folders": [{"path": p, "last_indexed": _when(t)} for p, t in catalog.roots()],
             "last_run": None if run is None else {
-                "status": run["status"], "started": _when(run["started_at"]), "finished": _when(run["finished_at"]),
+                "status": _run_status(index_dir, run["status"]), "started": _when(run["started_at"]),
+                "finished": _when(run["finished_at"]),
                 "stats": run["stats"],
             },
             "failures": [{"path": f.path, "reason": f.error} for f in catalog.failures(limit=failures)],

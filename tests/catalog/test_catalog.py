@@ -121,7 +121,8 @@ def test_a_v1_catalog_is_read_as_it_is_and_upgraded_in_place_by_a_writer(tmp_pat
         assert writer.failed_precisions(1) == {("fp16", "torch")}
 
 
-def test_a_run_whose_writer_was_killed_is_marked_interrupted_by_the_next_run(tmp_path: Path) -> None:
+def test_a_run_whose_writer_was_killed_is_marked_interrupted_by_the_next_run(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A writer SIGKILLed between ``start_run`` and ``finish_run`` leaves its run 'running'; the next run (under the
     writer lock, so no live writer can own that row) marks it 'interrupted' with a finished_at, and finishes its own."""
     import signal
@@ -141,6 +142,16 @@ def test_a_run_whose_writer_was_killed_is_marked_interrupted_by_the_next_run(tmp
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     with Catalog.in_dir(idx, readonly=True) as cat:
         assert cat.db.execute("SELECT status, finished_at FROM runs").fetchall() == [("running", None)]
+    # until the next run, readers tell by the lock: nobody holds it, so the 'running' run is reported interrupted
+    assert catalog_info(idx)["last_run"]["status"] == "interrupted"
+    from helpers import run_main
+
+    code, out, _ = run_main(capsys, "info", "--index-dir", str(idx))
+    assert code == 0 and "last run: interrupted (started " in out, out
+    from img_search.catalog.lock import IndexLock
+
+    with IndexLock(idx):  # a live writer: the same row reads as running
+        assert catalog_info(idx)["last_run"]["status"] == "running"
 
     def never():  # type: ignore[no-untyped-def]
         raise AssertionError("nothing to embed")
