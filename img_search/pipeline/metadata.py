@@ -42,11 +42,9 @@ def stale_metadata(catalog: Catalog, roots: Sequence[str], *, skip: Iterable[str
     return [p for p in live if p in forced or p not in state or state[p] != sidecars.get(p)]
 
 
-def backfill_metadata(catalog: Catalog, paths: Sequence[str], *, workers: int = 0,
-                      progress: Progress | None = None) -> int:
+def backfill_metadata(catalog: Catalog, paths: Sequence[str], *, progress: Progress | None = None) -> int:
     """Read (``data.metadata.read_metadata``, never raises) and record the metadata of ``paths``
-    (``stale_metadata``'s list), in the calling process; returns how many were recorded. ``workers`` is not used
-    (the call in ``pipeline/runner.py`` still passes the decode worker count; to be dropped there)."""
+    (``stale_metadata``'s list), in the calling process; returns how many were recorded."""
     if not paths:
         return 0
     logger.info("reading photo metadata of %d files not decoded this run", len(paths))

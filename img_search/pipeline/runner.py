@@ -300,7 +300,7 @@ def _backfill_metadata(catalog: Catalog, roots: Sequence[str], plan: Plan, optio
     from img_search.pipeline.metadata import backfill_metadata, stale_metadata
 
     stale = stale_metadata(catalog, roots, skip=[e.path for e in plan.todo], force=[r.path for r in plan.reuse])
-    return backfill_metadata(catalog, stale, workers=options.workers, progress=progress or LogProgress())
+    return backfill_metadata(catalog, stale, progress=progress or LogProgress())
 
 
 def _ocr_reader(catalog: Catalog, options: IndexOptions, summary: IndexSummary) -> Any:
