@@ -28,7 +28,14 @@ from img_search.errors import (
     EmptyCollectionError,
     InvalidInputError,
 )
-from img_search.index.base import VectorIndex, topk, unit_queries
+from img_search.index.base import (
+    VectorIndex,
+    empty_results,
+    overfetch_filtered,
+    overfetch_k,
+    score_rows,
+    unit_queries,
+)
 from img_search.search.filters import FilterIndex, SearchFilter
 from img_search.search.store import VectorLookup, VectorStore
 from img_search.settings import SearchSettings
@@ -36,10 +43,53 @@ from img_search.settings import SearchSettings
 logger = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 10
-# a filter that leaves at most this many images is searched exactly over their vectors (read from the catalog: a few
-# milliseconds); a wider one searches the index for more than `limit` and keeps the matches (bench/filtered_search.py)
-EXACT_SUBSET_MAX = 4096
-OVERFETCH = 1.5  # widen the index search by 1.5x the filter's expected miss rate, then 4x per retry
+
+# ---------------------------------------------------------------------------------------------- filtered-search plan
+# A search restricted to a filter's ids (``Collection._search_allowed``) is answered one of three ways, whichever the
+# cost model below expects to be cheapest at the 99th percentile:
+#   "exact"     score the allowed vectors exactly: the generation's memory-mapped vectors.npy read in ascending row
+#               order, one query on one thread (``VectorLookup.top_k``); else, for a generation saved before
+#               vectors.npy was kept or an injected index, the catalog's blobs (~45 us per vector);
+#   "filtered"  the backend's own filtered search, ``index.search(q, k, allowed=ids)``;
+#   "overfetch" the unfiltered search for k * 1.5 / share + 16 hits, keeping the allowed ones, 4x wider per retry.
+# Costs in microseconds, measured on the project's 2-core machine at load average 2.3-3.5 over 100,000 random
+# 768-d vectors, p99 of 150 interleaved single queries per point (docs/PERFORMANCE.md, "Filtered search", the
+# strategy table; /tmp scripts recorded there):
+#   exact from vectors.npy: 0.32 ms at 100 ids, 1.2 ms at 1,000, 3.0 ms at 3,000, 3.9 ms at 5,000, 5.9 ms at 8,000,
+#     8.2 ms at 12,000 -> EXACT_FIXED_US + EXACT_ROW_NS_PER_DIM * dim per id (0.7 us per 768-d row: the rows are
+#     read from the page cache, memory bound);
+#   over-fetch through the default qdrant_edge HNSW (m 16, ef 128): k' = 46 -> 1.5 ms, 91 -> 2.3 ms, 141 -> 9.9 ms,
+#     204 -> 10.9 ms, 316 -> 14.6 ms, 516 -> 20.6 ms, 1,516 -> 45 ms -> ANN_FIXED_US + ANN_PER_HIT_US per hit asked.
+# The two meet near 11 % of 100,000 (11,000 ids); below it exact wins, above it the over-fetch, whose k' shrinks as
+# the filter widens. The backend's own filtered search is planned only where it was measured to be cheaper than both:
+# FILTERED_COST (none of the default backends: Qdrant Edge's is the over-fetch or an exact scan of its own, see
+# index/qdrant_edge_index.py; faiss's selector walk was measured in docs/PERFORMANCE.md and is listed there).
+EXACT_FIXED_US = 300.0
+EXACT_ROW_NS_PER_DIM = 0.91  # 0.7 us per 768-d float32 row
+CATALOG_ROW_US = 45.0  # a vector read back from SQLite (a 3 KB blob in a WITHOUT ROWID B-tree)
+ANN_FIXED_US = 1000.0
+ANN_PER_HIT_US = 45.0
+# exact scoring is never planned above this many ids (its memory is bounded by VectorLookup's blocks, its time grows
+# linearly: 50,000 ids take ~35 ms); a test lowers it to force the other paths
+EXACT_SUBSET_MAX = 65_536
+# backend -> cost in us of its own filtered search for (n live, n allowed, k); measured backends only
+FILTERED_COST: dict[str, Callable[[int, int, int], float]] = {}
+STRATEGIES = ("exact", "filtered", "overfetch")
+
+
+def plan_filtered_search(n: int, n_allowed: int, k: int, dim: int, *, has_vectors: bool, backend: str) -> str:
+    """"exact", "filtered" or "overfetch": the cheapest expected way (cost model above, microseconds at p99) to find
+    the top ``k`` of ``n_allowed`` ids among ``n`` live ``dim``-d vectors; ``has_vectors``: the view has the saved
+    vectors in memory (else exact scoring reads the catalog); ``backend``: whose own filtered search to consider."""
+    costs: dict[str, float] = {}
+    if n_allowed <= EXACT_SUBSET_MAX:
+        per_row = EXACT_ROW_NS_PER_DIM * dim / 1000 if has_vectors else CATALOG_ROW_US
+        costs["exact"] = EXACT_FIXED_US + per_row * n_allowed
+    filtered_cost = FILTERED_COST.get(backend)
+    if filtered_cost is not None:
+        costs["filtered"] = filtered_cost(n, n_allowed, k)
+    costs["overfetch"] = ANN_FIXED_US + ANN_PER_HIT_US * overfetch_k(k, n_allowed, n)
+    return min(costs, key=costs.__getitem__)
 
 
 @dataclass(frozen=True)
@@ -135,6 +185,9 @@ class Collection:
     ``connect`` opens a read-only ``Catalog`` (called once per thread that resolves hits). Pass ``index`` to inject
     a ready ``VectorIndex`` instead of opening the saved one (tests, evaluations).
     """
+
+    # force one way of answering filtered searches ("exact", "filtered", "overfetch"; None: plan by cost)
+    filter_strategy: str | None = None
 
     def __init__(self, connect: Callable[[], Catalog], model: ModelRow, search: SearchSettings | None = None, *,
                  index: VectorIndex | None = None) -> None:
@@ -263,8 +316,8 @@ class Collection:
         Asking for more hits than exist returns what exists (the search is sized by the collection, not by
         ``limit``). Deleted images never appear. ``allowed`` (int64 ids, ``allowed_ids``) restricts the search to
         those images inside the search, so ``limit`` matching hits come back whenever that many exist: a narrow
-        filter (<= ``EXACT_SUBSET_MAX`` images) is scored exactly over its own vectors, a wide one searches the index
-        for more than ``limit`` and keeps the matches, widening until enough are found.
+        filter is scored exactly over its own vectors, a wide one searches the index for more than ``limit`` and keeps
+        the matches, widening until enough are found (``plan_filtered``: by a measured cost model).
         Raises ``EmptyCollectionError``, ``DimensionMismatchError``, ``InvalidInputError`` (limit).
         """
         limit = check_limit(limit)
@@ -296,41 +349,34 @@ class Collection:
             results.append(hits)
         return results
 
+    def plan_filtered(self, n_allowed: int, k: int, view: _View | None = None) -> str:
+        """Which way a search for ``k`` hits among ``n_allowed`` ids is answered (``plan_filtered_search``);
+        ``filter_strategy`` set on the collection overrides it (benchmarks, tests)."""
+        if self.filter_strategy is not None:
+            return self.filter_strategy
+        view = view or self._view
+        return plan_filtered_search(len(view.index), n_allowed, k, int(self.model.dim or 0),
+                                    has_vectors=view.vectors is not None, backend=view.backend)
+
     def _search_allowed(self, view: _View, queries: NDArray[np.float32], k: int,
                         allowed: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """Top-``k`` of each query among the ``allowed`` ids: (ids, scores), (n_queries, <= k), padded with -1."""
+        """Top-``k`` of each query among the ``allowed`` ids (int64, ascending): (ids, scores), (n_queries, k),
+        padded with -1 / -inf, answered as ``plan_filtered`` chooses."""
         index = view.index
         n_q, n, n_allowed = queries.shape[0], len(index), len(allowed)
         k = min(k, n_allowed)
         if k == 0:
             return np.full((n_q, 0), -1, np.int64), np.empty((n_q, 0), np.float32)
-        if n_allowed <= EXACT_SUBSET_MAX:
-            ids, vectors = self._vectors_of(allowed, view)
+        plan = self.plan_filtered(n_allowed, k, view)
+        logger.debug("filtered search: %d of %d ids, k %d -> %s", n_allowed, n, k, plan)
+        if plan == "exact":
+            q = unit_queries(np.ascontiguousarray(queries, np.float32))
+            if view.vectors is not None:
+                return view.vectors.top_k(q, allowed, k)
+            ids, vectors = self.catalog().live_vectors(self.model.id, self.model.dim or 0, allowed.tolist())
             if len(ids) == 0:
-                return np.full((n_q, 0), -1, np.int64), np.empty((n_q, 0), np.float32)
-            scores = unit_queries(queries) @ vectors.T
-            cols, best = topk(scores, min(k, len(ids)))
-            return ids[cols], best.astype(np.float32)
-        kk = min(n, int(np.ceil(k * OVERFETCH * n / n_allowed)) + 16)
-        # membership by table lookup (ids are SQLite rowids: small, dense) instead of np.isin's sort per search
-        table = np.zeros(int(allowed[-1]) + 2, np.bool_)
-        table[allowed] = True
-        while True:
-            found_ids, found_scores = index.search(queries, kk)
-            keep = table[np.clip(found_ids, -1, len(table) - 1)] & (found_ids >= 0)
-            if kk >= n or int(keep.sum(axis=1).min()) >= k:
-                break
-            kk = min(n, kk * 4)
-        out_ids = np.full((n_q, k), -1, np.int64)
-        out_scores = np.full((n_q, k), -np.inf, np.float32)
-        for qi in range(n_q):
-            row_ids, row_scores = found_ids[qi][keep[qi]][:k], found_scores[qi][keep[qi]][:k]
-            out_ids[qi, : len(row_ids)], out_scores[qi, : len(row_ids)] = row_ids, row_scores
-        return out_ids, out_scores
-
-    def _vectors_of(self, ids: NDArray[np.int64], view: _View) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """The stored vectors of ``ids`` (those still live: an image removed meanwhile is left out): from the view's
-        memory-mapped matrix, else (a generation saved before it was kept) from the catalog."""
-        if view.vectors is not None:
-            return view.vectors.get(ids)
-        return self.catalog().live_vectors(self.model.id, self.model.dim or 0, ids.tolist())
+                return empty_results(n_q, k)
+            return score_rows(q, np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64), k)
+        if plan == "filtered":
+            return index.search(queries, k, allowed=allowed)
+        return overfetch_filtered(lambda qq, kk: index.search(qq, kk), queries, k, allowed, n)
