@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -393,6 +393,20 @@ def _search_settings(index_dir: Path | None, model: str | None, device: str | No
     return settings
 
 
+def _run_query(settings: Settings, *, remote: Callable[[Any, str], list[dict[str, Any]]],
+               local: Callable[[Any], list[Any]]) -> tuple[list[Any], Any | None]:
+    """Run one query on the server the settings name (``remote(client_module, url)`` -> JSON rows) or in this
+    process (``local(searcher)`` -> hits): (hits, the local searcher or None, for ``_finish``)."""
+    if settings.server:
+        from img_search.service import client
+
+        return client.to_hits(remote(client, settings.server)), None
+    from img_search.search.searcher import open_searcher
+
+    searcher = open_searcher(settings)
+    return local(searcher), searcher
+
+
 def _server_scope(index_dir: Path | None, model: str | None) -> dict[str, Any]:
     """What the command asked for by flag, for the client to check against what the server serves."""
     return {"index_dir": index_dir, "model": model}
@@ -464,18 +478,11 @@ def search(
         options = _search_options(after=after, before=before, near=near, camera=camera, folder=folder, tag=tag,
                                   has_text=has_text, min_size=min_size, sort=sort, hybrid=hybrid, weight=weight,
                                   expand=expand, expand_merge=expand_merge, temperature=temperature)
-        if settings.server:
-            from img_search.service import client
-
-            rows = client.search_text(settings.server, query, limit=limit, threshold=threshold, options=options,
-                                      **_server_scope(index_dir, model))
-            hits = client.to_hits(rows)
-            searcher = None
-        else:
-            from img_search.search.searcher import open_searcher
-
-            searcher = open_searcher(settings)
-            hits = searcher.search_text(query, limit=limit, threshold=threshold, options=options)
+        hits, searcher = _run_query(
+            settings,
+            remote=lambda client, url: client.search_text(url, query, limit=limit, threshold=threshold,
+                                                          options=options, **_server_scope(index_dir, model)),
+            local=lambda s: s.search_text(query, limit=limit, threshold=threshold, options=options))
     _print_hits(hits, as_json, display_path(repr(query)))
     _finish(searcher)
 
@@ -514,18 +521,11 @@ def similar(
         options = _search_options(after=after, before=before, near=near, camera=camera, folder=folder, tag=tag,
                                   has_text=has_text, min_size=min_size, sort=sort)
         try:
-            if settings.server:
-                from img_search.service import client
-
-                rows = client.search_image(settings.server, str(image), limit=limit, threshold=threshold,
-                                           options=options, **_server_scope(index_dir, model))
-                hits = client.to_hits(rows)
-                searcher = None
-            else:
-                from img_search.search.searcher import open_searcher
-
-                searcher = open_searcher(settings)
-                hits = searcher.search_image(str(image), limit=limit, threshold=threshold, options=options)
+            hits, searcher = _run_query(
+                settings,
+                remote=lambda client, url: client.search_image(url, str(image), limit=limit, threshold=threshold,
+                                                               options=options, **_server_scope(index_dir, model)),
+                local=lambda s: s.search_image(str(image), limit=limit, threshold=threshold, options=options))
         except ImageDecodeError as exc:
             raise ImageDecodeError(f"{display_path(str(image))}: {exc}") from None
     _print_hits(hits, as_json, display_path(str(image)))
