@@ -6,8 +6,10 @@
   live label replaces its vector in place (hnswlib's own update path).
 * hnswlib scores are distances (``1 - <q, x>`` for both spaces; ``cosine`` normalises inside hnswlib); they are
   turned back into similarities here.
-* ``save`` / ``load`` use hnswlib's own file; hnswlib has no memory-mapped load, so ``load`` reads it into RAM
-  (and so never writes it: ``load(readonly=True)`` only adds the refusal of changes).
+* ``save`` / ``load`` use hnswlib's own file, written to a temporary name, size-checked against hnswlib's
+  ``index_file_size`` (hnswlib does not report a failed write: a full disk leaves a truncated file and no error),
+  fsync-ed and renamed; a short write raises ``StorageFullError``. hnswlib has no memory-mapped load, so ``load``
+  reads it into RAM (and so never writes it: ``load(readonly=True)`` only adds the refusal of changes).
 * large k: hnswlib widens ``ef`` to k itself, but a graph walk can miss nodes (measured: 2,098 of 2,100 for
   k = 2,100 on tightly clustered vectors), so a k of at least ``EXACT_K_FRACTION`` of the collection, and any row that
   comes back short, is scored exactly over the stored vectors (read from hnswlib's pickled state: ``get_items``
@@ -27,6 +29,7 @@ from typing import Any, ClassVar
 import hnswlib
 import numpy as np
 
+from img_search.files import is_no_space, storage_full
 from img_search.index.base import (
     EXACT_K_FRACTION,
     BoolArray,
@@ -277,7 +280,7 @@ class HnswlibIndex:
         check_writable(self)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self._index.save_index(str(path / _FILE))
+        self._save_checked(path / _FILE)
         np.save(path / "deleted.npy", np.fromiter(self._deleted, dtype=np.int64, count=len(self._deleted)))
         meta = {
             "backend": self.name, "dim": self.dim, "metric": self.metric, "M": self.M,
@@ -285,6 +288,33 @@ class HnswlibIndex:
             "seed": self.seed,
         }
         (path / "meta.json").write_text(json.dumps(meta))
+
+    def _save_checked(self, target: Path) -> None:
+        """``save_index`` to a temporary file beside ``target``, checked, fsync-ed, then renamed over ``target``.
+
+        hnswlib writes through a C++ ``std::ofstream`` and never checks it: on a full device it returns normally and
+        leaves a truncated file (measured on a 1 MB tmpfs: 1,048,576 of 1,213,832 bytes, no error). So the written
+        size is compared with hnswlib's own ``index_file_size()``; a short file raises ``StorageFullError`` and is
+        removed, and ``target`` is left as it was.
+        """
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            self._index.save_index(str(tmp))
+            expected = int(self._index.index_file_size())
+            written = tmp.stat().st_size if tmp.exists() else 0
+            if written != expected:
+                raise storage_full(target.parent, f"hnswlib wrote {written:,} of {expected:,} bytes of {target.name}")
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if is_no_space(exc):
+                raise storage_full(target.parent, f"saving {target.name}: {getattr(exc, 'strerror', exc)}") from exc
+            raise
 
     @classmethod
     def load(cls, path: Path, *, readonly: bool = False, **_: Any) -> HnswlibIndex:

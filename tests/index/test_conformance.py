@@ -732,3 +732,42 @@ def test_reader_on_read_only_filesystem(case: Case, separated: dict[str, Any], r
     _check_reader(reader, separated, f"{case.id} (read-only mount)", max_misses=_lossy_misses(case))
     del reader
     gc.collect()
+
+
+# ---------------------------------------------------------------------------------------------- hnswlib on a full disk
+@pytest.fixture()
+def small_tmpfs(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs (root and mount(8) only; skipped otherwise), unmounted afterwards."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("needs root and mount(8) for a size-limited tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.skipif("hnswlib" not in AVAILABLE, reason="hnswlib not installed")
+def test_hnswlib_save_reports_a_full_disk(data: dict[str, np.ndarray], small_tmpfs: Path) -> None:
+    """hnswlib's save_index returns normally on a full disk and leaves a truncated file; the backend checks the size
+    it wrote against hnswlib's index_file_size, raises StorageFullError, and leaves the previous save in place."""
+    from img_search.errors import StorageFullError
+
+    index = create_index("hnswlib", dim=DIM, M=16)
+    index.add(data["ids"][:500], data["vectors"][:500])  # ~0.2 MB: fits
+    index.save(small_tmpfs / "idx")
+    saved = (small_tmpfs / "idx" / "index.hnswlib").read_bytes()
+    index.add(data["ids"][500:], data["vectors"][500:])  # 3,000 vectors: ~1.2 MB, more than the 1 MiB device
+    with pytest.raises(StorageFullError, match="hnswlib wrote"):
+        index.save(small_tmpfs / "idx")
+    assert (small_tmpfs / "idx" / "index.hnswlib").read_bytes() == saved
+    assert sorted(p.name for p in (small_tmpfs / "idx").iterdir()) == ["deleted.npy", "index.hnswlib", "meta.json"]
+    assert len(load_index("hnswlib", small_tmpfs / "idx")) == 500
