@@ -102,7 +102,14 @@ def test_planner_picks_exact_when_narrow_and_overfetch_when_wide() -> None:
         del collection_mod.FILTERED_COST["test-backend"]
 
 
-def test_vector_lookup_top_k_with_extra_and_removed() -> None:
+@pytest.mark.parametrize("with_faiss", [True, False], ids=["faiss-simd", "numpy"])
+def test_vector_lookup_top_k_with_extra_and_removed(with_faiss: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from img_search.search import store as store_mod
+
+    if not with_faiss:
+        monkeypatch.setattr(store_mod, "_faiss", lambda: None)
+    elif store_mod._faiss() is None:
+        pytest.skip("faiss not installed")
     rng = np.random.default_rng(2)
     ids = np.arange(0, 40_000, 2, dtype=np.int64)  # 20,000 rows: three scoring blocks
     matrix = rng.standard_normal((ids.size, DIM)).astype(np.float32)  # not unit length, as the catalog may hold
