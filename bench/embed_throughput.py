@@ -440,7 +440,7 @@ def decode_parity(model_dir: Path, n: int, factors: tuple[int, ...] = (1, 2)) ->
     enc = load_encoder(str(model_dir), device="cpu", precision="fp32", runtime="torch")
     pre = enc.image_preprocessor()  # type: ignore[attr-defined]
     side = pre.input_side
-    out: dict = {"input_side": side, "sets": {}}
+    out: dict = {"input_side": side, "sets": {}, "loadavg_before": os.getloadavg()}
     for name, folder in (("1024x768", jpeg_folder(n)), ("4032x3024", big_jpegs(n))):
         files = sorted(folder.glob("*.jpg"))[:n]
         blobs = [read_file(str(f)) for f in files]
@@ -467,6 +467,7 @@ def decode_parity(model_dir: Path, n: int, factors: tuple[int, ...] = (1, 2)) ->
                           "mean_cosine": float(cos.mean())}
             print(f"{name} {mode}: {rows[mode]}", file=sys.stderr, flush=True)
         out["sets"][name] = rows
+    out["loadavg_after"] = os.getloadavg()
     return out
 
 
