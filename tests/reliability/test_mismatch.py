@@ -17,20 +17,9 @@ from typing import Any
 
 import pytest
 from helpers import make_jpeg
+from helpers import run_main as run
 
 from img_search.catalog.schema import SCHEMA_VERSION
-from img_search.cli import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def one_line(code: int, out: str, err: str) -> str:
