@@ -1,6 +1,7 @@
 """Filtered search over 100,000 images: p50 / p99 with two filters against the same search without filters.
 
-Run: .venv/bin/python bench/filtered_search.py [--images 100000] [--queries 200] [--backend qdrant_edge]
+Run: .venv/bin/python bench/filtered_search.py [--images 100000] [--queries 200] [--backend qdrant_edge] [--compare]
+     .venv/bin/python bench/filtered_search.py --sweep [--backend faiss]   (the planner's cost points)
 
 Setup (cached in bench/_data/filtered-N): a catalog of N images with random 768-d unit vectors (SigLIP-base's
 dimension; the search cost does not depend on the values), each with photo metadata: a capture date spread over
@@ -11,14 +12,25 @@ Two filters are combined, a date range and a camera list, chosen so that togethe
 the collection. Each query runs ``Searcher.search_text`` end to end (parse, filter, search, fusion, hits resolved
 from the catalog, limit 10) with a stub text encoder that returns precomputed query vectors, so the model's time
 (identical with and without filters) is left out. The variants are interleaved query by query in one process so that
-the machine's noise hits all of them alike; the ratio filtered / unfiltered is the figure to read.
-Results: JSON to bench/results/filtered_search.json and a table on stdout.
+the machine's noise hits all of them alike; the ratio filtered / unfiltered is the figure to read. Each filtered
+row names the way the collection's planner answered it (``Collection.plan_filtered``: exact, filtered, overfetch);
+``--compare`` adds, interleaved in the same loop, each filter answered the other ways too (forced through
+``Collection.filter_strategy``), which is how the planner's constants were checked. The load average (1 min) is
+recorded before and after the timed loop.
+
+``--sweep`` measures what the planner's constants (``img_search.search.collection``) are fitted to: for random allowed
+sets of 0.1 % to 50 % of the collection, each way of answering (exact over vectors.npy, the backend's own filtered
+search, over-fetch) timed on its own at the collection level (``Collection._search_allowed`` with
+``filter_strategy`` forced; no filter evaluation, no hits), interleaved with the unfiltered index search, 150 queries
+per point, in a new random order each query; p50 / p99 in ms. Results: bench/results/filtered_sweep_<backend>.json.
+Results: JSON to bench/results/filtered_search_<backend>.json and a table on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -102,14 +114,71 @@ def filters_for(selectivity: float) -> dict[str, object]:
             "expected_share": (span_days / (25 * 365)) * (n_cams / N_CAMERAS)}
 
 
+SWEEP_SHARES = (0.001, 0.01, 0.03, 0.05, 0.08, 0.12, 0.2, 0.5)
+
+
+def sweep(collection: object, queries: np.ndarray, n_queries: int = 150) -> None:
+    """Each way of answering a filtered search, alone, over random allowed sets (see the module docstring)."""
+    from img_search.search.collection import STRATEGIES, Collection
+
+    assert isinstance(collection, Collection)
+    view = collection._view  # the bench times the planner's building blocks directly
+    n = len(collection)
+    assert view.vectors is not None, "the sweep needs a saved generation with vectors.npy"
+    ids = view.vectors.ids
+    rng = np.random.default_rng(2)
+    out: list[dict[str, object]] = []
+    print(f"backend {collection.backend}, {n} images; p50 / p99 ms over {n_queries} interleaved queries")
+    for share in SWEEP_SHARES:
+        allowed = np.sort(rng.choice(ids, size=max(1, int(share * n)), replace=False))
+
+        def answer(strategy: str, q: np.ndarray, allowed: np.ndarray = allowed) -> object:
+            collection.filter_strategy = strategy
+            return collection._search_allowed(view, q, 10, allowed)
+
+        timed = {name: (lambda q, name=name: answer(name, q)) for name in STRATEGIES if name != "exact" or share <= 0.2}
+        timed["unfiltered"] = lambda q: view.index.search(q, 10)
+        times: dict[str, list[float]] = {name: [] for name in timed}
+        for i in range(10):
+            for fn in timed.values():
+                fn(queries[i % len(queries)][None])
+        load = os.getloadavg()[0]
+        names = list(timed)
+        for i in range(n_queries):
+            q = queries[i % len(queries)][None]
+            # a new order every query: a strategy that reads many rows evicts the CPU caches for whichever runs next
+            for name in rng.permutation(names).tolist():
+                fn = timed[name]
+                t0 = time.perf_counter()
+                fn(q)
+                times[name].append(time.perf_counter() - t0)
+        collection.filter_strategy = None
+        row: dict[str, object] = {"share": share, "allowed": int(allowed.size), "load_average": load,
+                                  "planned": collection.plan_filtered(int(allowed.size), 10)}
+        line = f"{share * 100:>6g} % {allowed.size:>7}  load {load:4.2f}  planned {row['planned']:<9}"
+        for name, values in times.items():
+            t = np.array(values) * 1000
+            row[name] = [float(np.percentile(t, 50)), float(np.percentile(t, 99))]
+            line += f" | {name} {row[name][0]:6.2f} / {row[name][1]:6.2f}"  # type: ignore[index]
+        out.append(row)
+        print(line, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"filtered_sweep_{collection.backend}.json"
+    path.write_text(json.dumps({"images": n, "backend": collection.backend, "queries": n_queries, "rows": out},
+                               indent=2))
+    print(f"-> {path.relative_to(ROOT)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--backend", default=None, help="search backend to save (default: as `index` would choose)")
+    parser.add_argument("--compare", action="store_true", help="also time every filter answered each other way")
+    parser.add_argument("--sweep", action="store_true", help="time each strategy alone over random allowed sets")
     args = parser.parse_args()
 
-    from img_search.search.collection import Collection
+    from img_search.search.collection import STRATEGIES, Collection
     from img_search.search.searcher import Searcher, SearchOptions
     from img_search.settings import SearchSettings
 
@@ -127,46 +196,74 @@ def main() -> None:
 
     settings = SearchSettings(ann_backend=args.backend) if args.backend else SearchSettings()
     collection = Collection.open(index_dir, "bench/filtered", settings)
-    variants: dict[str, SearchOptions] = {"none": SearchOptions(hybrid="off")}
-    shares: dict[str, float] = {"none": 1.0}
+    if args.sweep:
+        sweep(collection, queries)
+        return
+    # variant name -> (search options, forced strategy or None for the planner's choice)
+    variants: dict[str, tuple[SearchOptions, str | None]] = {"none": (SearchOptions(hybrid="off"), None)}
+    allowed: dict[str, int] = {"none": len(collection)}
+    plans: dict[str, str] = {"none": "-"}
     for s in (0.5, 0.05, 0.001):
         spec = filters_for(s)
-        variants[f"{s:g}"] = SearchOptions(filter=spec["filter"], hybrid="off")  # type: ignore[arg-type]
-        shares[f"{s:g}"] = float(spec["expected_share"])  # type: ignore[arg-type]
+        opts = SearchOptions(filter=spec["filter"], hybrid="off")  # type: ignore[arg-type]
+        n_allowed = len(collection.allowed_ids(opts.filter))
+        planned = collection.plan_filtered(n_allowed, 10)
+        variants[f"{s:g}"] = (opts, None)
+        allowed[f"{s:g}"], plans[f"{s:g}"] = n_allowed, planned
+        if args.compare:
+            for strategy in STRATEGIES:
+                if strategy != planned:
+                    name = f"{s:g} {strategy}"
+                    variants[name] = (opts, strategy)
+                    allowed[name], plans[name] = n_allowed, strategy
     searchers = {name: Searcher(collection, QueryEncoder(queries)) for name in variants}  # type: ignore[arg-type]
+
+    def run(name: str, text: str) -> int:
+        opts, strategy = variants[name]
+        collection.filter_strategy = strategy
+        return len(searchers[name].search_text(text, limit=10, options=opts))
+
     # warm up: the filter columns load once per collection view, the index's and vectors.npy's pages come into
     # memory (as in a running service); 20 queries per variant
     for _ in range(20):
-        for name, opts in variants.items():
-            searchers[name].search_text("warm up", limit=10, options=opts)
+        for name in variants:
+            run(name, "warm up")
     times: dict[str, list[float]] = {name: [] for name in variants}
     counts: dict[str, list[int]] = {name: [] for name in variants}
+    load_before = os.getloadavg()[0]
     for _ in range(args.queries):
-        for name, opts in variants.items():
+        for name in variants:
             t0 = time.perf_counter()
-            hits = searchers[name].search_text("q", limit=10, options=opts)
+            found = run(name, "q")
             times[name].append(time.perf_counter() - t0)
-            counts[name].append(len(hits))
-    allowed = {name: (len(collection.allowed_ids(opts.filter)) if opts.filter else len(collection))  # type: ignore[arg-type]
-               for name, opts in variants.items()}
-    base = times["none"]
+            counts[name].append(found)
+    load_after = os.getloadavg()[0]
+    collection.filter_strategy = None
+    base = np.array(times["none"]) * 1000
+    b50, b99 = float(np.percentile(base, 50)), float(np.percentile(base, 99))
     rows = []
-    print(f"backend {collection.backend}, {len(collection)} images, {args.queries} queries, limit 10")
-    print(f"{'filter keeps':>14}  {'images':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'p50 x':>6}  {'p99 x':>6}  hits")
+    print(f"backend {collection.backend}, {len(collection)} images, {args.queries} queries, limit 10, "
+          f"load average {load_before:.2f} -> {load_after:.2f}")
+    print(f"{'filter keeps':>14}  {'images':>8}  {'answered':>9}  {'p50 ms':>8}  {'p99 ms':>8}  {'p50 x':>6}  "
+          f"{'p99 x':>6}  hits")
     for name in variants:
         t = np.array(times[name]) * 1000
         p50, p99 = float(np.percentile(t, 50)), float(np.percentile(t, 99))
-        b50, b99 = float(np.percentile(np.array(base) * 1000, 50)), float(np.percentile(np.array(base) * 1000, 99))
-        row = {"selectivity": name, "allowed": allowed[name], "p50_ms": p50, "p99_ms": p99,
-               "p50_ratio": p50 / b50, "p99_ratio": p99 / b99, "min_hits": min(counts[name])}
+        share = name.split()[0]
+        row = {"selectivity": share, "answered": plans[name], "planned": variants[name][1] is None,
+               "allowed": allowed[name], "p50_ms": p50, "p99_ms": p99, "p50_ratio": p50 / b50,
+               "p99_ratio": p99 / b99, "min_hits": min(counts[name])}
         rows.append(row)
-        label = "(no filter)" if name == "none" else f"{float(name) * 100:g} %"
-        print(f"{label:>14}  {allowed[name]:>8}  {p50:>8.2f}  {p99:>8.2f}  {p50 / b50:>6.2f}  {p99 / b99:>6.2f}  "
-              f"{min(counts[name])}")
+        label = "(no filter)" if name == "none" else f"{float(share) * 100:g} %"
+        answered = plans[name] + ("" if variants[name][1] is None else "*")
+        print(f"{label:>14}  {allowed[name]:>8}  {answered:>9}  {p50:>8.2f}  {p99:>8.2f}  {p50 / b50:>6.2f}  "
+              f"{p99 / b99:>6.2f}  {min(counts[name])}")
+    if args.compare:
+        print("* forced (--compare); the other rows are the planner's choice")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"filtered_search_{collection.backend}.json"
     out.write_text(json.dumps({"images": len(collection), "backend": collection.backend, "queries": args.queries,
-                               "rows": rows}, indent=2))
+                               "load_average": [load_before, load_after], "rows": rows}, indent=2))
     print(f"-> {out.relative_to(ROOT)}")
 
 

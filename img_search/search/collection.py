@@ -52,27 +52,31 @@ DEFAULT_LIMIT = 10
 #               vectors.npy was kept or an injected index, the catalog's blobs (~45 us per vector);
 #   "filtered"  the backend's own filtered search, ``index.search(q, k, allowed=ids)``;
 #   "overfetch" the unfiltered search for k * 1.5 / share + 16 hits, keeping the allowed ones, 4x wider per retry.
-# Costs in microseconds, measured on the project's 2-core machine at load average 2.3-3.5 over 100,000 random
-# 768-d vectors, p99 of 150 interleaved single queries per point (docs/PERFORMANCE.md, "Filtered search", the
-# strategy table; /tmp scripts recorded there):
-#   exact from vectors.npy: 0.32 ms at 100 ids, 1.2 ms at 1,000, 3.0 ms at 3,000, 3.9 ms at 5,000, 5.9 ms at 8,000,
-#     8.2 ms at 12,000 -> EXACT_FIXED_US + EXACT_ROW_NS_PER_DIM * dim per id (0.7 us per 768-d row: the rows are
-#     read from the page cache, memory bound);
-#   over-fetch through the default qdrant_edge HNSW (m 16, ef 128): k' = 46 -> 1.5 ms, 91 -> 2.3 ms, 141 -> 9.9 ms,
-#     204 -> 10.9 ms, 316 -> 14.6 ms, 516 -> 20.6 ms, 1,516 -> 45 ms -> ANN_FIXED_US + ANN_PER_HIT_US per hit asked.
-# The two meet near 11 % of 100,000 (11,000 ids); below it exact wins, above it the over-fetch, whose k' shrinks as
-# the filter widens. The backend's own filtered search is planned only where it was measured to be cheaper than both:
-# FILTERED_COST (none of the default backends: Qdrant Edge's is the over-fetch or an exact scan of its own, see
-# index/qdrant_edge_index.py; faiss's selector walk was measured in docs/PERFORMANCE.md and is listed there).
+# Costs in microseconds, fitted to the 99th percentiles measured on the project's 2-core machine (load average 1.3-4.6)
+# over 100,000 random 768-d vectors, 150 interleaved single queries per point (`bench/filtered_search.py --sweep`,
+# docs/PERFORMANCE.md "Filtered search"):
+#   exact from vectors.npy (``VectorLookup.top_k``): 0.4 ms at 100 ids, 1.3-3.5 ms at 1,000, 2.5 ms at 3,000, 3-5 ms at
+#     5,000, 4.6-5.9 ms at 8,000, 7-9 ms at 12,000 -> EXACT_FIXED_US + EXACT_ROW_NS_PER_DIM * dim per id (~0.5 us per
+#     768-d row: rows come from the page cache, memory bound);
+#   over-fetch, per backend (OVERFETCH_COST: fixed + per hit asked, k' = 1.5 k / share + 16):
+#     qdrant_edge (m 16, ef 128; re-scores 2x oversampled INT8 candidates): k' 46 -> 0.7-1.0 ms, 91 -> 1.4-4.1 ms,
+#       141 -> 6-7 ms, 204 -> 6-9 ms, 316 -> 10-13 ms, 516 -> 19-22 ms, 1,516 -> 48-57 ms;
+#     faiss HNSW (M 16, ef 128): 5.8-8 ms (the unfiltered p99 on that run: 5.5) from k' 46 to 516, nearly flat;
+#   the backends' own filtered searches were never the cheapest: faiss's IDSelectorBitmap walk 4-11 ms (its bitmap
+#     is built per query), Qdrant Edge's is itself an over-fetch or an exact scan (index/qdrant_edge_index.py),
+#     hnswlib's filter calls Python for each node it visits (45 ms at 5 %: 9,400 calls a query, against 8 ms for
+#     the over-fetch). FILTERED_COST holds the backends whose own filtered search the planner may choose: none yet.
+# With qdrant_edge (the default) exact and over-fetch meet near 10 % of 100,000 ids; with faiss near 3 %.
 EXACT_FIXED_US = 300.0
-EXACT_ROW_NS_PER_DIM = 0.91  # 0.7 us per 768-d float32 row
+EXACT_ROW_NS_PER_DIM = 0.65  # 0.5 us per 768-d float32 row
 CATALOG_ROW_US = 45.0  # a vector read back from SQLite (a 3 KB blob in a WITHOUT ROWID B-tree)
-ANN_FIXED_US = 1000.0
-ANN_PER_HIT_US = 45.0
+# backend -> (fixed us, us per hit asked) of an over-fetch; unmeasured backends get qdrant_edge's, the steepest
+OVERFETCH_COST: dict[str, tuple[float, float]] = {"qdrant_edge": (1000.0, 30.0), "faiss": (1500.0, 1.0)}
+DEFAULT_OVERFETCH_COST = OVERFETCH_COST["qdrant_edge"]
 # exact scoring is never planned above this many ids (its memory is bounded by VectorLookup's blocks, its time grows
-# linearly: 50,000 ids take ~35 ms); a test lowers it to force the other paths
+# linearly: 50,000 ids take ~25-35 ms); a test lowers it to force the other paths
 EXACT_SUBSET_MAX = 65_536
-# backend -> cost in us of its own filtered search for (n live, n allowed, k); measured backends only
+# backend -> cost in us of its own filtered search for (n live, n allowed, k); measured and cheapest somewhere only
 FILTERED_COST: dict[str, Callable[[int, int, int], float]] = {}
 STRATEGIES = ("exact", "filtered", "overfetch")
 
@@ -88,7 +92,8 @@ def plan_filtered_search(n: int, n_allowed: int, k: int, dim: int, *, has_vector
     filtered_cost = FILTERED_COST.get(backend)
     if filtered_cost is not None:
         costs["filtered"] = filtered_cost(n, n_allowed, k)
-    costs["overfetch"] = ANN_FIXED_US + ANN_PER_HIT_US * overfetch_k(k, n_allowed, n)
+    fixed, per_hit = OVERFETCH_COST.get(backend, DEFAULT_OVERFETCH_COST)
+    costs["overfetch"] = fixed + per_hit * overfetch_k(k, n_allowed, n)
     return min(costs, key=costs.__getitem__)
 
 

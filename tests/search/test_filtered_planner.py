@@ -95,6 +95,8 @@ def test_planner_picks_exact_when_narrow_and_overfetch_when_wide() -> None:
     assert plan(100, has_vectors=False) == "exact" and plan(5_072, has_vectors=False) == "overfetch"
     # above the cap exact is never planned, and a backend with a measured filtered search competes
     assert plan(70_000) == "overfetch"
+    # faiss's over-fetch costs nearly the same whatever k': exact only below ~3 %
+    assert plan(1_000, backend="faiss") == "exact" and plan(5_072, backend="faiss") == "overfetch"
     collection_mod.FILTERED_COST["test-backend"] = lambda n, m, k: 1.0
     try:
         assert plan(5_072, backend="test-backend") == "filtered"
