@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.catalog import Catalog
+from img_search.catalog.decode import record_decode
 from img_search.data.images import check_pixel_limit, content_hash, decode_image, read_file
 from img_search.embedding.base import Encoder, ModelInfo
 from img_search.embedding.precision import TowerChoice
@@ -57,9 +58,10 @@ class HashLoader:
     when no path holds the bytes any more; the next ``index`` of that folder records what is there now.
     """
 
-    def __init__(self, max_image_pixels: int | None = None) -> None:
+    def __init__(self, max_image_pixels: int | None = None, min_side: int | None = None) -> None:
         check_pixel_limit(max_image_pixels)
         self.max_image_pixels = max_image_pixels
+        self.min_side = min_side  # JPEGs decoded at a reduced scale keeping both sides >= it (as `index` does)
 
     def __call__(self, source: HashSource) -> Loaded:
         problems: list[str] = []
@@ -72,7 +74,8 @@ class HashLoader:
             if content_hash(data) != source.content_hash:
                 problems.append(f"{path}: changed since it was indexed")
                 continue
-            return Loaded(decode_image(data, max_image_pixels=self.max_image_pixels), source.content_hash)
+            return Loaded(decode_image(data, max_image_pixels=self.max_image_pixels, min_side=self.min_side),
+                          source.content_hash)
         raise StaleSourceError("no file holds these bytes any more (" + "; ".join(problems) + ")")
 
 
@@ -114,13 +117,15 @@ def upsert_vectors(catalog: Catalog, model_id: int, hashes: Sequence[bytes], vec
 class VectorSink:
     """``loop.Sink`` writing each batch's vectors with ``upsert_vectors`` on its own writer connection."""
 
-    def __init__(self, catalog_path: Path, model_id: int, *, precision: str = "fp32", runtime: str = "torch") -> None:
+    def __init__(self, catalog_path: Path, model_id: int, *, precision: str = "fp32", runtime: str = "torch",
+                 decode: str = "full") -> None:
         self.catalog = Catalog(catalog_path)
         self.model_id = model_id
-        self.precision, self.runtime = precision, runtime
+        self.precision, self.runtime, self.decode = precision, runtime, decode
 
     def put(self, batch: ReadBatch[HashSource], vectors: NDArray[np.float32] | None) -> None:
         if vectors is not None and batch.ok:
+            record_decode(self.catalog, self.model_id, [i.source.content_hash for i in batch.ok], self.decode)
             upsert_vectors(self.catalog, self.model_id, [i.source.content_hash for i in batch.ok], vectors,
                            precision=self.precision, runtime=self.runtime)
 
@@ -134,11 +139,19 @@ def reembed(sources: Sequence[HashSource], encoder: Encoder, catalog_path: Path,
     """Embed ``sources`` with ``encoder`` and upsert their vectors as ``model_id``: ``loop.run_loop`` with the
     ``HashLoader`` and a ``VectorSink``. ``batch_size`` images per forward pass, ``workers`` decode processes (0:
     decode in this thread); ``choice``: the image tower's precision and runtime, recorded with each vector
-    (``prepare_encoder``; None: float32 torch). Returns the loop's stats (``failed`` items carry their reason)."""
+    (``prepare_encoder``; None: float32 torch). Images are decoded as ``index`` decodes them for the target model's
+    collection (``runner.decode_mode``: the mode its vectors hold, else reduced-scale JPEGs) and the mode is recorded
+    with each vector (``catalog.decode``). Returns the loop's stats (``failed`` items carry their reason)."""
+    from img_search.data.images import reduced_decode_side
+    from img_search.pipeline.runner import decode_mode
+
     precision, runtime = (choice.precision, choice.runtime) if choice is not None else ("fp32", "torch")
+    with Catalog(catalog_path, readonly=True) as catalog:
+        mode = decode_mode(catalog, model_id, full_decode=False, recompute=False)
+    min_side = reduced_decode_side(getattr(encoder.image_preprocessor(), "input_side", None), mode)
 
     def sink() -> VectorSink:
-        return VectorSink(catalog_path, model_id, precision=precision, runtime=runtime)
+        return VectorSink(catalog_path, model_id, precision=precision, runtime=runtime, decode=mode)
 
-    return run_loop(sources, HashLoader(max_image_pixels), encoder, sink, batch_size=batch_size, workers=workers,
-                    progress=progress, description="re-embedding")
+    return run_loop(sources, HashLoader(max_image_pixels, min_side), encoder, sink, batch_size=batch_size,
+                    workers=workers, progress=progress, description="re-embedding")

@@ -351,15 +351,15 @@ def prepare_encoder(encoder: Encoder, catalog: Catalog, model_id: int) -> TowerC
     return image.choice
 
 
-def decode_mode(catalog: Catalog, model_id: int | None, options: IndexOptions) -> str:
-    """How this run decodes the images it embeds: the collection's own mode while it holds vectors of one mode only
-    (so it never mixes them; switching takes ``recompute``, logged as a warning), else what ``options`` ask
-    (``full_decode``: ``"full"``; default: reduced scale, ``data.images.reduced_mode()``)."""
+def decode_mode(catalog: Catalog, model_id: int | None, *, full_decode: bool, recompute: bool) -> str:
+    """How a run decodes the images it embeds for ``model_id``'s collection: the collection's own mode while it holds
+    vectors of one mode only (so it never mixes them; switching takes ``recompute``, logged as a warning), else what
+    is asked (``full_decode``: ``"full"``; default: reduced scale, ``data.images.reduced_mode()``)."""
     from img_search.catalog.decode import decode_counts
     from img_search.data.images import DECODE_FULL, reduced_mode
 
-    wanted = DECODE_FULL if options.full_decode else reduced_mode()
-    held = decode_counts(catalog, model_id) if model_id is not None and not options.recompute else {}
+    wanted = DECODE_FULL if full_decode else reduced_mode()
+    held = decode_counts(catalog, model_id) if model_id is not None and not recompute else {}
     if len(held) == 1 and wanted not in held:
         [mode] = held
         logger.warning("the collection's %d vectors were computed from images decoded as %r: new images are decoded "
@@ -403,7 +403,8 @@ def _embed(todo: list[FileEntry], encoder_factory: Callable[[], Encoder], catalo
     from img_search.pipeline.reader import FileLoader
     from img_search.pipeline.writer import CatalogWriter
 
-    mode = summary.decode = decode_mode(catalog, model_id, options)
+    mode = summary.decode = decode_mode(catalog, model_id, full_decode=options.full_decode,
+                                        recompute=options.recompute)
     ready: dict[str, Any] = {}
 
     def start() -> Encoder:
