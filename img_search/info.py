@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from img_search.catalog.catalog import CATALOG_FILENAME, Catalog
-from img_search.catalog.decode import decode_counts
 from img_search.catalog.lock import writer_active
 from img_search.search.store import read_current
 
@@ -55,7 +54,7 @@ def catalog_info(index_dir: Path, *, failures: int = 20) -> dict[str, Any]:
                  "search_index": _saved_index(index_dir, m.id),
                  "precisions": [{"precision": pr, "runtime": rt, "images": n}
                                 for pr, rt, n in catalog.precision_counts(m.id)],
-                 "decode": decode_counts(catalog, m.id),  # live images per decode mode (catalog.decode)
+                 "decode": catalog.decode_counts(m.id),  # live images per decode mode
                  "parity_checks": catalog.parity_checks(m.id)}
                 for m in catalog.models()
             ],

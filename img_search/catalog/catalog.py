@@ -409,12 +409,13 @@ class Catalog(MetadataMixin):
         vectors: NDArray[np.float32] | None = None,
         precision: str = "fp32",
         runtime: str = "torch",
+        decode: str = "full",
     ) -> None:
         """Write image rows and (for the ok ones, in order) their vectors in ONE transaction.
 
-        ``vectors``: float32 (n_ok, dim), computed by the image tower at ``precision`` on ``runtime`` (recorded with
-        each vector). A run killed at any point leaves either all of a batch or none of it, so a re-run neither
-        loses nor duplicates anything.
+        ``vectors``: float32 (n_ok, dim), computed by the image tower at ``precision`` on ``runtime`` from images
+        decoded as ``decode`` (``data.images`` decode modes), all recorded with each vector. A run killed at any point
+        leaves either all of a batch or none of it, so a re-run neither loses nor duplicates anything.
         """
         now = time.time()
         ok = [r for r in records if r.error is None]
@@ -422,7 +423,8 @@ class Catalog(MetadataMixin):
             if vectors is not None and len(ok):
                 if model_id is None or vectors.shape[0] != len(ok):
                     raise ValueError("vectors must match the ok records one to one, with a model id")
-                self._upsert_vectors(db, model_id, [r.content_hash for r in ok], vectors, precision, runtime, now)
+                self._upsert_vectors(db, model_id, [r.content_hash for r in ok], vectors, precision, runtime, decode,
+                                     now)
             self._upsert_images(db, records, now)
             self._upsert_texts(db, records, now)
 
@@ -440,25 +442,29 @@ class Catalog(MetadataMixin):
         rebuild_text_index(db, touched)
 
     def upsert_vectors(self, model_id: int, hashes: Sequence[bytes | None], vectors: NDArray[np.float32], *,
-                       precision: str = "fp32", runtime: str = "torch") -> None:
+                       precision: str = "fp32", runtime: str = "torch", decode: str = "full") -> None:
         """Write ``vectors`` ((n, dim) float32, row i for ``hashes[i]``) of ``model_id`` in one transaction, with how
-        the image tower computed them; a vector already stored for a (hash, model) is replaced, so writing a batch
-        twice changes nothing. Image rows are not touched (re-embedding jobs). ``ValueError`` if counts differ."""
+        the image tower computed them and how their images were decoded; a vector already stored for a (hash, model)
+        is replaced, so writing a batch twice changes nothing. Image rows are not touched (re-embedding jobs).
+        ``ValueError`` if counts differ."""
         if vectors.shape[0] != len(hashes):
             raise ValueError(f"{vectors.shape[0]} vectors for {len(hashes)} content hashes")
         with self.transaction() as db:
-            self._upsert_vectors(db, model_id, hashes, vectors, precision, runtime, time.time())
+            self._upsert_vectors(db, model_id, hashes, vectors, precision, runtime, decode, time.time())
 
     @staticmethod
     def _upsert_vectors(db: sqlite3.Connection, model_id: int, hashes: Sequence[bytes | None],
-                        vectors: NDArray[np.float32], precision: str, runtime: str, now: float) -> None:
+                        vectors: NDArray[np.float32], precision: str, runtime: str, decode: str, now: float) -> None:
+        from img_search.data.images import decode_factor
+
+        decode_factor(decode)  # InvalidInputError for a name that is not a decode mode
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         db.executemany(
-            "INSERT INTO embeddings (content_hash, model_id, vector, dtype, precision, runtime, created_at) "
-            "VALUES (?, ?, ?, 'float32', ?, ?, ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
+            "INSERT INTO embeddings (content_hash, model_id, vector, dtype, precision, runtime, decode, created_at) "
+            "VALUES (?, ?, ?, 'float32', ?, ?, ?, ?) ON CONFLICT (content_hash, model_id) DO UPDATE SET "
             "vector = excluded.vector, precision = excluded.precision, runtime = excluded.runtime, "
-            "created_at = excluded.created_at",
-            [(h, model_id, vecs[i].tobytes(), precision, runtime, now) for i, h in enumerate(hashes)],
+            "decode = excluded.decode, created_at = excluded.created_at",
+            [(h, model_id, vecs[i].tobytes(), precision, runtime, decode, now) for i, h in enumerate(hashes)],
         )
 
     def mark_deleted(self, paths: Iterable[str]) -> int:
@@ -600,6 +606,17 @@ class Catalog(MetadataMixin):
             "i.content_hash AND e.model_id = ? WHERE i.status = 'ok' GROUP BY e.precision, e.runtime "
             "ORDER BY COUNT(*) DESC", (model_id,))
         return [(str(p), str(r), int(n)) for p, r, n in rows]
+
+    def decode_counts(self, model_id: int) -> dict[str, int]:
+        """Live images per decode mode of a model's vectors (``{"full": n, "reduced-1x": m}``, largest first; empty
+        when it has none). Catalogs before schema v4 hold only full decodes."""
+        if self.schema_version < 4:
+            n = self.embedding_counts().get(model_id, 0)
+            return {"full": n} if n else {}
+        rows = self.db.execute(
+            "SELECT e.decode, COUNT(*) FROM images i JOIN embeddings e ON e.content_hash = i.content_hash AND "
+            "e.model_id = ? WHERE i.status = 'ok' GROUP BY e.decode ORDER BY COUNT(*) DESC, e.decode", (model_id,))
+        return {str(mode): int(n) for mode, n in rows}
 
     def record_parity(self, model_id: int, *, tower: str, precision: str, runtime: str, min_cosine: float,
                       threshold: float, passed: bool) -> None:

@@ -153,9 +153,23 @@ def _v3(db: sqlite3.Connection) -> None:
     rebuild_text_index(db)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite3.Connection) -> None:
+    """Issue 8: how each vector's image was decoded (``data.images`` "decode modes": ``full``, or a JPEG at a reduced
+    libjpeg scale, ``reduced-<k>x``), written in the same transaction as the vector. Nothing is re-embedded: every
+    vector before this version was computed from a full decode. Development catalogs that kept the mode in a side
+    table (``embedding_decode``) have it carried over."""
+    _run(db, "ALTER TABLE embeddings ADD COLUMN decode TEXT NOT NULL DEFAULT 'full'")  # full | reduced-<k>x
+    side = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'embedding_decode'").fetchone()
+    if side is not None:
+        db.execute("UPDATE embeddings SET decode = d.mode FROM embedding_decode d WHERE d.content_hash = "
+                   "embeddings.content_hash AND d.model_id = embeddings.model_id")
+        db.execute("DROP TABLE embedding_decode")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 # schema versions a read-only open reads as they are (readers never migrate); add a version here only when every
 # reader query works on it (catalog.Catalog answers the v2 questions of a v1 catalog: everything fp32 on torch, and
-# the v3 ones of an older catalog: no photo metadata, tags or text, searched by vectors alone)
-READABLE_VERSIONS = frozenset({1, 2, 3})
+# the v3 ones of an older catalog: no photo metadata, tags or text, searched by vectors alone; and the v4 one:
+# every vector of an older catalog was decoded in full)
+READABLE_VERSIONS = frozenset({1, 2, 3, 4})

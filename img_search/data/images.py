@@ -18,9 +18,9 @@ the model's processor a smaller image to resize. ``decode_image(..., min_side=n)
 that keeps both sides >= ``n``; the indexing pipeline asks for ``REDUCED_DECODE_FACTOR`` x the model's input side
 (``reduced_decode_side``), so the processor never upsamples. The vectors differ slightly from a full decode's
 (docs/PERFORMANCE.md, "Reduced-scale JPEG decoding"), so the decode mode is recorded with a collection's vectors
-(``catalog.decode``). The pixel limit is checked on the full size, before anything is decoded; EXIF orientation is
-applied after the scaled decode; other formats (PNG, HEIC, MPO, ...) decode in full whatever ``min_side`` says. The
-full-resolution size (oriented) stays readable through ``full_size``.
+(``embeddings.decode``, schema v4). The pixel limit is checked on the full size, before anything is decoded; EXIF
+orientation is applied after the scaled decode; other formats (PNG, HEIC, MPO, ...) decode in full whatever
+``min_side`` says. The full-resolution size (oriented) stays readable through ``full_size``.
 
 PNG metadata never costs the picture: a PNG whose compressed text (zTXt, compressed iTXt) or ICC profile
 (iCCP) inflates past Pillow's ``MAX_TEXT_CHUNK`` (or whose text passes ``MAX_TEXT_MEMORY``) is decoded again

@@ -25,7 +25,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.catalog import Catalog
-from img_search.catalog.decode import record_decode
 from img_search.data.images import check_pixel_limit, content_hash, decode_image, read_file
 from img_search.embedding.base import Encoder, ModelInfo
 from img_search.embedding.precision import TowerChoice
@@ -109,9 +108,9 @@ def register_model(catalog: Catalog, name: str, info: ModelInfo) -> int:
 
 
 def upsert_vectors(catalog: Catalog, model_id: int, hashes: Sequence[bytes], vectors: NDArray[np.float32], *,
-                   precision: str = "fp32", runtime: str = "torch") -> None:
+                   precision: str = "fp32", runtime: str = "torch", decode: str = "full") -> None:
     """``Catalog.upsert_vectors``: one transaction, idempotent, image rows untouched."""
-    catalog.upsert_vectors(model_id, hashes, vectors, precision=precision, runtime=runtime)
+    catalog.upsert_vectors(model_id, hashes, vectors, precision=precision, runtime=runtime, decode=decode)
 
 
 class VectorSink:
@@ -125,9 +124,8 @@ class VectorSink:
 
     def put(self, batch: ReadBatch[HashSource], vectors: NDArray[np.float32] | None) -> None:
         if vectors is not None and batch.ok:
-            record_decode(self.catalog, self.model_id, [i.source.content_hash for i in batch.ok], self.decode)
             upsert_vectors(self.catalog, self.model_id, [i.source.content_hash for i in batch.ok], vectors,
-                           precision=self.precision, runtime=self.runtime)
+                           precision=self.precision, runtime=self.runtime, decode=self.decode)
 
     def close(self) -> None:
         self.catalog.close()
@@ -141,7 +139,7 @@ def reembed(sources: Sequence[HashSource], encoder: Encoder, catalog_path: Path,
     decode in this thread); ``choice``: the image tower's precision and runtime, recorded with each vector
     (``prepare_encoder``; None: float32 torch). Images are decoded as ``index`` decodes them for the target model's
     collection (``runner.decode_mode``: the mode its vectors hold, else reduced-scale JPEGs) and the mode is recorded
-    with each vector (``catalog.decode``). Returns the loop's stats (``failed`` items carry their reason)."""
+    with each vector. Returns the loop's stats (``failed`` items carry their reason)."""
     from img_search.data.images import reduced_decode_side
     from img_search.pipeline.runner import decode_mode
 

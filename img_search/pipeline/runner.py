@@ -101,7 +101,7 @@ class IndexSummary:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     precision: str | None = None  # how the image tower computed this run's vectors ("int8 on onnxruntime")
-    decode: str | None = None  # how this run decoded the images it embedded ("full", "reduced-1x": catalog.decode)
+    decode: str | None = None  # how this run decoded the images it embedded ("full", "reduced-1x"; kept per vector)
     interrupted: bool = False
 
     @property
@@ -355,11 +355,10 @@ def decode_mode(catalog: Catalog, model_id: int | None, *, full_decode: bool, re
     """How a run decodes the images it embeds for ``model_id``'s collection: the collection's own mode while it holds
     vectors of one mode only (so it never mixes them; switching takes ``recompute``, logged as a warning), else what
     is asked (``full_decode``: ``"full"``; default: reduced scale, ``data.images.reduced_mode()``)."""
-    from img_search.catalog.decode import decode_counts
     from img_search.data.images import DECODE_FULL, reduced_mode
 
     wanted = DECODE_FULL if full_decode else reduced_mode()
-    held = decode_counts(catalog, model_id) if model_id is not None and not recompute else {}
+    held = catalog.decode_counts(model_id) if model_id is not None and not recompute else {}
     if len(held) == 1 and wanted not in held:
         [mode] = held
         logger.warning("the collection's %d vectors were computed from images decoded as %r: new images are decoded "
@@ -370,23 +369,6 @@ def decode_mode(catalog: Catalog, model_id: int | None, *, full_decode: bool, re
         logger.warning("the collection mixes decode modes (%s): new images are decoded as %r; --recompute makes it "
                        "one", ", ".join(f"{m}: {n}" for m, n in held.items()), wanted)
     return wanted
-
-
-class _DecodeRecorder:
-    """A sink that records each batch's decode mode (``catalog.decode``) and hands the batch on to ``inner``."""
-
-    def __init__(self, inner: Any, catalog: Catalog, model_id: int, mode: str) -> None:
-        self.inner, self.catalog, self.model_id, self.mode = inner, catalog, model_id, mode
-
-    def put(self, batch: Any, vectors: Any) -> None:
-        from img_search.catalog.decode import record_decode
-
-        if vectors is not None and batch.ok:  # recorded before the writer commits the vectors (catalog.decode)
-            record_decode(self.catalog, self.model_id, [i.content_hash for i in batch.ok], self.mode)
-        self.inner.put(batch, vectors)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _embed(todo: list[FileEntry], encoder_factory: Callable[[], Encoder], catalog: Catalog, model_name: str,
@@ -426,9 +408,9 @@ def _embed(todo: list[FileEntry], encoder_factory: Callable[[], Encoder], catalo
 
     def sink() -> Any:
         choice = ready["choice"]
-        writer = CatalogWriter(catalog.path, ready["model_id"], precision=choice.precision, runtime=choice.runtime)
-        recorded = _DecodeRecorder(writer, catalog, ready["model_id"], mode)
-        return recorded if ocr is None or summary.ocr is None else CountingSink(recorded, summary.ocr)
+        writer = CatalogWriter(catalog.path, ready["model_id"], precision=choice.precision, runtime=choice.runtime,
+                               decode=mode)
+        return writer if ocr is None or summary.ocr is None else CountingSink(writer, summary.ocr)
 
     early = _early_preprocessor(options.model)
     if early is not None:

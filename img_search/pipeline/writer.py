@@ -91,20 +91,21 @@ class CatalogWriter:
     """Pipeline sink (``pipeline.loop.Sink``) committing each batch's records and vectors to the catalog."""
 
     def __init__(self, catalog_path: Path, model_id: int | None, on_commit: Callable[[int, int], None] | None = None,
-                 *, precision: str = "fp32", runtime: str = "torch"):
-        """``precision`` / ``runtime``: how the image tower computed the vectors (recorded with each one);
+                 *, precision: str = "fp32", runtime: str = "torch", decode: str = "full"):
+        """``precision`` / ``runtime``: how the image tower computed the vectors, ``decode``: how their images were
+        decoded (``data.images`` decode modes), all recorded with each vector in the batch's transaction;
         ``on_commit(n_embedded, n_failed)`` runs in the writer thread after each committed batch."""
         self.catalog_path = catalog_path
         self.model_id = model_id
         self.on_commit = on_commit
-        self.precision, self.runtime = precision, runtime
+        self.precision, self.runtime, self.decode = precision, runtime, decode
         self._writer: BackgroundWriter[Catalog, tuple[list[ImageRecord], NDArray[np.float32] | None]] = (
             BackgroundWriter(lambda: Catalog(catalog_path), self._commit, Catalog.close, name="img-search-writer"))
 
     def _commit(self, catalog: Catalog, item: tuple[list[ImageRecord], NDArray[np.float32] | None]) -> None:
         records, vectors = item
         catalog.record(records, model_id=self.model_id, vectors=vectors, precision=self.precision,
-                       runtime=self.runtime)
+                       runtime=self.runtime, decode=self.decode)
         if self.on_commit:
             n_ok = 0 if vectors is None else int(vectors.shape[0])
             self.on_commit(n_ok, len(records) - n_ok)

@@ -124,6 +124,7 @@ class Searcher:
         self._encoder: Encoder | None = None
         self._factory: Callable[[], Encoder] | None = None
         self._load_lock = threading.Lock()
+        self._decode_mode: tuple[str | None, str | None] | None = None  # (generation, majority decode mode)
         model = collection.model
         self.calibration: Calibration | None = Calibration.maybe(model.logit_scale, model.logit_bias)
         if isinstance(encoder, Encoder):
@@ -425,11 +426,16 @@ class Searcher:
 
     def _query_decode_side(self) -> int | None:
         """``decode_image``'s ``min_side`` for an image query embedded now: decoded as most of the collection's
-        vectors were (``catalog.decode``: full, or JPEGs at a reduced scale for this model's input side)."""
-        from img_search.catalog.decode import collection_decode
+        vectors were (``Catalog.decode_counts``: full, or JPEGs at a reduced scale for this model's input side).
+        The mode is counted once per saved generation of the collection (a GROUP BY over its vectors)."""
         from img_search.data.images import reduced_decode_side
 
-        mode = collection_decode(self.collection.catalog(), self.collection.model.id)
+        generation = self.collection.generation
+        cached = self._decode_mode
+        if cached is None or cached[0] != generation:
+            counts = self.collection.catalog().decode_counts(self.collection.model.id)
+            cached = self._decode_mode = (generation, next(iter(counts), None))
+        mode = cached[1]
         if mode is None:
             return None
         return reduced_decode_side(getattr(self.encoder.image_preprocessor(), "input_side", None), mode)

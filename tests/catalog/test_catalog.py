@@ -12,7 +12,7 @@ import pytest
 from img_search.catalog import Catalog, ImageRecord
 from img_search.catalog.catalog import prefix_bounds
 from img_search.catalog.schema import SCHEMA_VERSION
-from img_search.errors import CatalogError, DimensionMismatchError
+from img_search.errors import CatalogError, DimensionMismatchError, InvalidInputError
 
 
 def test_new_catalog_is_migrated_and_wal(tmp_path: Path) -> None:
@@ -166,3 +166,54 @@ def test_a_run_whose_writer_was_killed_is_marked_interrupted_by_the_next_run(tmp
     with Catalog.in_dir(idx, readonly=True) as cat:  # a finished run is never re-marked
         assert [r[0] for r in cat.db.execute("SELECT status FROM runs ORDER BY id")] == ["interrupted", "finished",
                                                                                          "finished"]
+
+
+def test_v3_catalog_upgrades_to_v4_with_every_vector_decoded_in_full(tmp_path: Path) -> None:
+    """Schema v4 records each vector's decode mode in the embeddings row (written with the vector). A v3 catalog
+    (the previous release) reads as all-full, read-only and after the in-place upgrade; a development catalog that
+    kept the modes in the interim side table ``embedding_decode`` keeps them."""
+    import sqlite3
+
+    import numpy as np
+
+    from img_search.catalog.schema import MIGRATIONS
+
+    def v3(path: Path, side_table: bool) -> None:
+        path.mkdir()
+        db = sqlite3.connect(path / "catalog.sqlite3", isolation_level=None)
+        for target in range(3):
+            db.execute("BEGIN IMMEDIATE")
+            MIGRATIONS[target](db)
+            db.execute(f"PRAGMA user_version = {target + 1}")
+            db.execute("COMMIT")
+        db.execute("INSERT INTO models (name, family, dim, logit_scale, logit_bias, created_at) "
+                   "VALUES ('m', 'siglip', 2, 1.0, 0.0, 0)")
+        for i in range(3):
+            h = bytes([i]) * 16
+            db.execute("INSERT INTO images (path, size, mtime_ns, content_hash, status, updated_at) "
+                       "VALUES (?, 1, 1, ?, 'ok', 0)", (f"/p/{i}.jpg".encode(), h))
+            db.execute("INSERT INTO embeddings (content_hash, model_id, vector, created_at) VALUES (?, 1, ?, 0)",
+                       (h, np.ones(2, np.float32).tobytes()))
+        if side_table:
+            db.execute("CREATE TABLE embedding_decode (content_hash BLOB NOT NULL, model_id INTEGER NOT NULL, "
+                       "mode TEXT NOT NULL, PRIMARY KEY (content_hash, model_id)) WITHOUT ROWID")
+            db.executemany("INSERT INTO embedding_decode VALUES (?, 1, 'reduced-1x')", [(bytes([i]) * 16,)
+                                                                                      for i in (0, 1)])
+        db.close()
+
+    plain, side = tmp_path / "plain", tmp_path / "side"
+    v3(plain, side_table=False)
+    v3(side, side_table=True)
+    with Catalog.in_dir(plain, readonly=True) as old:  # readers never migrate: v3 reads as all full
+        assert old.schema_version == 3 and old.decode_counts(1) == {"full": 3}
+    with Catalog.in_dir(plain) as cat:
+        assert cat.schema_version == SCHEMA_VERSION and cat.decode_counts(1) == {"full": 3}
+        ids, vecs = cat.load_vectors(1, 2)  # nothing re-embedded
+        assert len(ids) == 3 and vecs.tolist() == [[1.0, 1.0]] * 3
+        cat.upsert_vectors(1, [bytes([0]) * 16], np.zeros((1, 2), np.float32), decode="reduced-1x")
+        assert cat.decode_counts(1) == {"full": 2, "reduced-1x": 1}
+        with pytest.raises(InvalidInputError, match="decode mode"):
+            cat.upsert_vectors(1, [bytes([0]) * 16], np.zeros((1, 2), np.float32), decode="half")
+    with Catalog.in_dir(side) as cat:
+        assert cat.decode_counts(1) == {"reduced-1x": 2, "full": 1}
+        assert cat.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'embedding_decode'").fetchone() is None

@@ -15,7 +15,6 @@ from helpers import make_jpeg
 from jobs_support import Models, job_settings, make_photos
 
 from img_search.catalog import Catalog
-from img_search.catalog.decode import decode_counts
 from img_search.jobs.queue import QUEUES, JobQueue, job_status, open_queue, submit_index, submit_reembedding
 from img_search.jobs.tasks import Runtime
 from img_search.search.store import VectorStore
@@ -114,7 +113,7 @@ def test_full_reembedding_completes_the_collection(make_backend: Callable[..., B
         a, b = ours.get_model(siglip), theirs.get_model(siglip)
         assert a is not None and b is not None
         assert ours.precision_counts(a.id) == theirs.precision_counts(b.id)
-        assert decode_counts(ours, a.id) == decode_counts(theirs, b.id) == {"reduced-1x": 12}  # decoded alike
+        assert ours.decode_counts(a.id) == theirs.decode_counts(b.id) == {"reduced-1x": 12}  # decoded alike
 
     # the saved search index was synced once the last batch was done
     with Catalog.in_dir(index_dir, readonly=True) as cat:

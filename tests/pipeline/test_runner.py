@@ -135,7 +135,6 @@ TINY_DECODE_COSINE_FLOOR = 0.95
 
 def test_reduced_decode_parity_and_record(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
                                           siglip_encoder) -> None:  # type: ignore[no-untyped-def]
-    from img_search.catalog.decode import collection_decode, decode_counts
     from img_search.data.images import load_image
     from img_search.info import catalog_info
 
@@ -146,7 +145,7 @@ def test_reduced_decode_parity_and_record(photo_dir: Path, tmp_path: Path, tiny_
         model_id = cat.get_model(str(tiny_siglip)).id
         paths = sorted(cat.images_under(str(photo_dir)))
         stored = np.stack([cat.vector_for(model_id, cat.image(p).content_hash) for p in paths])
-        assert decode_counts(cat, model_id) == {"reduced-1x": 12}
+        assert cat.decode_counts(model_id) == {"reduced-1x": 12}
     full = siglip_encoder.encode_images([load_image(p) for p in paths])
     cosines = np.sum(stored * full, axis=1)
     assert cosines.min() >= TINY_DECODE_COSINE_FLOOR and cosines.max() < 1 - 1e-6  # close, and not the same pixels
@@ -159,27 +158,25 @@ def test_reduced_decode_parity_and_record(photo_dir: Path, tmp_path: Path, tiny_
     s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder, full_decode=True, recompute=True)
     assert (s.embedded, s.decode) == (13, "full")
     with Catalog.in_dir(idx) as cat:
-        assert decode_counts(cat, model_id) == {"full": 13} and collection_decode(cat, model_id) == "full"
+        assert cat.decode_counts(model_id) == {"full": 13}
         stored = cat.vector_for(model_id, cat.image(paths[0]).content_hash)
     np.testing.assert_allclose(stored, full[0], atol=1e-5)
 
 
-def test_catalog_without_decode_records_reads_as_full(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
-                                                      siglip_encoder) -> None:  # type: ignore[no-untyped-def]
-    """Vectors written before decode modes were recorded were decoded in full: such a collection stays full."""
-    from img_search.catalog.decode import TABLE, decode_counts
-
+def test_a_full_decode_collection_stays_full(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                             siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """A collection decoded in full (``--full-decode``, or any catalog before schema v4: the migration records its
+    vectors as full) keeps decoding new photos in full by default, so it never mixes modes."""
     idx = tmp_path / "idx"
     _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder, full_decode=True)
     with Catalog.in_dir(idx) as cat:
-        cat.db.execute(f"DROP TABLE {TABLE}")  # as an index built before the record existed
         model_id = cat.get_model(str(tiny_siglip)).id
-        assert decode_counts(cat, model_id) == {"full": 12}
+        assert cat.decode_counts(model_id) == {"full": 12}
     make_jpeg(photo_dir / "new.jpg", seed=51)
     s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)  # default: reduced, but the collection is full
     assert (s.embedded, s.decode) == (1, "full")
     with Catalog(idx / "catalog.sqlite3", readonly=True) as cat:
-        assert decode_counts(cat, model_id) == {"full": 13}
+        assert cat.decode_counts(model_id) == {"full": 13}
 
 
 def test_second_writer_is_refused(tmp_path: Path, photo_dir: Path, tiny_siglip: Path) -> None:
