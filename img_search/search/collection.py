@@ -36,6 +36,7 @@ from img_search.index.base import (
     score_rows,
     unit_queries,
 )
+from img_search.search import compact as compact_mod
 from img_search.search.filters import FilterIndex, SearchFilter
 from img_search.search.store import VectorLookup, VectorStore
 from img_search.settings import SearchSettings
@@ -48,8 +49,9 @@ DEFAULT_LIMIT = 10
 # A search restricted to a filter's ids (``Collection._search_allowed``) is answered one of three ways, whichever the
 # cost model below expects to be cheapest at the 99th percentile:
 #   "exact"     score the allowed vectors exactly: the generation's memory-mapped vectors.npy read in ascending row
-#               order, one query on one thread (``VectorLookup.top_k``); else, for a generation saved before
-#               vectors.npy was kept or an injected index, the catalog's blobs (~45 us per vector);
+#               order, one query on one thread (``VectorLookup.top_k``), after a first pass over its int8 copy
+#               (``search.compact``) where the generation has one and numkong is installed; else, for a generation
+#               saved before vectors.npy was kept or an injected index, the catalog's blobs (~45 us per vector);
 #   "filtered"  the backend's own filtered search, ``index.search(q, k, allowed=ids)``;
 #   "overfetch" the unfiltered search for k * 1.5 / share + 16 hits, keeping the allowed ones, 4x wider per retry.
 # Costs in microseconds, fitted to the 99th percentiles measured on the project's 2-core machine (load average 1.3-4.6)
@@ -58,6 +60,10 @@ DEFAULT_LIMIT = 10
 #   exact from vectors.npy (``VectorLookup.top_k``): 0.4 ms at 100 ids, 1.3-3.5 ms at 1,000, 2.5 ms at 3,000, 3-5 ms at
 #     5,000, 4.6-5.9 ms at 8,000, 7-9 ms at 12,000 -> EXACT_FIXED_US + EXACT_ROW_NS_PER_DIM * dim per id (~0.5 us per
 #     768-d row: rows come from the page cache, memory bound);
+#   exact with the int8 first pass (one query, >= 512 ids; ``search.compact``, load average 1.3-3.1): 0.75 ms at
+#     1,000 ids, 1.2 ms at 3,000, 1.6 ms at 5,000, 1.9 ms at 8,000, 3.4 ms at 12,000, 4.9 ms at 20,000 ->
+#     EXACT_FIXED_US + EXACT_COMPACT_ROW_NS_PER_DIM * dim per id (~0.23 us per 768-d row) + the float32 cost of the
+#     candidate_count(k) rows re-scored;
 #   over-fetch, per backend (OVERFETCH_COST: fixed + per hit asked, k' = 1.5 k / share + 16):
 #     qdrant_edge (m 16, ef 128; re-scores 2x oversampled INT8 candidates): k' 46 -> 0.7-1.0 ms, 91 -> 1.4-4.1 ms,
 #       141 -> 6-7 ms, 204 -> 6-9 ms, 316 -> 10-13 ms, 516 -> 19-22 ms, 1,516 -> 48-57 ms;
@@ -66,9 +72,11 @@ DEFAULT_LIMIT = 10
 #     is built per query), Qdrant Edge's is itself an over-fetch or an exact scan (index/qdrant_edge_index.py),
 #     hnswlib's filter calls Python for each node it visits (45 ms at 5 %: 9,400 calls a query, against 8 ms for
 #     the over-fetch). FILTERED_COST holds the backends whose own filtered search the planner may choose: none yet.
-# With qdrant_edge (the default) exact and over-fetch meet near 10 % of 100,000 ids; with faiss near 3 %.
+# With qdrant_edge (the default) exact and over-fetch meet near 10 % of 100,000 ids (near 17 % with the int8 pass;
+# measured a tie at 20 %); with faiss near 3 % (near 6 % with the int8 pass, by the model: not measured).
 EXACT_FIXED_US = 300.0
 EXACT_ROW_NS_PER_DIM = 0.65  # 0.5 us per 768-d float32 row
+EXACT_COMPACT_ROW_NS_PER_DIM = 0.3  # 0.23 us per 768-d int8 row (gather + numkong's dot product)
 CATALOG_ROW_US = 45.0  # a vector read back from SQLite (a 3 KB blob in a WITHOUT ROWID B-tree)
 # backend -> (fixed us, us per hit asked) of an over-fetch; unmeasured backends get qdrant_edge's, the steepest
 OVERFETCH_COST: dict[str, tuple[float, float]] = {"qdrant_edge": (1000.0, 30.0), "faiss": (1500.0, 1.0)}
@@ -81,14 +89,20 @@ FILTERED_COST: dict[str, Callable[[int, int, int], float]] = {}
 STRATEGIES = ("exact", "filtered", "overfetch")
 
 
-def plan_filtered_search(n: int, n_allowed: int, k: int, dim: int, *, has_vectors: bool, backend: str) -> str:
+def plan_filtered_search(n: int, n_allowed: int, k: int, dim: int, *, has_vectors: bool, backend: str,
+                         compact: bool = False) -> str:
     """"exact", "filtered" or "overfetch": the cheapest expected way (cost model above, microseconds at p99) to find
     the top ``k`` of ``n_allowed`` ids among ``n`` live ``dim``-d vectors; ``has_vectors``: the view has the saved
-    vectors in memory (else exact scoring reads the catalog); ``backend``: whose own filtered search to consider."""
+    vectors in memory (else exact scoring reads the catalog); ``compact``: exact scoring starts with the int8 pass
+    (``search.compact``); ``backend``: whose own filtered search to consider."""
     costs: dict[str, float] = {}
     if n_allowed <= EXACT_SUBSET_MAX:
         per_row = EXACT_ROW_NS_PER_DIM * dim / 1000 if has_vectors else CATALOG_ROW_US
-        costs["exact"] = EXACT_FIXED_US + per_row * n_allowed
+        n_cand = compact_mod.candidate_count(k)
+        if has_vectors and compact and compact_mod.worth_it(n_allowed, k):
+            costs["exact"] = EXACT_FIXED_US + EXACT_COMPACT_ROW_NS_PER_DIM * dim / 1000 * n_allowed + per_row * n_cand
+        else:
+            costs["exact"] = EXACT_FIXED_US + per_row * n_allowed
     filtered_cost = FILTERED_COST.get(backend)
     if filtered_cost is not None:
         costs["filtered"] = filtered_cost(n, n_allowed, k)
@@ -354,14 +368,18 @@ class Collection:
             results.append(hits)
         return results
 
-    def plan_filtered(self, n_allowed: int, k: int, view: _View | None = None) -> str:
-        """Which way a search for ``k`` hits among ``n_allowed`` ids is answered (``plan_filtered_search``);
-        ``filter_strategy`` set on the collection overrides it (benchmarks, tests)."""
+    def plan_filtered(self, n_allowed: int, k: int, view: _View | None = None, n_queries: int = 1) -> str:
+        """Which way a search of ``n_queries`` queries for ``k`` hits among ``n_allowed`` ids is answered
+        (``plan_filtered_search``); ``filter_strategy`` set on the collection overrides it (benchmarks, tests)."""
         if self.filter_strategy is not None:
             return self.filter_strategy
         view = view or self._view
+        vectors = view.vectors
+        # VectorLookup.top_k takes the int8 first pass for one query at a time only
+        compact = (n_queries == 1 and vectors is not None and vectors.compact is not None and vectors.use_compact
+                   and compact_mod.kernel() is not None)
         return plan_filtered_search(len(view.index), n_allowed, k, int(self.model.dim or 0),
-                                    has_vectors=view.vectors is not None, backend=view.backend)
+                                    has_vectors=vectors is not None, backend=view.backend, compact=compact)
 
     def _search_allowed(self, view: _View, queries: NDArray[np.float32], k: int,
                         allowed: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
@@ -372,7 +390,7 @@ class Collection:
         k = min(k, n_allowed)
         if k == 0:
             return np.full((n_q, 0), -1, np.int64), np.empty((n_q, 0), np.float32)
-        plan = self.plan_filtered(n_allowed, k, view)
+        plan = self.plan_filtered(n_allowed, k, view, n_q)
         logger.debug("filtered search: %d of %d ids, k %d -> %s", n_allowed, n, k, plan)
         if plan == "exact":
             q = unit_queries(np.ascontiguousarray(queries, np.float32))

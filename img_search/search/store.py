@@ -4,7 +4,8 @@ The catalog (SQLite) is the source of truth. ``vectors/model-<id>/`` holds *gene
 and ``CURRENT``, a small JSON file naming the live one::
 
     vectors/model-3/CURRENT                   {"generation": "qdrant_edge-000007"}
-    vectors/model-3/qdrant_edge-000007/       index/ (the backend's files), ids.npy, hashes.npy, state.json
+    vectors/model-3/qdrant_edge-000007/       index/ (the backend's files), ids.npy, hashes.npy, state.json,
+                                              vectors.npy, vectors.i8.npy, vectors.i8.scales.npy
     vectors/model-3/qdrant_edge-000006/       the previous generation, kept until the next write
 
 **Writer** (``VectorStore.sync``, called by `index` while it holds the catalog's writer lock): diffs the saved
@@ -52,6 +53,8 @@ from img_search.errors import CatalogError
 from img_search.files import copy_tree_sparse, fsync_tree, is_no_space, storage_full, write_atomic
 from img_search.index import BackendUnavailableError, create_index, load_index, open_reader, resolve_backend
 from img_search.index.base import VectorIndex, empty_results, merge_topk, normalize, pad_results, score_rows, topk
+from img_search.search import compact as compact_mod
+from img_search.search.compact import CompactVectors
 from img_search.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -181,13 +184,18 @@ class VectorLookup:
 
     ``ids`` int64 (n,) ascending and ``matrix`` float32 (n, dim) (a saved generation's ``vectors.npy``, memory-mapped,
     or an in-memory build), overlaid by ``extra`` ({id: (dim,) float32}: vectors committed since the generation was
-    saved) with ``removed`` ids (no longer live, or replaced by ``extra``) left out.
+    saved) with ``removed`` ids (no longer live, or replaced by ``extra``) left out. ``compact``: the generation's int8
+    copy of ``matrix`` (``search.compact``), used by ``top_k`` for a first pass when numkong is installed; None: the
+    float32 rows only. ``use_compact`` (default True) switches that pass off (benchmarks compare both).
     """
 
+    use_compact = True
+
     def __init__(self, ids: NDArray[np.int64], matrix: NDArray[np.float32],
-                 extra: dict[int, NDArray[np.float32]] | None = None, removed: NDArray[np.int64] | None = None
-                 ) -> None:
+                 extra: dict[int, NDArray[np.float32]] | None = None, removed: NDArray[np.int64] | None = None,
+                 compact: CompactVectors | None = None) -> None:
         self.ids, self.matrix = ids, matrix
+        self.compact = compact
         self.extra = extra or {}
         self.removed = np.asarray(removed if removed is not None else np.empty(0, np.int64), np.int64)
         self._inv_norms: NDArray[np.float32] | None = None
@@ -266,6 +274,13 @@ class VectorLookup:
         stays bounded whatever the filter keeps. One query is scored on one thread (``np.einsum``: OpenBLAS threads
         a large matrix-vector product and stalls on a loaded machine, see ``score_rows``). Scores are cosines: each
         row's dot product times its ``inverse_norms`` entry.
+
+        One query with an int8 copy (``compact``, numkong installed) and enough saved rows (``compact.worth_it``:
+        at least 512 and more than ``compact.candidate_count(k)``): the int8 pass scores every allowed saved row (a
+        quarter of the bytes), and only its best ``candidate_count(k)`` rows are scored from ``matrix`` as above, in
+        ascending order. The result is then bit for bit the float32 one whenever the true top k is among those
+        candidates (ties keep the order of the rows as in the full pass); see ``search.compact`` for how often it is
+        not (never observed).
         """
         allowed = np.asarray(allowed, np.int64)
         n_ids = len(self.ids)
@@ -279,8 +294,15 @@ class VectorLookup:
         base_ids = allowed[in_base]
         inv_norms = self.inverse_norms()
         if queries.shape[0] == 1 and base_pos.size:
+            q = np.ascontiguousarray(queries[0], np.float32)
+            n_cand = compact_mod.candidate_count(k)
+            if (self.compact is not None and self.use_compact and compact_mod.worth_it(base_pos.size, k)
+                    and compact_mod.kernel() is not None):
+                approx = self.compact.scores(q, base_pos)
+                keep = np.sort(np.argpartition(-approx, n_cand - 1)[:n_cand])  # ascending: the full pass's order
+                base_pos, base_ids = base_pos[keep], base_ids[keep]
             # rows as stored (the catalog's vectors, not necessarily unit length): cosine = dot * (1 / |row|)
-            scores = self._dots(np.ascontiguousarray(queries[0], np.float32), base_pos) * inv_norms[base_pos]
+            scores = self._dots(q, base_pos) * inv_norms[base_pos]
             cols, best = topk(scores[None, :], k)
             parts.append(pad_results(base_ids[cols], best.astype(np.float32, copy=False), k))
         else:
@@ -301,7 +323,8 @@ class VectorLookup:
 @dataclass(frozen=True)
 class StoreView:
     """What ``VectorStore.open_view`` opens: the index, its backend, the generation (None: built in memory) and the
-    vectors by id (None for a generation saved before ``vectors.npy`` was kept: read from the catalog then)."""
+    vectors by id (None for a generation saved before ``vectors.npy`` was kept: read from the catalog then), with the
+    generation's int8 copy when it has one."""
 
     index: VectorIndex
     backend: str
@@ -376,6 +399,7 @@ class VectorStore:
                     index = open_reader(backend, gen.path / _INDEX)
                     old_ids, old_hashes = gen.entries()
                     matrix = _load_vectors(gen.path, len(old_ids), self.dim)
+                    compact = None if matrix is None else CompactVectors.load(gen.path, len(old_ids), self.dim)
                 except FileNotFoundError:
                     continue  # a writer replaced CURRENT and deleted this generation meanwhile: look again
                 except Exception as exc:  # a damaged generation is bypassed, never fatal for a search
@@ -390,7 +414,7 @@ class VectorStore:
                     extra = dict(zip(delta.added.tolist(), added, strict=True))
                     logger.info("saved %s index of %s caught up in memory: +%d -%d vectors", backend,
                                 self.model.name, delta.added.size, delta.removed.size)
-                lookup = None if matrix is None else VectorLookup(old_ids, matrix, extra, delta.removed)
+                lookup = None if matrix is None else VectorLookup(old_ids, matrix, extra, delta.removed, compact)
                 return StoreView(index, backend, gen.name, lookup)
         raise CatalogError(f"the saved index under {self.root} kept changing while being opened; retry")
 
@@ -413,23 +437,31 @@ class VectorStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             # a generation saved without a watermark cannot tell which of its vectors were written again, and one
-            # without vectors.npy cannot serve filtered searches from memory: either is rebuilt once
+            # without vectors.npy cannot serve filtered searches from memory: either is rebuilt once. One without
+            # the int8 copy (search.compact) is copied once with it added, even when nothing changed
             if (self._matches(gen, backend) and gen is not None and gen.vectors_watermark is not None
                     and (gen.path / _VECTORS).exists()):
                 rewritten = rewritten_since(self.catalog, self.model.id, gen.vectors_watermark)
                 delta = Delta.between(*gen.entries(), ids, hashes, rewritten)
-                if not delta:
+                if not delta and compact_mod.exists(gen.path):
                     self._prune(keep={gen.name})
                     return backend
-                index, vectors = self._updated_copy(gen, backend, delta, ids, tmp)
+                if delta:
+                    index, vectors = self._updated_copy(gen, backend, delta, ids, tmp)
+                else:  # only the int8 copy is missing: the index files are copied as they are, never loaded
+                    copy_tree_sparse(gen.path / _INDEX, tmp / _INDEX)
+                    vectors = self._saved_vectors(gen, ids)
             else:
                 tmp.mkdir(parents=True)
                 index, vectors = self._build(backend, ids)
-            index.save(tmp / _INDEX)
+            if index is not None:
+                index.save(tmp / _INDEX)
             np.save(tmp / _VECTORS, vectors)
+            compact_mod.save(tmp, vectors)
             del vectors
-            _close(index)
-            index = None
+            if index is not None:
+                _close(index)
+                index = None
             np.save(tmp / _IDS, ids)
             np.save(tmp / _HASHES, hashes)
             (tmp / _STATE).write_text(json.dumps({"backend": backend, "params": backend_params(self.search, backend),
@@ -470,16 +502,24 @@ class VectorStore:
         added = self._apply(index, delta)
         logger.info("%s index of %s updated: +%d -%d vectors", backend, self.model.name, delta.added.size,
                     delta.removed.size)
+        return index, self._saved_vectors(gen, ids, delta, added)
+
+    def _saved_vectors(self, gen: Generation, ids: NDArray[np.int64], delta: Delta | None = None,
+                       added: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+        """The vectors of ``ids`` ((n, dim) float32, rows in ``ids`` order) from ``gen``'s vectors.npy, with
+        ``delta`` applied (``added``: the vectors of ``delta.added``); from the catalog for a generation saved before
+        vectors.npy was kept. Raises ``CatalogError`` when some are in neither."""
         old_ids, _ = gen.entries()
         old = _load_vectors(gen.path, len(old_ids), self.dim)
         if old is None:  # a generation saved before vectors.npy was kept
-            return index, self.catalog.vectors_for_ids(self.model.id, self.dim, ids.tolist())
-        lookup = VectorLookup(old_ids, old, dict(zip(delta.added.tolist(), added, strict=True)), delta.removed)
+            return self.catalog.vectors_for_ids(self.model.id, self.dim, ids.tolist())
+        extra = {} if delta is None or added is None else dict(zip(delta.added.tolist(), added, strict=True))
+        lookup = VectorLookup(old_ids, old, extra, None if delta is None else delta.removed)
         found, vectors = lookup.get(ids)
         if len(found) != len(ids):
             raise CatalogError(f"{len(ids) - len(found)} vectors of {self.model.name!r} are missing from the saved "
                                "index and the catalog; re-run `img-search index`")
-        return index, vectors
+        return vectors
 
     def _next_number(self) -> int:
         numbers = [int(m["n"]) for p in self._entries() if (m := _GENERATION_RE.match(p.name))]
