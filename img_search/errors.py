@@ -79,7 +79,13 @@ class CatalogReadOnlyError(CatalogError, UnavailableError):
 
 class StorageFullError(UnavailableError):
     """The device holding the index directory has no space left (ENOSPC, EDQUOT, SQLite's SQLITE_FULL): what was
-    committed before stays, nothing is left half-written, and the same command can be re-run once there is space."""
+    committed before stays, nothing is left half-written, and the same command can be re-run once there is space.
+
+    ``where`` / ``detail``: the folder written to and what was being written (``files.storage_full`` sets them), so
+    a caller can say which step ran out of space without losing the cause."""
+
+    where: str | None = None
+    detail: str | None = None
 
 
 class CatalogVersionError(CatalogError, UnavailableError):

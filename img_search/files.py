@@ -20,10 +20,12 @@ def is_no_space(exc: BaseException) -> bool:
 
 def storage_full(where: Path, detail: str) -> StorageFullError:
     """The ``StorageFullError`` of a write under ``where`` that failed for lack of space (``detail``: the cause)."""
-    return StorageFullError(
+    error = StorageFullError(
         f"no space left on the device holding {where} ({detail}): free some space or use an --index-dir on a bigger "
         "disk, then re-run the same command; everything committed so far is kept"
     )
+    error.where, error.detail = str(where), detail
+    return error
 
 
 def write_atomic(path: Path, text: str) -> None:

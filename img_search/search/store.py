@@ -49,7 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.catalog import Catalog, ModelRow
-from img_search.errors import CatalogError
+from img_search.errors import CatalogError, StorageFullError
 from img_search.files import copy_tree_sparse, fsync_tree, is_no_space, storage_full, write_atomic
 from img_search.index import BackendUnavailableError, create_index, load_index, open_reader, resolve_backend
 from img_search.index.base import VectorIndex, empty_results, merge_topk, normalize, pad_results, score_rows, topk
@@ -477,6 +477,8 @@ class VectorStore:
             current = self.current()
             if current is None or current.name != name:  # renamed into place but CURRENT not switched: not kept
                 shutil.rmtree(self.root / name, ignore_errors=True)
+            if isinstance(exc, StorageFullError) and exc.detail is not None:  # a backend's own check (hnswlib)
+                raise storage_full(Path(exc.where or self.root), f"saving the search index: {exc.detail}") from exc
             if is_no_space(exc):
                 raise storage_full(self.root, f"saving the search index: {getattr(exc, 'strerror', exc)}") from exc
             raise
