@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from img_search.errors import ConfigError
 
@@ -297,12 +303,29 @@ def _describe(errors: list[Any], toml: Path) -> str:
     return f"invalid settings (flags, {ENV_PREFIX}* variables or {toml}): " + "; ".join(parts)
 
 
+def _describe_unparsable(exc: SettingsError, toml: Path) -> str:
+    """One line for pydantic-settings' ``SettingsError``: an ``IMG_SEARCH_*`` list or table that is not JSON.
+
+    pydantic-settings names only the top-level field (``error parsing value for field "search" from source
+    "EnvSettingsSource"``); the variables set for it are looked up in the environment to name them.
+    """
+    found = re.search(r'field "([^"]+)"', str(exc))
+    field = found.group(1) if found else "settings"
+    prefix = (ENV_PREFIX + field).upper()
+    names = sorted(k for k in os.environ if k.upper() == prefix or k.upper().startswith(prefix + "__"))
+    cause = exc.__cause__ or exc.__context__
+    detail = f" ({cause})" if cause is not None else ""
+    shown = " or ".join(names) or prefix
+    return (f"invalid settings (flags, {ENV_PREFIX}* variables or {toml}): {field}: {shown} is not valid JSON"
+            f"{detail}; lists and tables are given as JSON, e.g. {ENV_PREFIX}EXCLUDE='[\"**/tmp\"]'")
+
+
 def load_settings(index_dir: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Settings for one command or one service process.
 
     ``overrides`` are the flags the user gave (``None`` values are ignored, so a CLI passes every option as is);
     nested ones as dicts (``search={"ann_backend": "exact"}``). Raises ``ConfigError`` for a malformed
-    ``config.toml`` or any invalid value, naming the setting.
+    ``config.toml``, an ``IMG_SEARCH_*`` list or table that is not JSON, or any invalid value, naming the setting.
     """
     directory = resolve_index_dir(index_dir)
     toml = directory / CONFIG_FILENAME
@@ -319,6 +342,8 @@ def load_settings(index_dir: str | os.PathLike[str] | None = None, **overrides: 
         settings = bound(index_dir=directory, **given)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors(), toml)) from None
+    except SettingsError as exc:  # a list or table variable that is not JSON (pydantic-settings parses it first)
+        raise ConfigError(_describe_unparsable(exc, toml)) from None
     values = {name: getattr(settings, name) for name in Settings.model_fields}
     if values["dtype"] is not None and "precision" not in settings.model_fields_set:
         logger.warning("--dtype / dtype is deprecated: use --precision (%s -> %s)", values["dtype"],

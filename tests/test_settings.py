@@ -95,3 +95,28 @@ def test_settings_are_frozen_and_picklable(tmp_path: Path) -> None:
     assert type(s) is Settings and pickle.loads(pickle.dumps(s)) == s
     with pytest.raises(Exception, match="frozen"):
         s.batch_size = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("name", "value", "field"), [
+    ("IMG_SEARCH_EXCLUDE", "raw/**", "exclude"),
+    ("IMG_SEARCH_SEARCH", '{"x":1', "search"),
+    ("IMG_SEARCH_SEARCH__PARAMS", "bad", "search"),
+    ("IMG_SEARCH_SERVICE__ALLOWED_ROOTS", "/srv/photos", "service"),
+])
+def test_list_or_table_variable_that_is_not_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                                 value: str, field: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path)
+    message = str(info.value)
+    assert f"{field}: {name} is not valid JSON" in message and "\n" not in message
+
+
+def test_list_variable_not_json_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import run_main
+
+    monkeypatch.setenv("IMG_SEARCH_EXCLUDE", "raw/**")
+    code, out, err = run_main(capsys, "info", "--index-dir", str(tmp_path))
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1
+    assert "IMG_SEARCH_EXCLUDE is not valid JSON" in err and "Traceback" not in err
