@@ -177,8 +177,10 @@ def check_limit(limit: Any) -> int:
 
 
 def check_threshold(threshold: Any) -> float | None:
-    """``threshold`` as a finite float (or None), or ``InvalidInputError``. Out-of-range values are served (a
-    probability threshold above 1 simply matches nothing)."""
+    """``threshold`` as a float within [0, 1] (or None), or ``InvalidInputError``.
+
+    It is compared with a calibrated probability (SigLIP text queries) or a cosine (CLIP, image queries): outside
+    [0, 1] it would match everything or nothing, so it is refused rather than silently returning no results."""
     if threshold is None:
         return None
     try:
@@ -187,6 +189,8 @@ def check_threshold(threshold: Any) -> float | None:
         raise InvalidInputError(f"threshold must be a number, got {threshold!r}") from None
     if not math.isfinite(value):
         raise InvalidInputError(f"threshold must be a finite number, got {threshold!r}")
+    if not 0.0 <= value <= 1.0:
+        raise InvalidInputError(f"threshold must be within [0, 1] (a probability or cosine), got {threshold!r}")
     return value
 
 

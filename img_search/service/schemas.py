@@ -37,8 +37,9 @@ Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"How many hits to 
                   BeforeValidator(_integral)]
 Threshold = Annotated[
     float | None,
-    Field(allow_inf_nan=False, description="Drop hits below this calibrated probability (SigLIP text queries) or "
-                                           "below this cosine (CLIP; image queries)."),
+    Field(ge=0, le=1, allow_inf_nan=False,
+          description="Drop hits below this calibrated probability (SigLIP text queries) or below this cosine (CLIP; "
+                      "image queries): 0 to 1."),
 ]
 ModelName = Annotated[
     str | None,

@@ -75,7 +75,9 @@ def test_limit_beyond_the_collection_returns_what_exists(tmp_path: Path) -> None
     for bad_t in (float("nan"), float("inf"), "x"):
         with pytest.raises(InvalidInputError, match="threshold"):
             searcher.search_vectors(q, threshold=bad_t)  # type: ignore[arg-type]
-    assert searcher.search_vectors(q, threshold=1.5)[0] == []  # out of range is served: nothing reaches it
+    for out_of_range in (1.5, -0.1):
+        with pytest.raises(InvalidInputError, match=r"within \[0, 1\]"):
+            searcher.search_vectors(q, threshold=out_of_range)
 
 
 def test_huge_limit_costs_what_the_collection_costs(tmp_path: Path) -> None:

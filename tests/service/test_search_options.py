@@ -58,6 +58,7 @@ def test_image_queries_take_filters_as_parameters(client: TestClient, indexed: t
     {"filters": {"after": "yesterday"}}, {"filters": {"near": "1,2"}}, {"filters": {"bogus": 1}},
     {"hybrid": "maybe"}, {"weight": 1.5}, {"sort": "name"}, {"temperature": 0}, {"filters": {"min_size": "big"}},
     {"filters": {"after": "2023-05-02", "before": "2023-05-01"}}, {"filters": {"cameras": "Pixel"}},
+    {"threshold": 5}, {"threshold": -1}, {"threshold": 1.01},
 ])
 def test_bad_option_values_are_422(client: TestClient, extra: dict) -> None:
     r = client.post(SEARCH, json={"query": "a dog", **extra})
@@ -66,7 +67,7 @@ def test_bad_option_values_are_422(client: TestClient, extra: dict) -> None:
 
 
 def test_bad_image_query_parameters_are_422(client: TestClient) -> None:
-    for params in ({"near": "x"}, {"after": "May"}, {"sort": "name"}):
+    for params in ({"near": "x"}, {"after": "May"}, {"sort": "name"}, {"threshold": "2"}, {"threshold": "-1"}):
         r = client.get("/api/v1/images/1/similar", params=params)
         assert r.status_code == 422, (params, r.text)
 
