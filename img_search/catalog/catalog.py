@@ -437,6 +437,9 @@ class Catalog(MetadataMixin):
         ocr = [(r.content_hash, r.ocr) for r in records if r.ocr is not None and r.content_hash is not None]
         upsert_ocr(db, ocr, now)
         touched = set(ids.values())
+        # a moved or renamed file keeps its tags and description (they belong to the file, its row is new)
+        touched.update(MetadataMixin._adopt_annotations(db, [ids[fs_bytes(r.path)] for r in records
+                                                             if r.error is None and r.content_hash is not None]))
         if ocr:  # other copies of the same content get the text too
             touched.update(MetadataMixin._ids_with_hashes(db, [h for h, _ in ocr]))
         rebuild_text_index(db, touched)
@@ -468,10 +471,20 @@ class Catalog(MetadataMixin):
         )
 
     def mark_deleted(self, paths: Iterable[str]) -> int:
+        """Mark the images at ``paths`` deleted (their vectors stay, keyed by content); live copies of the same bytes
+        recorded earlier in the run (a move or rename) adopt their tags and description. Returns how many."""
         rows = [(time.time(), fs_bytes(p)) for p in paths]
         with self.transaction() as db:
             db.executemany("UPDATE images SET status = 'deleted', error = NULL, updated_at = ? WHERE path = ?", rows)
-            rebuild_text_index(db, ids_for_paths(db, [p for _, p in rows]).values())
+            gone = list(ids_for_paths(db, [p for _, p in rows]).values())
+            hashes: set[bytes] = set()
+            for start in range(0, len(gone), 500):
+                chunk = gone[start : start + 500]
+                hashes.update(h for (h,) in db.execute(
+                    f"SELECT content_hash FROM images WHERE id IN ({','.join('?' * len(chunk))}) "
+                    "AND content_hash IS NOT NULL", chunk))
+            adopted = MetadataMixin._adopt_annotations(db, MetadataMixin._ids_with_hashes(db, sorted(hashes)))
+            rebuild_text_index(db, set(gone) | adopted)
         return len(rows)
 
     # -- vectors --------------------------------------------------------------------------------

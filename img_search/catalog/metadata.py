@@ -9,6 +9,7 @@ Row types: ``PhotoMetadata`` (what `index` reads from a file's headers and its X
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from img_search.catalog.text_index import COLUMN_WEIGHTS, fts_query, rebuild_tex
 
 METADATA_VERSION = 3  # the schema version that holds these tables
 _CHUNK = 500
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,38 @@ class MetadataMixin:
             marks = ",".join("?" * len(chunk))
             ids.extend(i for (i,) in db.execute(f"SELECT id FROM images WHERE content_hash IN ({marks})", chunk))
         return ids
+
+    @staticmethod
+    def _adopt_annotations(db: sqlite3.Connection, image_ids: Iterable[int]) -> set[int]:
+        """Tags and descriptions follow a file that moved: each live image of ``image_ids`` that has none of its own
+        takes a copy of those of the most recently deleted row with the same content (a renamed or moved file is a
+        deleted row plus a new one with the same bytes). Copies, not moves: the deleted row keeps its own, so the file
+        coming back, or a second copy, finds them too. Returns the ids that adopted some (their text-index rows
+        must be rebuilt by the caller, in the same transaction)."""
+        adopted: set[int] = set()
+        ids = list(image_ids)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            pairs = db.execute(
+                "SELECT n.id, (SELECT o.id FROM images o WHERE o.content_hash = n.content_hash "
+                "AND o.status = 'deleted' AND (EXISTS (SELECT 1 FROM tags t WHERE t.image_id = o.id) "
+                "OR EXISTS (SELECT 1 FROM annotations a WHERE a.image_id = o.id)) "
+                "ORDER BY o.updated_at DESC, o.id DESC LIMIT 1) "
+                f"FROM images n WHERE n.id IN ({marks}) AND n.status = 'ok' AND n.content_hash IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.image_id = n.id) "
+                "AND NOT EXISTS (SELECT 1 FROM annotations a WHERE a.image_id = n.id)", chunk).fetchall()
+            for new_id, old_id in pairs:
+                if old_id is None:
+                    continue
+                db.execute("INSERT OR IGNORE INTO tags (image_id, tag, source, added_at) SELECT ?, tag, source, "
+                           "added_at FROM tags WHERE image_id = ?", (new_id, old_id))
+                db.execute("INSERT OR IGNORE INTO annotations (image_id, description, updated_at) SELECT ?, "
+                           "description, updated_at FROM annotations WHERE image_id = ?", (new_id, old_id))
+                adopted.add(int(new_id))
+        if adopted:
+            logger.info("tags and descriptions followed %d moved or renamed files", len(adopted))
+        return adopted
 
     def ocr_hashes(self) -> set[bytes]:
         """Content hashes already read by OCR (incremental `--ocr`)."""

@@ -288,3 +288,40 @@ def test_permission_denied_is_a_reason(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(builtins, "open", deny)
     with pytest.raises(ImageDecodeError, match="permission denied"):
         read_file(str(tmp_path / "secret.jpg"))
+
+
+def test_tags_and_description_follow_a_moved_or_renamed_file(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                                             siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """A rename is a deleted row and a new one with the same bytes: the new row adopts the old one's tags and
+    description (searchable by the text index), a copy of a still-present file does not, and a file that has
+    tags of its own keeps them."""
+    idx = tmp_path / "idx"
+    _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)
+    src = sorted(photo_dir.rglob("*.jpg"))
+    with Catalog.in_dir(idx) as cat:
+        cat.add_tags([str(src[0]), str(src[1])], ["mycat"])
+        cat.set_description([str(src[0])], "Our cat Chelsea")
+        cat.add_tags([str(src[2])], ["kept"])
+    moved = photo_dir / "2024" / "chelsea_renamed.jpg"
+    moved.parent.mkdir(exist_ok=True)
+    src[0].rename(moved)
+    copy = photo_dir / "copy_of_1.jpg"
+    copy.write_bytes(src[1].read_bytes())
+    s = _run(photo_dir, idx, tiny_siglip, _never)  # nothing to embed: the moved file and the copy reuse vectors
+    assert (s.reused, s.deleted) == (2, 1)
+    with Catalog.in_dir(idx, readonly=True) as cat:
+        new = cat.image(str(moved))
+        assert new is not None and new.status == "ok"
+        assert cat.tags_of(new.id) == ["mycat"] and cat.description_of(new.id) == "Our cat Chelsea"
+        assert new.id in {i for i, _ in cat.text_search(["chelsea"], 10)}
+        assert cat.tags_of(cat.image(str(copy)).id) == []  # its original is still there: a copy starts bare
+        assert cat.image_ids_with_tags(["mycat"]) >= {new.id, cat.image(str(src[1])).id}
+    # the other order: the file leaves the folder in one run and comes back under another name in a later one
+    moved.rename(tmp_path / "away.jpg")
+    _run(photo_dir, idx, tiny_siglip, _never)
+    (tmp_path / "away.jpg").rename(photo_dir / "back.jpg")
+    src[2].rename(photo_dir / "2024" / "kept.jpg")
+    _run(photo_dir, idx, tiny_siglip, _never)
+    with Catalog.in_dir(idx, readonly=True) as cat:
+        assert cat.tags_of(cat.image(str(photo_dir / "back.jpg")).id) == ["mycat"]
+        assert cat.tags_of(cat.image(str(photo_dir / "2024" / "kept.jpg")).id) == ["kept"]
