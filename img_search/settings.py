@@ -261,6 +261,23 @@ class Settings(BaseSettings):
             raise ValueError("the model name is empty")
         return value
 
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str | None) -> str | None:
+        """An ``http://`` or ``https://`` URL with a host (``http://127.0.0.1:8000``); blank means unset."""
+        if value is None or not value.strip():
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value.strip())
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
+        except ValueError as exc:
+            raise ValueError(f"not a valid server URL ({exc}); expected e.g. http://127.0.0.1:8000") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("the server URL needs http:// or https:// and a host, e.g. http://127.0.0.1:8000")
+        return value.strip()
+
     @classmethod
     def settings_customise_sources(
         cls,

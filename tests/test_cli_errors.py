@@ -65,6 +65,8 @@ def _cases(d: dict[str, str]) -> list[tuple[list[str], int, str]]:
         (["search", "x", *common, "--threshold", "-1"], 2, "threshold must be within [0, 1]"),
         (["similar", os.path.join(photos, "p0.jpg"), *common, "--threshold", "1.5"], 2, "within [0, 1]"),
         (["search", "x", *common, "--backend", "annoy"], 2, "unknown index backend 'annoy'"),
+        (["search", "x", *common, "--server", "notaurl"], 2, "server: the server URL needs http:// or https://"),
+        (["similar", os.path.join(photos, "p0.jpg"), *common, "--server", "http://"], 2, "server: the server URL"),
         (["search", "x", *common, "--ann-threshold", "-1"], 2, "--ann-threshold"),
         (["search", "x", *common, "--device", "gpu"], 2, "unknown device 'gpu'"),
         (["search", "x", *common, "--model", "other/model"], 1, "nothing is indexed with model"),

@@ -120,3 +120,22 @@ def test_list_variable_not_json_is_one_line_exit_2(tmp_path: Path, monkeypatch: 
     code, out, err = run_main(capsys, "info", "--index-dir", str(tmp_path))
     assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1
     assert "IMG_SEARCH_EXCLUDE is not valid JSON" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("notaurl", "needs http:// or https:// and a host"),
+    ("ftp://host", "needs http:// or https:// and a host"),
+    ("http://", "needs http:// or https:// and a host"),
+    ("http://host:99999", "not a valid server URL"),
+])
+def test_server_must_be_an_http_url(tmp_path: Path, url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(tmp_path, server=url)
+
+
+def test_server_accepts_http_urls_and_blank_is_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(tmp_path, server=" https://h.example:8443/ ").server == "https://h.example:8443/"
+    assert load_settings(tmp_path, server="").server is None
+    monkeypatch.setenv("IMG_SEARCH_SERVER", "localhost:8000")
+    with pytest.raises(ConfigError, match="server: the server URL needs"):
+        load_settings(tmp_path)
