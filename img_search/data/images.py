@@ -182,6 +182,14 @@ def _too_large(width: int, height: int, limit: int) -> ImageDecodeError:
 
 
 _RAISE_IT = "raise it with --max-image-pixels if the file is trusted"
+_TOO_LARGE_RE = re.compile(r"^too large: \d+x\d+ = ([\d,]+) pixels exceeds the limit")
+
+
+def too_large_pixels(reason: str | None) -> int | None:
+    """The pixel count of a file refused as too large, read from the failure reason ``decode_image`` recorded
+    (``_too_large``'s wording); None for any other reason. Lets ``index`` retry such files once the limit is raised."""
+    found = _TOO_LARGE_RE.match(reason or "")
+    return int(found.group(1).replace(",", "")) if found else None
 _PILLOW_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 
 

@@ -21,7 +21,7 @@ from img_search.catalog import Catalog, ImageRecord, ImageRow
 from img_search.catalog.lock import IndexLock
 from img_search.data.excludes import check_excludes
 from img_search.data.folder import FileEntry, ScanProblem, scan_folder
-from img_search.data.images import check_pixel_limit, content_hash
+from img_search.data.images import check_pixel_limit, content_hash, too_large_pixels
 from img_search.data.paths import canonical_folder
 from img_search.embedding.base import Encoder
 from img_search.embedding.precision import TowerChoice
@@ -142,11 +142,16 @@ def _reusable(entry: FileEntry, catalog: Catalog, embedded: set[bytes], sizes: s
     return ImageRecord(entry.path, entry.size, entry.mtime_ns, digest, width, height)
 
 
-def _plan_entry(entry: FileEntry, row: ImageRow | None, plan: Plan, recompute: bool, embedded: set[bytes]) -> bool:
-    """Settle files whose catalog row is current; return False when the file needs more work."""
+def _plan_entry(entry: FileEntry, row: ImageRow | None, plan: Plan, recompute: bool, embedded: set[bytes],
+                max_pixels: int | None = None) -> bool:
+    """Settle files whose catalog row is current; return False when the file needs more work. A file refused as
+    too large is retried once ``max_pixels`` (the run's pixel limit) admits it, as its failure reason advises."""
     if recompute or row is None or row.size != entry.size or row.mtime_ns != entry.mtime_ns:
         return False
     if row.status == "error":
+        pixels = too_large_pixels(row.error)
+        if pixels is not None and max_pixels is not None and pixels <= max_pixels:
+            return False
         plan.failed_before += 1
         return True
     if row.content_hash in embedded:
@@ -162,6 +167,7 @@ def _plan_entry(entry: FileEntry, row: ImageRow | None, plan: Plan, recompute: b
 def plan_folder(
     catalog: Catalog, folder: str, model_id: int | None, *, recompute: bool, include_hidden: bool, plan: Plan,
     embedded: set[bytes], sizes: set[int], excludes: Sequence[str] = (), default_excludes: bool = True,
+    max_pixels: int | None = None,
 ) -> None:
     """Add one folder's work to ``plan``; catalog rows under it that the walk no longer finds (deleted, or now
     excluded) become ``plan.vanished``."""
@@ -170,7 +176,7 @@ def plan_folder(
     plan.scanned += len(scan.files)
     for entry in scan.files:
         row = known.pop(entry.path, None)
-        if _plan_entry(entry, row, plan, recompute, embedded):
+        if _plan_entry(entry, row, plan, recompute, embedded, max_pixels):
             continue
         reused = None if (recompute or model_id is None) else _reusable(entry, catalog, embedded, sizes)
         if reused is not None:
@@ -191,13 +197,18 @@ def _plan_problem(problem: ScanProblem, row: ImageRow | None, plan: Plan) -> Non
 
 
 def make_plan(catalog: Catalog, folders: Sequence[str], model_id: int | None, *, recompute: bool = False,
-              include_hidden: bool = False, excludes: Sequence[str] = (), default_excludes: bool = True) -> Plan:
+              include_hidden: bool = False, excludes: Sequence[str] = (), default_excludes: bool = True,
+              max_pixels: int | None = None) -> Plan:
+    """What an ``index`` run over ``folders`` must do (``max_pixels``: the run's pixel limit, None: the process's)."""
+    if max_pixels is None:
+        max_pixels = check_pixel_limit(None)
     plan = Plan()
     embedded = catalog.embedded_hashes(model_id) if model_id is not None else set()
     sizes = catalog.embedded_sizes(model_id) if model_id is not None else set()
     for folder in folders:
         plan_folder(catalog, folder, model_id, recompute=recompute, include_hidden=include_hidden, plan=plan,
-                    embedded=embedded, sizes=sizes, excludes=excludes, default_excludes=default_excludes)
+                    embedded=embedded, sizes=sizes, excludes=excludes, default_excludes=default_excludes,
+                    max_pixels=max_pixels)
     return plan
 
 
@@ -253,7 +264,7 @@ def index_folders(
         model_row = catalog.get_model(model_name)
         plan = make_plan(catalog, roots, model_row.id if model_row else None, recompute=options.recompute,
                          include_hidden=options.include_hidden, excludes=options.excludes,
-                         default_excludes=options.default_excludes)
+                         default_excludes=options.default_excludes, max_pixels=options.max_image_pixels)
         summary.scanned, summary.unchanged, summary.failed_before = plan.scanned, plan.unchanged, plan.failed_before
         summary.reused = len(plan.reuse)
         summary.failed.extend(plan.new_problems)

@@ -325,3 +325,23 @@ def test_tags_and_description_follow_a_moved_or_renamed_file(photo_dir: Path, tm
     with Catalog.in_dir(idx, readonly=True) as cat:
         assert cat.tags_of(cat.image(str(photo_dir / "back.jpg")).id) == ["mycat"]
         assert cat.tags_of(cat.image(str(photo_dir / "2024" / "kept.jpg")).id) == ["kept"]
+
+
+def test_a_file_refused_as_too_large_is_retried_once_the_limit_admits_it(tmp_path: Path, tiny_siglip: Path,
+                                                                        siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """The skip reason says "raise it with --max-image-pixels": doing so must retry the file, not report it as
+    "failed earlier, not retried" (found by a new-user trial)."""
+    from img_search.data.images import too_large_pixels
+
+    folder = tmp_path / "photos"
+    make_jpeg(folder / "big.jpg", seed=3, size=(1200, 1000))
+    make_jpeg(folder / "small.jpg", seed=4)
+    idx = tmp_path / "idx"
+    first = _run(folder, idx, tiny_siglip, lambda: siglip_encoder, max_image_pixels=1_000_000, workers=0)
+    assert first.embedded == 1 and [f.path for f in first.failed] == [str(folder / "big.jpg")]
+    assert too_large_pixels(first.failed[0].reason) == 1_200_000
+    again = _run(folder, idx, tiny_siglip, _never, max_image_pixels=1_000_000, workers=0)
+    assert again.failed_before == 1 and again.embedded == 0  # same limit: not retried
+    raised = _run(folder, idx, tiny_siglip, lambda: siglip_encoder, max_image_pixels=2_000_000, workers=0)
+    assert raised.embedded == 1 and raised.failed_before == 0 and raised.failed == []
+    assert too_large_pixels("not an image Pillow can read") is None
