@@ -305,7 +305,7 @@ class Searcher:
         if sort != "date" or not hits:
             return hits
         dates = self.collection.filter_index().date_of([h.image_id for h in hits])
-        dated = [replace(h, date=d.isoformat() if d else None, date_source=src)
+        dated = [replace(h, date=d.isoformat(timespec="seconds") if d else None, date_source=src)
                  for h, (d, src) in zip(hits, dates, strict=True)]
         return sorted(dated, key=lambda h: (h.date is None, _neg_iso(h.date)))
 
