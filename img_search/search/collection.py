@@ -153,6 +153,12 @@ def resolve_model(catalog: Catalog, model: str | None) -> ModelRow:
 
     models = catalog.models()
     if not models:
+        from img_search.catalog.lock import writer_active
+
+        if writer_active(catalog.path.parent):
+            raise CatalogNotFoundError(
+                f"the catalog at {catalog.path.parent} has no vectors yet: an `img-search index` run is writing it "
+                "(its first batch is not committed); search again in a moment")
         raise CatalogNotFoundError(
             f"the catalog at {catalog.path.parent} is empty: run `img-search index FOLDER` first")
     if model is None:

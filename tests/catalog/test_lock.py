@@ -272,3 +272,22 @@ def test_writer_active_asks_without_taking_the_lock(tmp_path: Path) -> None:
     assert writer_active(idx) is False
     with IndexLock(idx):  # and the lock is free for the next writer
         pass
+
+
+def test_search_during_the_first_index_run_says_a_run_is_writing(tmp_path: Path) -> None:
+    from img_search.catalog import Catalog
+    from img_search.errors import CatalogNotFoundError
+    from img_search.search.collection import resolve_model
+
+    idx = tmp_path / "idx"
+    with Catalog.in_dir(idx):  # created, nothing in it yet
+        pass
+    with Catalog.in_dir(idx, readonly=True) as cat:
+        with pytest.raises(CatalogNotFoundError, match="is empty: run"):
+            resolve_model(cat, None)
+        holder = _start_holder(idx, "sleep")
+        try:
+            with pytest.raises(CatalogNotFoundError, match="an `img-search index` run is writing it"):
+                resolve_model(cat, None)
+        finally:
+            _stop(holder)
