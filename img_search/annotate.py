@@ -32,7 +32,7 @@ from typing import Any
 from img_search.catalog.catalog import CATALOG_FILENAME, Catalog
 from img_search.catalog.lock import IndexLock
 from img_search.data.paths import canonical_folder
-from img_search.errors import CatalogNotFoundError, InvalidInputError
+from img_search.errors import CatalogNotFoundError, InvalidInputError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _decode(file: Path) -> str:
     try:
         raw = file.read_bytes()
     except FileNotFoundError:
-        raise InvalidInputError(f"{file}: no such file") from None
+        raise NotFoundError(f"{file}: no such file") from None
     except IsADirectoryError:
         raise InvalidInputError(f"{file} is a folder; give a .csv or .json file") from None
     except OSError as exc:

@@ -206,3 +206,11 @@ def test_split_tags_and_parse_order(tmp_path: Path) -> None:
     assert split_tags(" a , b ") == ["a", "b"] and split_tags("  ") == []
     entries, ignored = read_metadata_file(_write(tmp_path / "m.csv", "path,tags\nx.jpg,b;a;B\n"))
     assert entries[0].tags == ("b", "a") and entries[0].where == "line 2" and ignored == []
+
+
+def test_a_missing_metadata_file_is_not_found_exit_1(library: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that does not exist is "not found" (exit 1, as a missing folder for `index`), not a usage error."""
+    code, out, err = run(capsys, "import-metadata", str(tmp_path / "nonexist.csv"), "--index-dir",
+                         str(library["idx"]))
+    assert code == 1 and out == "" and err.strip() == f"error: {tmp_path / 'nonexist.csv'}: no such file", err
