@@ -48,6 +48,9 @@ app = typer.Typer(
     help="Semantic image search with SigLIP-family embeddings: index a folder, search it by text or by image.",
     no_args_is_help=True,
     add_completion=False,
+    # markdown, not Typer's default "rich": Rich markup takes every [...] for a tag and drops it, which ate the help's
+    # "[env IMG_SEARCH_...; default: ...]" notes and 'img-search[ocr]'; markdown keeps them and the option panels
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 
@@ -83,7 +86,7 @@ ThresholdOpt = Annotated[
     float | None,
     typer.Option("--threshold", "-t",
                  help="Drop hits below this calibrated probability (or below this cosine where the model has no "
-                      "calibrated probability: CLIP, and image -> image).", show_default=False),
+                      "calibrated probability: CLIP, and image -> image); 0 to 1.", show_default=False),
 ]
 BackendOpt = Annotated[
     str | None,
@@ -864,7 +867,7 @@ def export(
 # --------------------------------------------------------------------------------------------------------- explore
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def crossfilter(ctx: typer.Context) -> None:
-    """Compute a crossfilter embedding database from <uuid>.jpg images (seed 004's options: --embedding_type,
+    """Compute a crossfilter embedding database from `<uuid>.jpg` images (seed 004's options: --embedding_type,
     --input_dir, --output_embeddings_db, --batch_size, ...; `img-search crossfilter --help`; docs/EXPLORE.md)."""
     from img_search.crossfilter.compute_embeddings_cli import main as crossfilter_main
 

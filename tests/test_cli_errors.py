@@ -164,3 +164,17 @@ def test_a_command_group_alone_prints_its_help_once(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "img_search", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).count("Usage:") == 1
+
+
+@pytest.mark.parametrize(("command", "notes"), [
+    ("index", ["[env IMG_SEARCH_INDEX_DIR", "img-search[ocr]", "[env IMG_SEARCH_MODEL]", "[default: 32]"]),
+    ("search", ["[env IMG_SEARCH_INDEX_DIR", "[env IMG_SEARCH_SERVER]", "Filters", "Ranking"]),
+    ("serve", ["[env IMG_SEARCH_INDEX_DIR", "[default: 8000]"]),
+])
+def test_help_keeps_square_brackets(command: str, notes: list[str], capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option: the notes are not wrapped apart
+    code, out, err = run(capsys, command, "--help")
+    assert code == 0, err
+    missing = [n for n in notes if n not in out]
+    assert not missing, out
