@@ -297,14 +297,35 @@ DEFAULTS = Settings.model_construct()  # the defaults, for help texts (no enviro
 
 
 def resolve_index_dir(index_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The index directory: the given one, else ``IMG_SEARCH_INDEX_DIR``, else ``default_index_dir()``."""
+    """The index directory: the given one, else ``IMG_SEARCH_INDEX_DIR``, else ``default_index_dir()``.
+
+    It need not exist yet (``index`` creates it), but raises ``ConfigError`` when it, or the nearest of its parents
+    that exists, is a file rather than a directory.
+    """
     chosen = index_dir if index_dir is not None else os.environ.get(ENV_PREFIX + "INDEX_DIR") or None
     if chosen is None:
-        return default_index_dir()
+        return _not_a_file(default_index_dir())
     text = os.fspath(chosen)
     if not str(text).strip():
         raise ConfigError("the index directory is empty: pass --index-dir PATH or unset IMG_SEARCH_INDEX_DIR")
-    return Path(os.path.expanduser(text))
+    return _not_a_file(Path(os.path.expanduser(text)))
+
+
+def _not_a_file(directory: Path) -> Path:
+    """``directory``, or ``ConfigError`` if it (or its nearest existing parent) exists and is not a directory."""
+    for path in (directory, *directory.parents):
+        try:
+            if path.is_dir():
+                return directory
+            if not os.path.lexists(path):
+                continue
+        except OSError:  # unreadable or too long: left to the command that opens it, which names the cause
+            return directory
+        what = "the index directory" if path == directory else f"the index directory {directory}: its parent"
+        kind = "a file" if path.is_file() else "a broken symlink" if path.is_symlink() else "a special file"
+        raise ConfigError(f"{what} {path} is {kind}, not a directory: give a directory as --index-dir "
+                          f"(or {ENV_PREFIX}INDEX_DIR)")
+    return directory
 
 
 def _describe(errors: list[Any], toml: Path) -> str:

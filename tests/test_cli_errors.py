@@ -55,6 +55,10 @@ def _cases(d: dict[str, str]) -> list[tuple[list[str], int, str]]:
         (["index", img, *common, "--model", model], 2, "is not a folder"),
         (["index", photos, *common, "--model", os.path.join(root, "no-model")], 1, "does not exist"),
         (["index", photos, "--index-dir", "/proc/img-search-idx", "--model", model], 1, "index directory"),
+        (["index", photos, "--index-dir", img, "--model", model], 2, "p0.jpg is a file, not a directory"),
+        (["search", "x", "--index-dir", img], 2, "p0.jpg is a file, not a directory"),
+        (["info", "--index-dir", os.path.join(img, "idx")], 2, "p0.jpg is a file, not a directory"),
+        (["tag", img, "--add", "x", "--index-dir", img], 2, "p0.jpg is a file, not a directory"),
         # search
         (["search", "", *common], 2, "query text is empty"),
         (["search", "x", *common, "--limit", "0"], 2, "--limit"),

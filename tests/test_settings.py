@@ -139,3 +139,16 @@ def test_server_accepts_http_urls_and_blank_is_unset(tmp_path: Path, monkeypatch
     monkeypatch.setenv("IMG_SEARCH_SERVER", "localhost:8000")
     with pytest.raises(ConfigError, match="server: the server URL needs"):
         load_settings(tmp_path)
+
+
+def test_index_dir_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photo = tmp_path / "some.jpg"
+    photo.write_bytes(b"\xff\xd8")
+    with pytest.raises(ConfigError, match=r"some\.jpg is a file, not a directory"):
+        load_settings(photo)
+    with pytest.raises(ConfigError, match=r"its parent .*some\.jpg is a file, not a directory"):
+        resolve_index_dir(photo / "idx")
+    monkeypatch.setenv("IMG_SEARCH_INDEX_DIR", str(photo))
+    with pytest.raises(ConfigError, match=r"is a file, not a directory.*IMG_SEARCH_INDEX_DIR"):
+        resolve_index_dir()
+    assert resolve_index_dir(tmp_path / "new" / "idx") == tmp_path / "new" / "idx"  # not there yet: index makes it
