@@ -47,8 +47,9 @@ class IndexLock:
         if is_no_space(exc):
             return storage_full(self.path.parent, f"creating {self.path.name}: {exc.strerror}")
         return CatalogReadOnlyError(
-            f"cannot write to the index directory {self.path.parent} ({exc.strerror or exc}); `index` needs a "
-            "writable --index-dir (search, similar and info work on a read-only one)"
+            f"cannot write to the index directory {self.path.parent} ({exc.strerror or exc}); writing (index, tag, "
+            "import-metadata, re-embedding) needs a writable --index-dir (search, similar and info work on a "
+            "read-only one)"
         )
 
     def _refuse(self, holder: str) -> CatalogLockedError:

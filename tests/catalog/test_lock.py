@@ -237,8 +237,11 @@ def unwritable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Unwri
 
 def test_unwritable_directory_is_a_typed_refusal_that_holds_nothing(unwritable: Unwritable) -> None:
     before = sorted(p.name for p in unwritable.dir.iterdir())
-    with pytest.raises(CatalogReadOnlyError, match=f"cannot write to the index directory {unwritable.dir}"):
+    with pytest.raises(CatalogReadOnlyError, match=f"cannot write to the index directory {unwritable.dir}") as info:
         IndexLock(unwritable.dir).acquire()
+    # the lock serves every writing command, not only `index`: the message names them all
+    assert "writing (index, tag, import-metadata, re-embedding) needs a writable --index-dir" in str(info.value)
+    assert "`index` needs" not in str(info.value)
     assert sorted(p.name for p in unwritable.dir.iterdir()) == before
     # nothing is left registered as held: once writable again, this process takes the lock at once
     unwritable.restore()
