@@ -21,15 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from img_search.errors import CatalogNotFoundError, HubPushError
-from img_search.pipeline.parquet_writer import (
-    DATASET_COLUMN,
-    DEFAULT_COMPRESSION,
-    GALLERY,
-    MODEL_COLUMN,
-    AtomicParquetFile,
-    OutputError,
-    make_table,
-)
+from img_search.files import check_output_file
+from img_search.optional import require
 from img_search.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -55,10 +48,24 @@ def _printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def _require_pyarrow(needed_for: str) -> None:
+    """``UnavailableError`` naming the ``eval`` extra (pyproject.toml: the one that installs pyarrow) without it."""
+    require("pyarrow.parquet", extra="eval", needed_for=needed_for, package="pyarrow")
+
+
 def export_parquet(index_dir: Path, output: Path, *, model: str | None = None, dataset_name: str | None = None,
                    dtype: str = "float32") -> ExportSummary:
-    """Every live image's vector of ``model`` (default: of every model) in the catalog, as one Parquet file."""
+    """Every live image's vector of ``model`` (default: of every model) in the catalog, as one Parquet file.
+
+    Checked before the catalog is opened: pyarrow is installed (else ``UnavailableError`` naming the ``eval``
+    extra) and ``output`` can name a file (else ``InvalidInputError``: a folder, or a parent folder that does not
+    exist; ``files.check_output_file``). Raises ``CatalogNotFoundError`` when there is nothing to export (no file is
+    written then). The file is written under ``<output>.tmp`` and renamed into place, so a failure leaves no debris.
+    """
+    _require_pyarrow("exporting to Parquet")
+    output = check_output_file(output, "--output")
     from img_search.catalog import Catalog
+    from img_search.pipeline.parquet_writer import DATASET_COLUMN, GALLERY, MODEL_COLUMN, AtomicParquetFile, make_table
     from img_search.search.collection import resolve_model
 
     index_dir = Path(index_dir)
@@ -69,8 +76,7 @@ def export_parquet(index_dir: Path, output: Path, *, model: str | None = None, d
         if not rows:
             raise CatalogNotFoundError(
                 f"the catalog at {index_dir} holds no model: run `img-search index FOLDER` first")
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        with AtomicParquetFile(Path(output), GALLERY.schema(dtype)) as out:
+        with AtomicParquetFile(output, GALLERY.schema(dtype)) as out:
             for row in rows:
                 if row.dim is None:
                     logger.warning("model %s has no recorded dimension; skipped", row.name)
@@ -113,8 +119,20 @@ class ConvertSummary:
 def convert_inquire_release(metadata_dir: Path, embeddings_dir: Path, output_dir: Path, *, model_name: str,
                             dataset_name: str, overwrite: bool = False,
                             chunk_rows: int = RELEASE_CHUNK_ROWS) -> ConvertSummary:
-    """``metadata_N.parquet`` + ``img_emb_N.npy`` -> ``<output_dir>/train-NNNNN-of-MMMMM.parquet`` (zstd, fp16)."""
+    """``metadata_N.parquet`` + ``img_emb_N.npy`` -> ``<output_dir>/train-NNNNN-of-MMMMM.parquet`` (zstd, fp16).
+
+    ``UnavailableError`` (naming the ``eval`` extra) without pyarrow, before anything is read."""
+    _require_pyarrow("converting the INQUIRE release")
     from img_search.data.inquire import read_release_shard, release_shards
+    from img_search.pipeline.parquet_writer import (
+        DATASET_COLUMN,
+        DEFAULT_COMPRESSION,
+        GALLERY,
+        MODEL_COLUMN,
+        AtomicParquetFile,
+        OutputError,
+        make_table,
+    )
 
     shards = release_shards(Path(metadata_dir), Path(embeddings_dir))  # every pair is checked before any write
     output_dir = Path(output_dir)

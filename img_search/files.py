@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from img_search.errors import StorageFullError
+from img_search.errors import InvalidInputError, StorageFullError
 
 # errnos of a full device or quota (write(2), fallocate(2), rename(2) on Linux)
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -26,6 +26,24 @@ def storage_full(where: Path, detail: str) -> StorageFullError:
     )
     error.where, error.detail = str(where), detail
     return error
+
+
+def check_output_file(path: Path | str, what: str = "output file") -> Path:
+    """``path`` as a ``Path`` once it can name a file this run writes; ``InvalidInputError`` otherwise.
+
+    Refused (checked before any work, so a bad path fails in a second rather than after the computation): a path
+    that is an existing folder, and one whose parent folder does not exist or is not a folder (the user creates
+    it; nothing is created here). ``what`` names the option in the message (e.g. "--png"). An existing file is
+    accepted (it is replaced). Permissions are left to the write itself.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{what} {str(path)!r} is a folder: give a file name (e.g. {str(path / 'NAME')!r})")
+    parent = path.parent
+    if not parent.is_dir():
+        reason = "is not a folder" if parent.exists() else "does not exist"
+        raise InvalidInputError(f"{what} {str(path)!r}: the folder {str(parent)!r} {reason}; create it first")
+    return path
 
 
 def write_atomic(path: Path, text: str) -> None:

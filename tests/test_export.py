@@ -33,6 +33,7 @@ def indexed(photo_dir: Path, tmp_path: Path, tiny_models: dict[str, Path]) -> Pa
 def test_export_layout_equals_the_catalog(indexed: Path, photo_dir: Path, tmp_path: Path,
                                           tiny_models: dict[str, Path]) -> None:
     out = tmp_path / "export" / "photos.parquet"
+    out.parent.mkdir()  # export refuses a missing folder (tests/test_optional_and_output_paths.py)
     summary = export_catalog(indexed, out)
     assert summary.rows == 24 and summary.dataset_name == "my-photos-index"
     assert [(m["name"], m["dim"], m["rows"]) for m in summary.models] == [

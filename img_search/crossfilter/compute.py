@@ -32,6 +32,8 @@ from img_search.crossfilter.types import get_embedding_type
 from img_search.data.images import content_hash, decode_image, read_file
 from img_search.embedding.base import Encoder
 from img_search.errors import InvalidInputError, NotFoundError
+from img_search.explore.sphere import require_umap
+from img_search.files import check_output_file
 from img_search.pipeline.progress import LogProgress, Progress
 from img_search.pipeline.reader import Loaded
 
@@ -133,8 +135,11 @@ def compute_embeddings(input_dir: Path, output_db: Path, *, embedding_type: str 
     ``model``: a checkpoint (Hub id or local directory) replacing the type's default, loaded with the type's encoder
     family. ``encoder_factory(checkpoint, encoder_name)`` builds the encoder (default: ``embedding.load_encoder`` on
     CPU/GPU at fp32); it is called only when some image needs embedding.
-    Raises ``NotFoundError`` (no input folder), ``InvalidInputError`` (batch size, unknown embedding type: the
-    message lists the valid ones), the encoder's errors, ``ConflictError``-free: SQLite waits up to 30 s for a lock.
+    Checked before any work: ``NotFoundError`` (no input folder), ``InvalidInputError`` (batch size, unknown
+    embedding type: the message lists the valid ones; ``output_db`` a folder or in a folder that does not exist),
+    ``UnavailableError`` (umap-learn missing with ``reproject``; msgpack missing when there is something to embed).
+    Then the encoder's errors (raised before a new database file is created; a database this run created is removed
+    when the run fails before storing any row). ``ConflictError``-free: SQLite waits up to 30 s for a lock.
     """
     t0 = time.monotonic()
     etype = get_embedding_type(embedding_type)
@@ -145,8 +150,9 @@ def compute_embeddings(input_dir: Path, output_db: Path, *, embedding_type: str 
         raise NotFoundError(f"input folder {str(input_dir)!r} does not exist or is not a folder")
     checkpoint = model or etype.checkpoint
     tables = cfdb.Tables(etype.name)
-    output_db = Path(output_db)
-    output_db.parent.mkdir(parents=True, exist_ok=True)
+    output_db = check_output_file(output_db, "--output_embeddings_db")
+    if reproject:  # before any embedding: a missing umap-learn must not surface after minutes of work
+        require_umap("--reproject_umap_embeddings (the default; --no-reproject_umap_embeddings skips it)")
     summary = CrossfilterSummary(etype.name, checkpoint, str(output_db))
     scan = scan_uuid_images(input_dir)
     summary.jpeg_files, summary.valid = scan.jpeg_files, len(scan.images)
@@ -155,26 +161,71 @@ def compute_embeddings(input_dir: Path, output_db: Path, *, embedding_type: str 
     if scan.invalid_names:
         logger.warning("skipped %d .jpg files whose name is not a UUID (e.g. %s)", len(scan.invalid_names),
                        scan.invalid_names[0])
-    conn = cfdb.connect(output_db)
+    created = not output_db.exists()
+    conn = None if created else _open(output_db, tables)
     try:
-        tables.create(conn)
         todo = scan.images
-        if not recompute:
+        if not recompute and conn is not None:
             present = cfdb.existing_uuids(conn, tables)
             todo = [s for s in scan.images if s.uuid not in present]
             summary.already_present = len(scan.images) - len(todo)
+        encoder = None
         if todo:
-            _embed(todo, output_db, tables, checkpoint, etype.encoder, batch_size, workers, encoder_factory,
-                   progress or LogProgress(), max_image_pixels, summary)
+            cfdb.require_msgpack()
+            # the model loads before a new database is created: a missing or invalid --model leaves no empty file
+            encoder = (encoder_factory or _default_encoder)(checkpoint, etype.encoder)
+        if conn is None:
+            conn = _open(output_db, tables)
+        if encoder is not None:
+            _embed(todo, output_db, tables, encoder, batch_size, workers, progress or LogProgress(),
+                   max_image_pixels, summary)
         summary.stored = conn.execute(f'SELECT COUNT(*) FROM "{tables.embeddings}"').fetchone()[0]
         if reproject:
             t1 = time.monotonic()
             summary.umap = _reproject(conn, tables, changed=summary.embedded > 0)
             summary.umap_seconds = time.monotonic() - t1
+    except BaseException:
+        if conn is not None:
+            conn.close()
+            conn = None
+        if created:
+            _remove_if_empty(output_db, tables)
+        raise
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def _open(path: Path, tables: cfdb.Tables) -> Any:
+    """The database at ``path`` (created when missing) with the embedding type's tables."""
+    conn = cfdb.connect(path)
+    try:
+        tables.create(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _remove_if_empty(path: Path, tables: cfdb.Tables) -> None:
+    """Remove a database this run created when the run failed before committing any row (with its WAL files)."""
+    if not path.exists():
+        return
+    try:
+        conn = cfdb.connect(path)
+        try:
+            rows = conn.execute(f'SELECT COUNT(*) FROM "{tables.embeddings}"').fetchone()[0]
+        finally:
+            conn.close()
+    except Exception as exc:  # an unreadable database is left for the user to inspect
+        logger.debug("kept %s after the failed run: %s", path, exc)
+        return
+    if rows == 0:
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            name.unlink(missing_ok=True)
+        logger.info("removed %s: this run created it and failed before storing any embedding", path)
 
 
 def _default_encoder(checkpoint: str, encoder: str) -> Encoder:
@@ -183,12 +234,10 @@ def _default_encoder(checkpoint: str, encoder: str) -> Encoder:
     return load_encoder(checkpoint, encoder=encoder, device="auto", precision="fp32")
 
 
-def _embed(todo: list[UuidImage], output_db: Path, tables: cfdb.Tables, checkpoint: str, encoder_name: str,
-           batch_size: int, workers: int, encoder_factory: Callable[[str, str], Encoder] | None, progress: Progress,
-           max_image_pixels: int | None, summary: CrossfilterSummary) -> None:
+def _embed(todo: list[UuidImage], output_db: Path, tables: cfdb.Tables, encoder: Encoder, batch_size: int,
+           workers: int, progress: Progress, max_image_pixels: int | None, summary: CrossfilterSummary) -> None:
     from img_search.pipeline.loop import run_loop
 
-    encoder = (encoder_factory or _default_encoder)(checkpoint, encoder_name)
     sink = cfdb.EmbeddingsWriter  # built by the loop after the decode workers fork
     stats = run_loop(todo, UuidImageLoader(max_image_pixels), encoder, lambda: sink(output_db, tables),
                      batch_size=batch_size, workers=workers, progress=progress, description="embedding")

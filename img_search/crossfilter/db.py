@@ -32,7 +32,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.crossfilter.types import is_table_prefix
-from img_search.errors import InvalidInputError, UnavailableError
+from img_search.errors import InvalidInputError
+from img_search.optional import require
 from img_search.pipeline.reader import ReadBatch
 from img_search.pipeline.writer import BackgroundWriter
 
@@ -40,11 +41,13 @@ logger = logging.getLogger(__name__)
 
 
 def _msgpack() -> Any:
-    try:
-        import msgpack
-    except ImportError:
-        raise UnavailableError("the crossfilter database needs msgpack: pip install 'img-search[explore]'") from None
-    return msgpack
+    """The ``msgpack`` module; ``UnavailableError`` naming the ``explore`` extra without it."""
+    return require("msgpack", extra="explore", needed_for="the crossfilter database")
+
+
+def require_msgpack() -> None:
+    """``UnavailableError`` naming the ``explore`` extra when msgpack (the vectors' encoding) is not installed."""
+    _msgpack()
 
 
 def pack_vector(vector: NDArray[np.floating]) -> bytes:

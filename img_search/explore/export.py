@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from img_search.errors import InvalidInputError, UnavailableError
+from img_search.errors import InvalidInputError
 from img_search.explore.umap_map import MapLayout
+from img_search.files import check_output_file
+from img_search.optional import require
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +50,13 @@ def export_png(layout: MapLayout, path: Path, *, paths: Mapping[int, str] | None
                dpi: int = 150) -> Path:
     """Write the map as a PNG scatter to ``path`` (coloured by folder when ``paths`` maps image ids to paths).
 
-    Raises ``UnavailableError`` without matplotlib (``pip install 'img-search[explore]'``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UnavailableError("--png needs matplotlib: pip install 'img-search[explore]'") from None
+    Raises ``UnavailableError`` without matplotlib (``pip install 'img-search[explore]'``), ``InvalidInputError``
+    when ``path`` is a folder or its parent folder does not exist (``files.check_output_file``), both before drawing.
+    """
+    matplotlib = require("matplotlib", extra="explore", needed_for="--png")
+    path = check_output_file(path, "--png")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     n = len(layout)
     fig, ax = plt.subplots(figsize=(12, 6.4))
     size = float(np.clip(4000.0 / max(n, 1), 0.3, 30.0))
@@ -77,7 +78,6 @@ def export_png(layout: MapLayout, path: Path, *, paths: Mapping[int, str] | None
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.set_title(title or f"{n} images (UMAP on a sphere, fitted on {layout.n_fitted})")
     fig.tight_layout()
-    path = Path(path)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
@@ -130,7 +130,9 @@ def export_html(layout: MapLayout, path: Path, paths: Mapping[int, str], *,
     """Write the map as one self-contained interactive HTML file (see the module docstring); returns ``path``.
 
     ``paths``: image id -> file path (the hover label and the thumbnail's source). Raises ``InvalidInputError`` for
-    negative ``max_thumbnails`` or a ``thumb_px`` outside 16-512."""
+    negative ``max_thumbnails``, a ``thumb_px`` outside 16-512, or a ``path`` that is a folder or whose parent
+    folder does not exist (``files.check_output_file``), before any thumbnail is made."""
+    path = check_output_file(path, "--html")
     if max_thumbnails < 0:
         raise InvalidInputError(f"max_thumbnails must be >= 0, got {max_thumbnails}")
     if not 16 <= thumb_px <= 512:
@@ -155,7 +157,6 @@ def export_html(layout: MapLayout, path: Path, paths: Mapping[int, str], *,
     # ensure_ascii keeps surrogate-escaped (non-UTF-8) names representable; "</" can never close the script element
     payload = json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/")
     page = _PAGE.replace("__TITLE__", html.escape(str(data["title"]))).replace("__DATA__", payload)
-    path = Path(path)
     path.write_text(page, encoding="utf-8")
     logger.info("wrote %s: %d points, %d thumbnails, %.1f MB", path, len(ids), len(thumbs),
                 path.stat().st_size / 1e6)

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from img_search.optional import require
+
 logger = logging.getLogger(__name__)
 
 # crossfilter's run_umap.py: random_state 42, n_neighbors 15, min_dist 0.1 (also umap-learn's own defaults for the
@@ -81,13 +83,20 @@ def _unit_rows(vectors: NDArray[Any]) -> NDArray[np.float32]:
     return (v / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
 
 
+def require_umap(needed_for: str) -> Any:
+    """The ``umap`` module; ``UnavailableError`` naming the ``explore`` extra (pyproject.toml) when umap-learn is
+    not installed. Callers check it before any work (``needed_for``: what needs it, for the message)."""
+    return require("umap", extra="explore", needed_for=needed_for, package="umap-learn")
+
+
 def fit_sphere(vectors: NDArray[Any], params: SphereParams | None = None
                ) -> tuple[Any, NDArray[np.float64], NDArray[np.float64]]:
     """Fit UMAP (cosine in, haversine out) to ``vectors`` (float32 (n, dim), n >= ``MIN_FIT_POINTS``).
 
     Returns (the fitted ``umap.UMAP``, latitude, longitude): degrees, float64 (n,). ``n_neighbors`` is clamped to
-    n - 1. Deterministic for a given ``params.random_state`` (umap then runs single-threaded)."""
-    import umap
+    n - 1. Deterministic for a given ``params.random_state`` (umap then runs single-threaded). Raises
+    ``UnavailableError`` without umap-learn (``require_umap``)."""
+    umap = require_umap("a UMAP projection")
 
     params = params or SphereParams()
     x = _unit_rows(vectors)

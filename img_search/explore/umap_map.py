@@ -55,6 +55,7 @@ from img_search.explore.sphere import (
     SphereParams,
     equator_layout,
     fit_sphere,
+    require_umap,
     transform_sphere,
 )
 from img_search.files import fsync_tree, is_no_space, storage_full, write_atomic
@@ -283,12 +284,14 @@ def update_map(index_dir: Path, collection: Any, *, refit: bool = False, growth_
     images indexed since with the stored model's ``transform`` and drops the removed ones (nothing is written when
     nothing changed). Collections of fewer than ``MIN_FIT_POINTS`` images are laid out along the equator, unfitted.
 
-    Raises ``EmptyCollectionError`` (no live vector), ``InvalidInputError`` (growth factor), ``ConflictError``
+    Raises ``UnavailableError`` without umap-learn (checked first, before the catalog is read),
+    ``EmptyCollectionError`` (no live vector), ``InvalidInputError`` (growth factor), ``ConflictError``
     (another process is updating this map), ``CatalogReadOnlyError`` / ``StorageFullError`` (cannot write).
     Cost: a fit is O(n) memory of the vectors plus UMAP's graph, and minutes at 100k points (docs/PERFORMANCE.md,
     "Map (UMAP)"); a transform of m new points is seconds.
     """
     growth_factor = check_growth_factor(growth_factor)
+    require_umap("`img-search map`")
     params = params or SphereParams()
     model_row: ModelRow = collection.model
     dim = int(model_row.dim or 0)
