@@ -75,6 +75,9 @@ def _cases(d: dict[str, str]) -> list[tuple[list[str], int, str]]:
         (["search", "x", *common, "--device", "gpu"], 2, "unknown device 'gpu'"),
         (["search", "x", *common, "--model", "other/model"], 1, "nothing is indexed with model"),
         (["search", "x", "--index-dir", empty], 1, "run `img-search index FOLDER` first"),
+        (["search", f"dog +{root}/notes.txt", *common], 2, f"query image {root}/notes.txt: not an image"),
+        (["search", f"dog -{root}/fake.jpg", *common], 2, f"query image {root}/fake.jpg: not an image"),
+        (["search", f"dog +{root}/missing.jpg", *common], 1, "missing.jpg: no such image file"),
         # similar
         (["similar", os.path.join(root, "missing.jpg"), *common], 1, "missing.jpg"),
         (["similar", os.path.join(root, "notes.txt"), *common], 2, "notes.txt"),

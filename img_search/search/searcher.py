@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.embedding.base import Encoder, LockedEncoder
-from img_search.errors import DimensionMismatchError, InvalidInputError, NotFoundError
+from img_search.errors import DimensionMismatchError, ImageDecodeError, InvalidInputError, NotFoundError
 from img_search.search import hybrid as fusion
 from img_search.search.calibration import Calibration, check_temperature
 from img_search.search.collection import DEFAULT_LIMIT, Collection, Hit, check_limit, check_threshold
@@ -317,10 +317,16 @@ class Searcher:
         return np.array([by_id.get(i, math.nan) for i in image_ids], np.float64)
 
     def _term_images(self, paths: Sequence[str]) -> tuple[NDArray[np.float32], list[int]]:
-        """Vectors ((n, dim) float32) of +/- example images and the catalog ids of those that are indexed."""
+        """Vectors ((n, dim) float32) of +/- example images and the catalog ids of those that are indexed.
+
+        Raises ``ImageDecodeError`` naming the file when one cannot be read as an image, ``NotFoundError`` when one
+        does not exist."""
         vectors, ids = [], []
         for path in paths:
-            vector, own_id = self._image_vector(path, None)
+            try:
+                vector, own_id = self._image_vector(path, None)
+            except ImageDecodeError as exc:  # the decoder's message says why, not which of the query's images
+                raise ImageDecodeError(f"query image {path}: {exc}") from None
             vectors.append(vector)
             if own_id is not None:
                 ids.append(own_id)
