@@ -28,18 +28,25 @@ def storage_full(where: Path, detail: str) -> StorageFullError:
     return error
 
 
-def check_output_file(path: Path | str, what: str = "output file") -> Path:
+def check_output_file(path: Path | str, what: str = "output file", *, create_parent: bool = False) -> Path:
     """``path`` as a ``Path`` once it can name a file this run writes; ``InvalidInputError`` otherwise.
 
     Refused (checked before any work, so a bad path fails in a second rather than after the computation): a path
     that is an existing folder, and one whose parent folder does not exist or is not a folder (the user creates
-    it; nothing is created here). ``what`` names the option in the message (e.g. "--png"). An existing file is
+    it; nothing is created here unless ``create_parent``: crossfilter's CLI, seed 004, creates missing parent
+    folders, and so does ours there). ``what`` names the option in the message (e.g. "--png"). An existing file is
     accepted (it is replaced). Permissions are left to the write itself.
     """
     path = Path(path)
     if path.is_dir():
         raise InvalidInputError(f"{what} {str(path)!r} is a folder: give a file name (e.g. {str(path / 'NAME')!r})")
     parent = path.parent
+    if create_parent and not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInputError(f"{what} {str(path)!r}: cannot create the folder {str(parent)!r} "
+                                    f"({exc.strerror or exc})") from None
     if not parent.is_dir():
         reason = "is not a folder" if parent.exists() else "does not exist"
         raise InvalidInputError(f"{what} {str(path)!r}: the folder {str(parent)!r} {reason}; create it first")

@@ -150,7 +150,7 @@ def compute_embeddings(input_dir: Path, output_db: Path, *, embedding_type: str 
         raise NotFoundError(f"input folder {str(input_dir)!r} does not exist or is not a folder")
     checkpoint = model or etype.checkpoint
     tables = cfdb.Tables(etype.name)
-    output_db = check_output_file(output_db, "--output_embeddings_db")
+    output_db = check_output_file(output_db, "--output_embeddings_db", create_parent=True)  # as the seed
     if reproject:  # before any embedding: a missing umap-learn must not surface after minutes of work
         require_umap("--reproject_umap_embeddings (the default; --no-reproject_umap_embeddings skips it)")
     summary = CrossfilterSummary(etype.name, checkpoint, str(output_db))

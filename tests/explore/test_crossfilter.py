@@ -63,7 +63,7 @@ def test_seed_defaults() -> None:
 
 def test_schema_and_msgpack_round_trip(uuid_photos: Path, tmp_path: Path, tiny_models: dict[str, Path],
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "emb.db"
+    db = tmp_path / "out" / "emb.db"  # a missing parent folder is created, as the seed does
     summary = run(uuid_photos, db, tiny_models["siglip2"], "--no-reproject_umap_embeddings", capsys=capsys)
     assert summary["embedded"] == N_VALID and summary["failed"] == []
     assert summary["jpeg_files"] == N_VALID + 3 and summary["invalid_names"] == 3
