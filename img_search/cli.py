@@ -899,6 +899,15 @@ def map_cmd(
 
     _setup_logging(verbose)
     with _edge():
+        # bad output paths and a missing plotting library fail now, not after a fit of minutes
+        from img_search.files import check_output_file
+        from img_search.optional import require
+
+        if png is not None:
+            check_output_file(png, "--png")
+            require("matplotlib", extra="explore", needed_for="--png")
+        if html_out is not None:
+            check_output_file(html_out, "--html")
         settings = _settings(index_dir, model=model)
         collection = Collection.open(settings.index_dir, settings.model, settings.search)
         try:

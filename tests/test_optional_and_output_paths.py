@@ -107,8 +107,16 @@ def test_map_without_umap(indexed: Path, monkeypatch: pytest.MonkeyPatch, capsys
 
 
 def test_map_bad_output_paths(indexed: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                              tiny_siglip: Path) -> None:
+                              tiny_siglip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     common = ("--index-dir", str(indexed), "--model", str(tiny_siglip))
+    import img_search.explore.umap_map as umap_map
+
+    real_update = umap_map.update_map
+
+    def no_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a bad output path must be refused before the map is fitted")
+
+    monkeypatch.setattr(umap_map, "update_map", no_fit)
     code, _, err = run_main(capsys, "map", "--png", str(tmp_path / "nonexistent" / "dir" / "map.png"), *common)
     assert code == 2 and "does not exist" in one_error_line(err)
     assert not (tmp_path / "nonexistent").exists()
@@ -116,6 +124,7 @@ def test_map_bad_output_paths(indexed: Path, capsys: pytest.CaptureFixture[str],
     folder.mkdir()
     code, _, err = run_main(capsys, "map", "--html", str(folder), *common)
     assert code == 2 and "is a folder" in one_error_line(err) and listing(folder) == set()
+    monkeypatch.setattr(umap_map, "update_map", real_update)
     code, _, err = run_main(capsys, "map", "--html", str(tmp_path / "m.html"), *common)
     assert code == 0 and (tmp_path / "m.html").read_text().startswith("<!doctype html>")
 
