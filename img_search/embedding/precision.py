@@ -8,10 +8,11 @@ dominated by per-op overhead (torch's bf16 autocast made a single SigLIP query ~
 ``auto`` on a CPU picks, per tower, the first entry of ``AUTO_PLAN[tower]`` whose instruction-set requirement the
 CPU meets (read at run time from ``/proc/cpuinfo``) and whose runtime is installed; the encoder then keeps it only if
 its parity check passes (``embedding.parity``), else takes the next. The plan comes from ``bench/cpu_precision.py``
-on the SigLIP-base architecture (figures in docs/PERFORMANCE.md, "CPU precisions and runtimes"): on an AVX-512 VNNI
-+ BF16 EPYC the image tower is fastest as OpenVINO bf16 (an extra), then ONNX Runtime int8 (the core install's
-choice); the text tower as ONNX Runtime int8, by far. On CUDA/MPS ``auto`` is ``fp16`` through torch (the project's
-machines have no GPU: that branch is untested).
+and ``bench/embed_throughput.py`` on the SigLIP-base architecture (figures in docs/PERFORMANCE.md, "CPU precisions
+and runtimes"): on an AVX-512 VNNI + BF16 EPYC the image tower is fastest as OpenVINO static int8 (NNCF-calibrated,
+the ``openvino`` extra; 1.7-2.9x OpenVINO bf16 at batch 32, min cosine 0.9997 on photos), then OpenVINO bf16, then
+ONNX Runtime int8 (the core install's choice); the text tower as ONNX Runtime int8, by far. On CUDA/MPS ``auto`` is
+``fp16`` through torch (the project's machines have no GPU: that branch is untested).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class PlanStep:
 # int8 needs a dot-product instruction to win and bf16 native bf16; without either, fp32 on a graph runtime.
 AUTO_PLAN: dict[str, tuple[PlanStep, ...]] = {
     "image": (
+        PlanStep("int8", "openvino", INT8_FLAGS),  # static int8 (NNCF): image tower only, text fails parity (0.57)
         PlanStep("bf16", "openvino", BF16_FLAGS),
         PlanStep("int8", "onnxruntime", INT8_FLAGS),
         PlanStep("int8", "torch", INT8_FLAGS),
@@ -87,7 +89,7 @@ EXPLICIT_RUNTIMES: dict[str, tuple[str, ...]] = {
     "fp32": ("onnxruntime", "openvino", "torch"),
     "bf16": ("openvino", "torch"),
     "fp16": ("torch",),
-    "int8": ("onnxruntime", "torch"),
+    "int8": ("onnxruntime", "torch", "openvino"),  # openvino: static int8 of the image tower, only when forced
 }
 ACCELERATOR_PRECISION = "fp16"  # CUDA / MPS: half precision through torch (untested on the project's machines)
 

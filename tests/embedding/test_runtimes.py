@@ -183,3 +183,63 @@ def test_openvino_leaves_the_thread_signal_stack_as_it_was(tiny_siglip: Path, ru
 
     gc.collect()
     assert subprocess.run(["true"]).returncode == 0  # a SIGCHLD delivered on this thread's signal stack
+
+
+# OpenVINO static int8 (NNCF) of the image tower on the tiny models. Measured there (hidden size 32, random weights):
+# see OV_INT8_TINY_MIN_COSINE; on the SigLIP-base architecture 0.9997 over 64 photo-like JPEGs (docs/PERFORMANCE.md).
+OV_INT8_TINY_MIN_COSINE = 0.99
+
+
+def test_openvino_int8_image_tower_is_exported_calibrated_and_parity_checked(
+        tiny_siglip: Path, runtime_cache: Path, references: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    if not (_installed("openvino") and _installed("nncf")):
+        pytest.skip("openvino / nncf not installed")
+    from img_search.embedding.onnx_export import OV_GRAPH_FILE
+
+    enc = load_encoder(str(tiny_siglip), device="cpu", image_precision="int8", text_precision="fp32",
+                       runtime="openvino", cache_dir=runtime_cache)
+    choice = TowerChoice("image", "int8", "openvino")
+    assert encoder_choices(enc)["image"] == choice
+    cache = enc.cache()
+    assert cache is not None
+    graph = cache.graph_path("image", "ov-int8")
+    assert graph.name == OV_GRAPH_FILE and graph.is_file() and graph.with_suffix(".bin").is_file()
+    images = [pattern(i, size=(40 + 7 * i, 30 + 5 * i)) for i in range(5)]
+    img = enc.encode_images(images)
+    assert np.sum(img * references["siglip"][0], axis=1).min() >= OV_INT8_TINY_MIN_COSINE
+    # a row does not depend on its batch: static int8 has fixed activation ranges (unlike ONNX Runtime's dynamic)
+    pre = enc.image_preprocessor()
+    batch = collate_pixels([pre(pattern(i)) for i in range(4)])
+    out = enc.session("image").run(batch)
+    assert out.dtype == np.float32 and out.shape == (4, enc.info.dim)
+    np.testing.assert_allclose(out[1:2], enc.session("image").run({k: v[1:2] for k, v in batch.items()}),
+                               rtol=1e-4, atol=1e-5)
+    verdict = check_parity(enc)["image"]
+    assert (verdict.precision, verdict.runtime) == ("int8", "openvino") and verdict.n_items == 8
+    assert verdict.min_cosine >= OV_INT8_TINY_MIN_COSINE
+    assert verdict.passed == (verdict.min_cosine >= PARITY_MIN_COSINE)
+    recorded = cache.read_parity(choice)
+    assert recorded is not None and recorded["min_cosine"] == pytest.approx(verdict.min_cosine)
+
+
+def test_openvino_int8_is_refused_for_the_text_tower(tiny_siglip: Path, runtime_cache: Path) -> None:
+    if not (_installed("openvino") and _installed("nncf")):
+        pytest.skip("openvino / nncf not installed")
+    with pytest.raises(UnavailableError, match="image tower only"):
+        enc = load_encoder(str(tiny_siglip), device="cpu", text_precision="int8", runtime="openvino",
+                           cache_dir=runtime_cache)
+        enc.session("text")
+
+
+def test_auto_falls_back_to_bf16_when_openvino_int8_cannot_be_built(tiny_siglip: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _installed("openvino"):
+        pytest.skip("openvino not installed")
+    from img_search.embedding import precision
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    monkeypatch.setattr(precision, "cpu_features", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision="auto", cache_dir=tmp_path / "cache")
+    assert encoder_choices(enc)["image"] == TowerChoice("image", "bf16", "openvino")
+    assert not list((tmp_path / "cache").rglob("image-ov-int8"))
