@@ -305,9 +305,11 @@ class Searcher:
         if sort != "date" or not hits:
             return hits
         dates = self.collection.filter_index().date_of([h.image_id for h in hits])
-        dated = [replace(h, date=d.isoformat(timespec="seconds") if d else None, date_source=src)
-                 for h, (d, src) in zip(hits, dates, strict=True)]
-        return sorted(dated, key=lambda h: (h.date is None, _neg_iso(h.date)))
+        # ordered by the full date (file mtimes carry microseconds), shown to the second for both sources
+        full = [d.isoformat() if d is not None else None for d, _ in dates]
+        order = sorted(range(len(hits)), key=lambda i: (full[i] is None, _neg_iso(full[i])))
+        return [replace(hits[i], date=d.isoformat(timespec="seconds") if d else None, date_source=src)
+                for i in order for d, src in [dates[i]]]
 
     def _cosines_to(self, vector: NDArray[np.float32], image_ids: list[int]) -> NDArray[np.float64]:
         """Cosines of the stored vectors of ``image_ids`` to ``vector`` (float64, same order; NaN when gone)."""
