@@ -113,13 +113,9 @@ def _lookup_pair(rng: np.random.Generator) -> tuple[VectorLookup, VectorLookup, 
     return with_copy, without, centres, removed
 
 
-@pytest.mark.parametrize("share", [0.02, 0.05, 0.3])
-def test_int8_pass_gives_the_float32_ids_and_cosines(
-    share: float, float_kernel: None, small_min_rows: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _needs_numkong()
-    rng = np.random.default_rng(int(share * 100))
-    with_copy, without, centres, removed = _lookup_pair(rng)
+@pytest.fixture()
+def int8_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The row count of every int8 pass (``CompactVectors.scores``) made during the test, in order."""
     calls: list[int] = []
     original = CompactVectors.scores
 
@@ -128,6 +124,16 @@ def test_int8_pass_gives_the_float32_ids_and_cosines(
         return original(self, q, rows)
 
     monkeypatch.setattr(CompactVectors, "scores", counting)
+    return calls
+
+
+@pytest.mark.parametrize("share", [0.02, 0.05, 0.3])
+def test_int8_pass_gives_the_float32_ids_and_cosines(
+    share: float, float_kernel: None, small_min_rows: None, int8_calls: list[int]
+) -> None:
+    _needs_numkong()
+    rng = np.random.default_rng(int(share * 100))
+    with_copy, without, centres, removed = _lookup_pair(rng)
     all_ids = np.union1d(with_copy.ids, list(with_copy.extra))
     queries = _queries(centres, 40, rng)
     for i, q in enumerate(queries):
@@ -139,26 +145,18 @@ def test_int8_pass_gives_the_float32_ids_and_cosines(
         np.testing.assert_array_equal(got_ids, want_ids)
         np.testing.assert_array_equal(got_scores, want_scores)  # bit for bit: the same float32 kernel on the rows
         assert not np.isin(got_ids, removed).any()
-    assert len(calls) == len(queries) and min(calls) > candidate_count(25)  # the int8 pass ran for every query
+    assert len(int8_calls) == len(queries) and min(int8_calls) > candidate_count(25)  # int8 pass every query
 
 
-def test_int8_pass_skipped_below_min_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_pass_skipped_below_min_rows(int8_calls: list[int]) -> None:
     _needs_numkong()
     rng = np.random.default_rng(6)
     with_copy, without, centres, _ = _lookup_pair(rng)
-    calls: list[int] = []
-    original = CompactVectors.scores
-
-    def counting(self: CompactVectors, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        calls.append(rows.size)
-        return original(self, q, rows)
-
-    monkeypatch.setattr(CompactVectors, "scores", counting)
     q = _queries(centres, 1, rng)
     for m in (compact_mod.MIN_ROWS - 1, compact_mod.MIN_ROWS + 50):
         allowed = np.sort(rng.choice(with_copy.ids, size=m, replace=False))
         np.testing.assert_array_equal(with_copy.top_k(q, allowed, K)[1], without.top_k(q, allowed, K)[1])
-    assert calls and min(calls) >= compact_mod.MIN_ROWS and len(calls) == 1
+    assert int8_calls and min(int8_calls) >= compact_mod.MIN_ROWS and len(int8_calls) == 1
 
 
 def test_without_numkong_the_float32_path_answers(no_numkong: None, monkeypatch: pytest.MonkeyPatch) -> None:
