@@ -77,3 +77,28 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, 
         code = int(exc.code or 0)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def catalog_at_version(index_dir: Path, version: int, paths: Sequence[bytes] = (b"/photos/holidays/bakery_sign.jpg",)
+                       ) -> None:
+    """A catalog as a release with schema ``version`` wrote it: its migrations only, model 1 ('m', 2-d), and one ok
+    image per path (content hash ``bytes([i + 1]) * 16``) with the vector [1, 1]."""
+    import sqlite3
+
+    from img_search.catalog.schema import MIGRATIONS
+
+    db = sqlite3.connect(index_dir / "catalog.sqlite3", isolation_level=None)
+    for target in range(version):
+        db.execute("BEGIN IMMEDIATE")
+        MIGRATIONS[target](db)
+        db.execute(f"PRAGMA user_version = {target + 1}")
+        db.execute("COMMIT")
+    db.execute("INSERT INTO models (name, family, dim, logit_scale, logit_bias, created_at) VALUES "
+               "('m', 'siglip', 2, 1.0, 0.0, 0)")
+    for i, path in enumerate(paths):
+        digest = bytes([i + 1]) * 16
+        db.execute("INSERT INTO images (path, size, mtime_ns, content_hash, status, updated_at) VALUES "
+                   "(?, 1, 1, ?, 'ok', 0)", (path, digest))
+        db.execute("INSERT INTO embeddings (content_hash, model_id, vector, created_at) VALUES (?, 1, ?, 0)",
+                   (digest, np.ones(2, np.float32).tobytes()))
+    db.close()

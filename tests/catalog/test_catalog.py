@@ -175,31 +175,19 @@ def test_v3_catalog_upgrades_to_v4_with_every_vector_decoded_in_full(tmp_path: P
     import sqlite3
 
     import numpy as np
-
-    from img_search.catalog.schema import MIGRATIONS
+    from helpers import catalog_at_version
 
     def v3(path: Path, side_table: bool) -> None:
         path.mkdir()
-        db = sqlite3.connect(path / "catalog.sqlite3", isolation_level=None)
-        for target in range(3):
-            db.execute("BEGIN IMMEDIATE")
-            MIGRATIONS[target](db)
-            db.execute(f"PRAGMA user_version = {target + 1}")
-            db.execute("COMMIT")
-        db.execute("INSERT INTO models (name, family, dim, logit_scale, logit_bias, created_at) "
-                   "VALUES ('m', 'siglip', 2, 1.0, 0.0, 0)")
-        for i in range(3):
-            h = bytes([i]) * 16
-            db.execute("INSERT INTO images (path, size, mtime_ns, content_hash, status, updated_at) "
-                       "VALUES (?, 1, 1, ?, 'ok', 0)", (f"/p/{i}.jpg".encode(), h))
-            db.execute("INSERT INTO embeddings (content_hash, model_id, vector, created_at) VALUES (?, 1, ?, 0)",
-                       (h, np.ones(2, np.float32).tobytes()))
+        catalog_at_version(path, 3, [f"/p/{i}.jpg".encode() for i in range(3)])
         if side_table:
-            db.execute("CREATE TABLE embedding_decode (content_hash BLOB NOT NULL, model_id INTEGER NOT NULL, "
-                       "mode TEXT NOT NULL, PRIMARY KEY (content_hash, model_id)) WITHOUT ROWID")
-            db.executemany("INSERT INTO embedding_decode VALUES (?, 1, 'reduced-1x')", [(bytes([i]) * 16,)
-                                                                                      for i in (0, 1)])
-        db.close()
+            db = sqlite3.connect(path / "catalog.sqlite3")
+            with db:
+                db.execute("CREATE TABLE embedding_decode (content_hash BLOB NOT NULL, model_id INTEGER NOT NULL, "
+                           "mode TEXT NOT NULL, PRIMARY KEY (content_hash, model_id)) WITHOUT ROWID")
+                db.executemany("INSERT INTO embedding_decode VALUES (?, 1, 'reduced-1x')",
+                               [(bytes([i]) * 16,) for i in (1, 2)])
+            db.close()
 
     plain, side = tmp_path / "plain", tmp_path / "side"
     v3(plain, side_table=False)
@@ -210,10 +198,10 @@ def test_v3_catalog_upgrades_to_v4_with_every_vector_decoded_in_full(tmp_path: P
         assert cat.schema_version == SCHEMA_VERSION and cat.decode_counts(1) == {"full": 3}
         ids, vecs = cat.load_vectors(1, 2)  # nothing re-embedded
         assert len(ids) == 3 and vecs.tolist() == [[1.0, 1.0]] * 3
-        cat.upsert_vectors(1, [bytes([0]) * 16], np.zeros((1, 2), np.float32), decode="reduced-1x")
+        cat.upsert_vectors(1, [bytes([1]) * 16], np.zeros((1, 2), np.float32), decode="reduced-1x")
         assert cat.decode_counts(1) == {"full": 2, "reduced-1x": 1}
         with pytest.raises(InvalidInputError, match="decode mode"):
-            cat.upsert_vectors(1, [bytes([0]) * 16], np.zeros((1, 2), np.float32), decode="half")
+            cat.upsert_vectors(1, [bytes([1]) * 16], np.zeros((1, 2), np.float32), decode="half")
     with Catalog.in_dir(side) as cat:
         assert cat.decode_counts(1) == {"reduced-1x": 2, "full": 1}
         assert cat.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'embedding_decode'").fetchone() is None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
+from helpers import catalog_at_version
 
 from img_search.catalog import Catalog, ImageRecord, OcrText, PhotoMetadata
-from img_search.catalog.schema import MIGRATIONS, SCHEMA_VERSION
+from img_search.catalog.schema import SCHEMA_VERSION
 from img_search.catalog.text_index import query_terms
 
 
@@ -16,25 +16,8 @@ def _hash(i: int) -> bytes:
     return bytes([i]) * 16
 
 
-def _catalog_at_version(path: Path, version: int) -> None:
-    """A catalog as a release with schema ``version`` wrote it: its migrations only, one image with a vector."""
-    db = sqlite3.connect(path / "catalog.sqlite3", isolation_level=None)
-    for target in range(version):
-        db.execute("BEGIN IMMEDIATE")
-        MIGRATIONS[target](db)
-        db.execute(f"PRAGMA user_version = {target + 1}")
-        db.execute("COMMIT")
-    db.execute("INSERT INTO models (name, family, dim, logit_scale, logit_bias, created_at) VALUES "
-               "('m', 'siglip', 2, 1.0, 0.0, 0)")
-    db.execute("INSERT INTO images (path, size, mtime_ns, content_hash, status, updated_at) VALUES "
-               "(?, 1, 1, ?, 'ok', 0)", (b"/photos/holidays/bakery_sign.jpg", _hash(1)))
-    db.execute("INSERT INTO embeddings (content_hash, model_id, vector, created_at) VALUES (?, 1, ?, 0)",
-               (_hash(1), np.ones(2, np.float32).tobytes()))
-    db.close()
-
-
 def test_v2_catalog_upgrades_in_place_and_its_names_are_searchable(tmp_path: Path) -> None:
-    _catalog_at_version(tmp_path, 2)
+    catalog_at_version(tmp_path, 2)
     with Catalog.in_dir(tmp_path, readonly=True) as old:  # readers read v2 as it is: no text, no metadata
         assert old.schema_version == 2 and old.text_search(["bakery"], 10) == [] and not old.has_own_text()
         assert [r.image_id for r in old.filter_rows()] == [1]
