@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -102,3 +103,21 @@ def catalog_at_version(index_dir: Path, version: int, paths: Sequence[bytes] = (
         db.execute("INSERT INTO embeddings (content_hash, model_id, vector, created_at) VALUES (?, 1, ?, 0)",
                    (digest, np.ones(2, np.float32).tobytes()))
     db.close()
+
+
+@contextlib.contextmanager
+def tmpfs(target: Path, size_bytes: int) -> Iterator[Path]:
+    """A tmpfs of ``size_bytes`` mounted at ``target`` for the block (needs root and mount(8); skips otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip(f"a size-limited tmpfs needs root (mount -t tmpfs); running as uid {os.geteuid()}")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", str(target)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

@@ -745,21 +745,10 @@ def test_reader_on_read_only_filesystem(case: Case, separated: dict[str, Any], r
 @pytest.fixture()
 def small_tmpfs(tmp_path: Path) -> Any:
     """A 1 MiB tmpfs (root and mount(8) only; skipped otherwise), unmounted afterwards."""
-    import shutil
-    import subprocess
+    from helpers import tmpfs
 
-    if shutil.which("mount") is None or os.geteuid() != 0:
-        pytest.skip("needs root and mount(8) for a size-limited tmpfs")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "mnt", 1 << 20) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.mark.skipif("hnswlib" not in AVAILABLE, reason="hnswlib not installed")

@@ -14,12 +14,11 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from img_search.catalog import Catalog
 from img_search.search.store import CURRENT, read_current
@@ -180,24 +179,6 @@ def can_read(path: Path, prefix: Sequence[str]) -> bool:
     done = subprocess.run([*prefix, sys.executable, "-c", "import sys; open(sys.argv[1], 'rb').read(1)", str(path)],
                           capture_output=True)
     return done.returncode == 0
-
-
-@contextlib.contextmanager
-def tmpfs(target: Path, size_bytes: int) -> Iterator[Path]:
-    """A tmpfs of ``size_bytes`` mounted at ``target`` for the block (needs root and mount(8); skips otherwise)."""
-    if not is_root():
-        pytest.skip(f"a size-limited tmpfs needs root (mount -t tmpfs); running as uid {os.geteuid()}")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    target.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", str(target)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 def resize_tmpfs(target: Path, size_bytes: int) -> None:

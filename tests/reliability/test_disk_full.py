@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from helpers import CLI, cli, make_jpeg
+from helpers import CLI, cli, make_jpeg, tmpfs
 from reliability_support import (
     catalog_state,
     check_generations,
@@ -24,7 +24,6 @@ from reliability_support import (
     integrity,
     one_line_error,
     resize_tmpfs,
-    tmpfs,
 )
 
 from img_search.catalog import Catalog
