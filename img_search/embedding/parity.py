@@ -27,14 +27,20 @@ logger = logging.getLogger(__name__)
 PARITY_MIN_COSINE = 0.999
 PARITY_SET_VERSION = 1  # bump when probe_images / probe_texts change: cached verdicts are then recomputed
 N_PROBE_IMAGES = 8
+PROBE_SEED = 20_260_801
+# a different stream of the same generator for calibrating static quantization (``onnx_export``): the images that
+# set the activation ranges must not be the ones the parity check then judges the quantized graph on
+CALIBRATION_SEED = 20_261_130
 
 
-def probe_images(n: int = N_PROBE_IMAGES) -> list[Any]:
-    """``n`` deterministic RGB PIL images of varied content and size: smooth gradients, stripes, shapes, photo-like
-    noise (what quantization error depends on: the spread of activations, not the semantics)."""
+def probe_images(n: int = N_PROBE_IMAGES, *, seed: int = PROBE_SEED) -> list[Any]:
+    """``n`` deterministic RGB PIL images of varied content and size (96-399 pixels a side): smooth gradients,
+    stripes, shapes, photo-like noise (what quantization error depends on: the spread of activations, not the
+    semantics). ``seed`` picks the stream: ``PROBE_SEED`` for the parity check, ``CALIBRATION_SEED`` for static
+    quantization's calibration set (disjoint from the probes)."""
     from PIL import Image, ImageDraw
 
-    rng = np.random.default_rng(20_260_801)
+    rng = np.random.default_rng(seed)
     images = []
     for i in range(n):
         w, h = int(rng.integers(96, 400)), int(rng.integers(96, 400))

@@ -222,6 +222,20 @@ def test_openvino_int8_image_tower_is_exported_calibrated_and_parity_checked(
     assert recorded is not None and recorded["min_cosine"] == pytest.approx(verdict.min_cosine)
 
 
+def test_int8_calibration_set_is_disjoint_from_the_parity_probes(tiny_siglip: Path) -> None:
+    """The images that set static int8's activation ranges are not the ones its parity check judges it on."""
+    from img_search.embedding.onnx_export import OV_CALIBRATION_IMAGES, _calibration_inputs
+    from img_search.embedding.parity import probe_images
+
+    enc = load_encoder(str(tiny_siglip), device="cpu")
+    calibration = [next(iter(batch.values()))[0] for batch in _calibration_inputs(enc)]
+    assert len(calibration) == OV_CALIBRATION_IMAGES
+    pre = enc.image_preprocessor()
+    probes = [next(iter(collate_pixels([pre(img)]).values()))[0] for img in probe_images()]
+    for probe in probes:
+        assert min(float(np.abs(probe - c).max()) for c in calibration) > 0.1
+
+
 def test_openvino_int8_is_refused_for_the_text_tower(tiny_siglip: Path, runtime_cache: Path) -> None:
     if not (_installed("openvino") and _installed("nncf")):
         pytest.skip("openvino / nncf not installed")
