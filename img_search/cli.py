@@ -276,7 +276,10 @@ def index(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     precision: PrecisionOpt = None,
-    recompute: Annotated[bool, typer.Option("--recompute", help="Re-embed every file, changed or not.")] = False,
+    recompute: Annotated[bool, typer.Option("--recompute", help="Re-embed every file, changed or not. Resumable: "
+                                            "after an interruption, `index` of the folders (with or without "
+                                            "--recompute) re-embeds only the files it had left, keeping the vectors "
+                                            "it committed; a --recompute decoding another way starts over.")] = False,
     max_image_pixels: MaxPixelsOpt = None,
     include_hidden: Annotated[bool | None, typer.Option("--include-hidden/--skip-hidden", show_default=False,
                                                         help="Also index dot-files/folders [default: skip].")] = None,

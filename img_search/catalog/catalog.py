@@ -30,6 +30,7 @@ from img_search.catalog.metadata import (
     upsert_ocr,
     upsert_photo_metadata,
 )
+from img_search.catalog.recompute import RecomputeMixin
 from img_search.catalog.schema import MIGRATIONS, READABLE_VERSIONS, SCHEMA_VERSION
 from img_search.catalog.text_index import rebuild_text_index
 from img_search.errors import (
@@ -122,7 +123,7 @@ def prefix_bounds(folder: str) -> tuple[bytes, bytes]:
     return lo, lo[:-1] + bytes([lo[-1] + 1])
 
 
-class Catalog(MetadataMixin):
+class Catalog(MetadataMixin, RecomputeMixin):
     """One SQLite connection to the catalog of an index directory.
 
     ``readonly=True`` opens it for reading only: never created, never migrated, no journal-mode change, nothing
@@ -415,7 +416,9 @@ class Catalog(MetadataMixin):
 
         ``vectors``: float32 (n_ok, dim), computed by the image tower at ``precision`` on ``runtime`` from images
         decoded as ``decode`` (``data.images`` decode modes), all recorded with each vector. A run killed at any point
-        leaves either all of a batch or none of it, so a re-run neither loses nor duplicates anything.
+        leaves either all of a batch or none of it, so a re-run neither loses nor duplicates anything. With
+        ``model_id``, the records (embedded or failed) are done for that model's recompute under way, if any
+        (``catalog.recompute``), in the same transaction.
         """
         now = time.time()
         ok = [r for r in records if r.error is None]
@@ -427,6 +430,8 @@ class Catalog(MetadataMixin):
                                      now)
             self._upsert_images(db, records, now)
             self._upsert_texts(db, records, now)
+            if model_id is not None:
+                self.mark_recomputed(db, model_id, paths=[fs_bytes(r.path) for r in records])
 
     @staticmethod
     def _upsert_texts(db: sqlite3.Connection, records: Sequence[ImageRecord], now: float) -> None:
@@ -448,8 +453,9 @@ class Catalog(MetadataMixin):
                        precision: str = "fp32", runtime: str = "torch", decode: str = "full") -> None:
         """Write ``vectors`` ((n, dim) float32, row i for ``hashes[i]``) of ``model_id`` in one transaction, with how
         the image tower computed them and how their images were decoded; a vector already stored for a (hash, model)
-        is replaced, so writing a batch twice changes nothing. Image rows are not touched (re-embedding jobs).
-        ``ValueError`` if counts differ."""
+        is replaced, so writing a batch twice changes nothing. Image rows are not touched (re-embedding jobs); the
+        files holding these bytes are done for the model's recompute under way, if any. ``ValueError`` if counts
+        differ."""
         if vectors.shape[0] != len(hashes):
             raise ValueError(f"{vectors.shape[0]} vectors for {len(hashes)} content hashes")
         with self.transaction() as db:
@@ -469,6 +475,7 @@ class Catalog(MetadataMixin):
             "decode = excluded.decode, created_at = excluded.created_at",
             [(h, model_id, vecs[i].tobytes(), precision, runtime, decode, now) for i, h in enumerate(hashes)],
         )
+        RecomputeMixin.mark_recomputed(db, model_id, hashes=hashes)
 
     def mark_deleted(self, paths: Iterable[str]) -> int:
         """Mark the images at ``paths`` deleted (their vectors stay, keyed by content); live copies of the same bytes

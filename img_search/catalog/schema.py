@@ -166,10 +166,32 @@ def _v4(db: sqlite3.Connection) -> None:
         db.execute("DROP TABLE embedding_decode")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite3.Connection) -> None:
+    """A resumable ``index --recompute`` (``catalog.recompute``): the recompute of a model that is under way (the
+    decode mode it embeds with) and the catalogued files it covers, each marked done in the transaction that commits
+    its new vector (or its failure). Nothing is re-embedded: no recompute is under way in an older catalog."""
+    _run(
+        db,
+        """
+        CREATE TABLE recomputes (
+            model_id INTEGER PRIMARY KEY REFERENCES models (id),
+            decode TEXT NOT NULL,               -- decode mode of the vectors it writes: full | reduced-<k>x
+            started_at REAL NOT NULL            -- unix seconds
+        );
+        CREATE TABLE recompute_files (
+            model_id INTEGER NOT NULL REFERENCES recomputes (model_id),
+            image_id INTEGER NOT NULL REFERENCES images (id),
+            done INTEGER NOT NULL DEFAULT 0,    -- 1: re-embedded (or failed) since the recompute started
+            PRIMARY KEY (model_id, image_id)
+        ) WITHOUT ROWID
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 # schema versions a read-only open reads as they are (readers never migrate); add a version here only when every
 # reader query works on it (catalog.Catalog answers the v2 questions of a v1 catalog: everything fp32 on torch, and
 # the v3 ones of an older catalog: no photo metadata, tags or text, searched by vectors alone; and the v4 one:
-# every vector of an older catalog was decoded in full)
-READABLE_VERSIONS = frozenset({1, 2, 3, 4})
+# every vector of an older catalog was decoded in full; v5 only adds the writers' recompute bookkeeping)
+READABLE_VERSIONS = frozenset({1, 2, 3, 4, 5})

@@ -4,13 +4,17 @@
 unchanged folder costs a directory walk and one query, and the model is loaded only when some file
 needs embedding. Files are incremental by (path, size, mtime); a new path whose bytes already have a
 vector (a moved, renamed or copied file) reuses it by content hash; files gone from an indexed
-folder are marked deleted; ``recompute`` re-embeds everything.
+folder are marked deleted; ``recompute`` re-embeds everything, resumably: the catalog keeps which files a
+recompute has re-embedded (``catalog.recompute``), so a run after an interrupted one, with or without ``recompute``,
+embeds only the files it had left and keeps the vectors it committed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,13 +23,14 @@ from typing import Any
 
 from img_search.catalog import Catalog, ImageRecord, ImageRow
 from img_search.catalog.lock import IndexLock
+from img_search.catalog.recompute import RecomputeLeft, RecomputeState
 from img_search.data.excludes import check_excludes
 from img_search.data.folder import FileEntry, ScanProblem, scan_folder
 from img_search.data.images import check_pixel_limit, content_hash, too_large_pixels
 from img_search.data.paths import canonical_folder
 from img_search.embedding.base import Encoder
 from img_search.embedding.precision import TowerChoice
-from img_search.errors import ConflictError, InvalidInputError, ModelNotFoundError, NotFoundError
+from img_search.errors import ConflictError, ImgSearchError, InvalidInputError, ModelNotFoundError, NotFoundError
 from img_search.pipeline.ocr import OcrCounts
 from img_search.pipeline.progress import LogProgress, Progress
 from img_search.settings import DEFAULT_BATCH_SIZE, SearchSettings
@@ -103,6 +108,9 @@ class IndexSummary:
     precision: str | None = None  # how the image tower computed this run's vectors ("int8 on onnxruntime")
     decode: str | None = None  # how this run decoded the images it embedded ("full", "reduced-1x"; kept per vector)
     interrupted: bool = False
+    # files an unfinished --recompute of this model has still to re-embed after this run (interrupted, or under
+    # folders this run did not index); the next `index` of their folders re-embeds them
+    recompute_left: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -125,6 +133,7 @@ class Plan:
     scanned: int = 0
     unchanged: int = 0
     failed_before: int = 0
+    recompute_todo: int = 0  # files in ``todo`` because an unfinished recompute has not re-embedded them yet
 
 
 def _reusable(entry: FileEntry, catalog: Catalog, embedded: set[bytes], sizes: set[int]) -> ImageRecord | None:
@@ -167,18 +176,23 @@ def _plan_entry(entry: FileEntry, row: ImageRow | None, plan: Plan, recompute: b
 def plan_folder(
     catalog: Catalog, folder: str, model_id: int | None, *, recompute: bool, include_hidden: bool, plan: Plan,
     embedded: set[bytes], sizes: set[int], excludes: Sequence[str] = (), default_excludes: bool = True,
-    max_pixels: int | None = None,
+    max_pixels: int | None = None, redo: frozenset[int] = frozenset(), reuse: bool = True,
 ) -> None:
     """Add one folder's work to ``plan``; catalog rows under it that the walk no longer finds (deleted, or now
-    excluded) become ``plan.vanished``."""
+    excluded) become ``plan.vanished``. ``redo``: image ids an unfinished recompute has not re-embedded yet (each
+    embedded again, never reused); ``reuse`` False: no vector is reused for a new or changed file (a recompute)."""
     scan = scan_folder(folder, include_hidden=include_hidden, excludes=excludes, default_excludes=default_excludes)
     known = catalog.images_under(folder)
     plan.scanned += len(scan.files)
     for entry in scan.files:
         row = known.pop(entry.path, None)
+        if row is not None and row.id in redo:
+            plan.todo.append(entry)
+            plan.recompute_todo += 1
+            continue
         if _plan_entry(entry, row, plan, recompute, embedded, max_pixels):
             continue
-        reused = None if (recompute or model_id is None) else _reusable(entry, catalog, embedded, sizes)
+        reused = None if (recompute or not reuse or model_id is None) else _reusable(entry, catalog, embedded, sizes)
         if reused is not None:
             plan.reuse.append(reused)
         else:
@@ -198,17 +212,22 @@ def _plan_problem(problem: ScanProblem, row: ImageRow | None, plan: Plan) -> Non
 
 def make_plan(catalog: Catalog, folders: Sequence[str], model_id: int | None, *, recompute: bool = False,
               include_hidden: bool = False, excludes: Sequence[str] = (), default_excludes: bool = True,
-              max_pixels: int | None = None) -> Plan:
-    """What an ``index`` run over ``folders`` must do (``max_pixels``: the run's pixel limit, None: the process's)."""
+              max_pixels: int | None = None, left: RecomputeLeft | None = None, reuse: bool = True) -> Plan:
+    """What an ``index`` run over ``folders`` must do (``max_pixels``: the run's pixel limit, None: the process's).
+
+    ``recompute``: every file is embedded again. ``left``: what an unfinished recompute has not re-embedded yet
+    (``Catalog.recompute_left``): those files are embedded again, and vectors of their content are stale, so never
+    reused; ``reuse`` False: no vector is reused for a new or changed file."""
     if max_pixels is None:
         max_pixels = check_pixel_limit(None)
+    left = left or RecomputeLeft()
     plan = Plan()
-    embedded = catalog.embedded_hashes(model_id) if model_id is not None else set()
+    embedded = catalog.embedded_hashes(model_id) - left.hashes if model_id is not None else set()
     sizes = catalog.embedded_sizes(model_id) if model_id is not None else set()
     for folder in folders:
         plan_folder(catalog, folder, model_id, recompute=recompute, include_hidden=include_hidden, plan=plan,
                     embedded=embedded, sizes=sizes, excludes=excludes, default_excludes=default_excludes,
-                    max_pixels=max_pixels)
+                    max_pixels=max_pixels, redo=left.image_ids, reuse=reuse)
     return plan
 
 
@@ -262,9 +281,15 @@ def index_folders(
     t0 = time.monotonic()
     with IndexLock(index_dir), Catalog.in_dir(index_dir) as catalog:
         model_row = catalog.get_model(model_name)
-        plan = make_plan(catalog, roots, model_row.id if model_row else None, recompute=options.recompute,
-                         include_hidden=options.include_hidden, excludes=options.excludes,
-                         default_excludes=options.default_excludes, max_pixels=options.max_image_pixels)
+        recompute = _resolve_recompute(catalog, model_row.id if model_row else None, roots, options)
+        plan = make_plan(catalog, roots, model_row.id if model_row else None,
+                         recompute=options.recompute and recompute is None, include_hidden=options.include_hidden,
+                         excludes=options.excludes, default_excludes=options.default_excludes,
+                         max_pixels=options.max_image_pixels,
+                         left=catalog.recompute_left(recompute.model_id) if recompute is not None else None,
+                         reuse=not options.recompute)
+        if recompute is not None:
+            _report_recompute_plan(recompute, plan, options)
         summary.scanned, summary.unchanged, summary.failed_before = plan.scanned, plan.unchanged, plan.failed_before
         summary.reused = len(plan.reuse)
         summary.failed.extend(plan.new_problems)
@@ -281,7 +306,7 @@ def index_folders(
                 summary.metadata_read = _backfill_metadata(catalog, roots, plan, options, progress)
             if plan.todo:
                 model_id = _embed(plan.todo, encoder_factory, catalog, model_name, model_id, options, summary,
-                                  progress or LogProgress(), ocr)
+                                  progress or LogProgress(), ocr, recompute)
             if ocr is not None and summary.ocr is not None:  # pictures indexed earlier, or reused, without text
                 from img_search.pipeline.ocr import backfill_ocr
                 from img_search.pipeline.reader import FileLoader
@@ -289,12 +314,16 @@ def index_folders(
                 summary.ocr.add(backfill_ocr(catalog, roots, ocr, FileLoader(options.max_image_pixels),
                                              batch_size=options.batch_size, workers=options.workers,
                                              progress=progress or LogProgress()))
+            if recompute is not None:  # every file under the roots was re-embedded, failed, or is gone
+                summary.recompute_left = _finish_recompute(catalog, recompute.model_id, roots)
             for root in roots:
                 catalog.touch_root(root)
             if model_id is not None:
                 _sync_vector_index(index_dir, catalog, model_name, search)
         except KeyboardInterrupt:
             status, summary.interrupted = "interrupted", True
+            if recompute is not None:
+                summary.recompute_left = _report_interrupted_recompute(catalog, recompute.model_id, roots)
             raise
         except BaseException:
             status = "failed"
@@ -303,6 +332,83 @@ def index_folders(
             summary.seconds = time.monotonic() - t0
             catalog.finish_run(run_id, status=status, stats=summary.to_dict(), model_id=model_id)
     return summary
+
+
+def _when(started_at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(started_at))
+
+
+def _index_command(folders: Sequence[str]) -> str:
+    return "img-search index " + " ".join(shlex.quote(f) for f in folders)
+
+
+def _resolve_recompute(catalog: Catalog, model_id: int | None, roots: Sequence[str],
+                       options: IndexOptions) -> RecomputeState | None:
+    """The recompute this run takes part in (None: none).
+
+    With ``options.recompute``: the model's unfinished recompute, extended to ``roots``, when it embeds with the decode
+    mode asked now (the run resumes it: its files re-embedded are kept); else a new one over ``roots`` (an unfinished
+    one with another decode mode is replaced, so the collection does not end with two modes). Without: the model's
+    unfinished recompute, if any (the run continues it for the files under ``roots``). None when the model has no
+    vector yet (every file is embedded anyway, and a re-run embeds only the files still without one)."""
+    from img_search.data.images import DECODE_FULL, reduced_mode
+
+    if model_id is None:
+        return None
+    # one with nothing left is not finished either (its run was interrupted before files new since its start were
+    # embedded): only a run that walked all its folders drops it (``_finish_recompute``)
+    state = catalog.recompute_state(model_id)
+    if not options.recompute:
+        return state
+    wanted = DECODE_FULL if options.full_decode else reduced_mode()
+    if state is not None and state.decode == wanted:
+        return catalog.extend_recompute(model_id, roots)
+    if state is not None:
+        logger.warning("the unfinished --recompute started %s decoded images as %r; this one decodes them as %r, so it "
+                       "starts over and re-embeds every file", _when(state.started_at), state.decode, wanted)
+    return catalog.start_recompute(model_id, roots, decode=wanted)
+
+
+def _report_recompute_plan(recompute: RecomputeState, plan: Plan, options: IndexOptions) -> None:
+    """Say that the run resumes (or continues) an unfinished recompute rather than starting one."""
+    kept = recompute.files - recompute.left
+    if not kept or not plan.recompute_todo:
+        return  # a recompute starting now, or one with nothing left under these folders
+    how = "resuming the interrupted" if options.recompute else "continuing the unfinished"
+    logger.warning("%s --recompute started %s: %d files already re-embedded are kept, %d under these folders are "
+                   "re-embedded now", how, _when(recompute.started_at), kept, plan.recompute_todo)
+
+
+def _finish_recompute(catalog: Catalog, model_id: int, roots: Sequence[str]) -> int:
+    """Mark the recompute done under ``roots`` (``Catalog.finish_recompute``); return how many files it has left
+    elsewhere, logged with the command that re-embeds them."""
+    state = catalog.finish_recompute(model_id, roots)
+    if state is None:
+        return 0
+    folders = catalog.recompute_folders_left(model_id)
+    if folders:
+        logger.warning("the --recompute started %s still has %d files to re-embed under %s; `%s` re-embeds them",
+                       _when(state.started_at), state.left, ", ".join(folders), _index_command(list(folders)))
+    return state.left
+
+
+def _report_interrupted_recompute(catalog: Catalog, model_id: int, roots: Sequence[str]) -> int:
+    """What an interrupted recompute has done and what a re-run does; returns the files it has left. Never raises
+    (the interrupt is what the caller reports)."""
+    try:
+        state = catalog.recompute_state(model_id)
+        elsewhere = catalog.recompute_folders_left(model_id, outside=roots)
+    except (sqlite3.Error, ImgSearchError) as exc:
+        logger.debug("cannot read the recompute's state: %s", exc)
+        return 0
+    if state is None or not state.left:
+        return 0
+    here = state.left - sum(elsewhere.values())
+    also = f"; `{_index_command(list(elsewhere))}` the {state.left - here} under other folders" if elsewhere else ""
+    logger.warning("--recompute interrupted: %d of its %d files re-embedded (committed, kept); `%s`, with or without "
+                   "--recompute, re-embeds only the %d left%s", state.files - state.left, state.files,
+                   _index_command(roots), here, also)
+    return state.left
 
 
 def _backfill_metadata(catalog: Catalog, roots: Sequence[str], plan: Plan, options: IndexOptions,
@@ -384,11 +490,12 @@ def decode_mode(catalog: Catalog, model_id: int | None, *, full_decode: bool, re
 
 def _embed(todo: list[FileEntry], encoder_factory: Callable[[], Encoder], catalog: Catalog, model_name: str,
            model_id: int | None, options: IndexOptions, summary: IndexSummary, progress: Progress,
-           ocr: Any = None) -> int:
+           ocr: Any = None, recompute: RecomputeState | None = None) -> int:
     """Load the encoder, prepare its runtimes (``prepare_encoder``) and embed ``todo`` through the loop; return the
     model's id. The decode workers start before the encoder loads when the checkpoint's image preprocessor loads on
     its own (``pipeline.loop.EarlyStart``). ``ocr`` (a ``data.ocr.OcrReader``): also read each picture's text in
-    the decode workers (from a full decode), counted in ``summary.ocr``."""
+    the decode workers (from a full decode), counted in ``summary.ocr``. ``recompute``: the recompute the run takes
+    part in; its decode mode is the run's."""
     from img_search.data.images import reduced_decode_side
     from img_search.embedding.base import ImagePreprocessor
     from img_search.pipeline.loop import EarlyStart, run_loop
@@ -396,8 +503,7 @@ def _embed(todo: list[FileEntry], encoder_factory: Callable[[], Encoder], catalo
     from img_search.pipeline.reader import FileLoader
     from img_search.pipeline.writer import CatalogWriter
 
-    mode = summary.decode = decode_mode(catalog, model_id, full_decode=options.full_decode,
-                                        recompute=options.recompute)
+    mode = summary.decode = _run_decode_mode(catalog, model_id, options, recompute)
     ready: dict[str, Any] = {}
 
     def start() -> Encoder:
@@ -435,6 +541,21 @@ def _embed(todo: list[FileEntry], encoder_factory: Callable[[], Encoder], catalo
     summary.failed.extend(Failure(i.source.path, i.error or "") for i in stats.failed)
     summary.embed_seconds = stats.seconds
     return int(ready["model_id"])
+
+
+def _run_decode_mode(catalog: Catalog, model_id: int | None, options: IndexOptions,
+                     recompute: RecomputeState | None) -> str:
+    """``decode_mode``, except during a recompute: its own mode, so the files it has left match those it did."""
+    if recompute is None:
+        return decode_mode(catalog, model_id, full_decode=options.full_decode, recompute=options.recompute)
+    if not options.recompute:
+        from img_search.data.images import DECODE_FULL, reduced_mode
+
+        wanted = DECODE_FULL if options.full_decode else reduced_mode()
+        if wanted != recompute.decode:
+            logger.warning("the unfinished --recompute decodes images as %r: the files it has left are decoded the "
+                           "same way (to decode as %r, start a new one with --recompute)", recompute.decode, wanted)
+    return recompute.decode
 
 
 def _early_preprocessor(model: str) -> Any:

@@ -100,7 +100,8 @@ def test_backfill_without_reembedding_and_sidecar_changes(tmp_path: Path, tiny_s
     # the catalog as the previous release (schema v2) left it: no metadata tables at all
     db = sqlite3.connect(idx / "catalog.sqlite3")
     db.executescript("DROP TABLE photo_metadata; DROP TABLE tags; DROP TABLE annotations; DROP TABLE ocr_text; "
-                     "DROP TABLE text_index; ALTER TABLE embeddings DROP COLUMN decode; PRAGMA user_version = 2;")
+                     "DROP TABLE text_index; ALTER TABLE embeddings DROP COLUMN decode; DROP TABLE recompute_files; "
+                     "DROP TABLE recomputes; PRAGMA user_version = 2;")
     db.close()
 
     s = _run(tmp_path / "album", idx, tiny_siglip, _never)  # upgraded, back-filled, nothing embedded

@@ -345,3 +345,121 @@ def test_a_file_refused_as_too_large_is_retried_once_the_limit_admits_it(tmp_pat
     raised = _run(folder, idx, tiny_siglip, lambda: siglip_encoder, max_image_pixels=2_000_000, workers=0)
     assert raised.embedded == 1 and raised.failed_before == 0 and raised.failed == []
     assert too_large_pixels("not an image Pillow can read") is None
+
+
+# -- an interrupted --recompute resumes (found by a new user: a re-run started from zero, a plain run mixed vectors) --
+class InterruptingEncoder(CountingEncoder):
+    """Raises KeyboardInterrupt (as Ctrl-C or the CLI's SIGTERM handler does) at its ``after + 1``-th forward pass;
+    the ``after`` batches before it are encoded and handed to the writer."""
+
+    def __init__(self, inner, after: int) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(inner)
+        self.after, self.batches = after, 0
+
+    def encode_batch(self, batch):  # type: ignore[no-untyped-def]
+        if self.batches == self.after:
+            raise KeyboardInterrupt
+        self.batches += 1
+        return super().encode_batch(batch)
+
+
+def _vectors_by_path(idx: Path, folder: Path, model: Path) -> dict[str, tuple[str, float]]:
+    """(decode mode, created_at) of the vector of every live file under ``folder``."""
+    with Catalog.in_dir(idx, readonly=True) as cat:
+        model_id = cat.get_model(str(model)).id
+        rows = cat.db.execute("SELECT i.path, e.decode, e.created_at FROM images i JOIN embeddings e ON "
+                              "e.content_hash = i.content_hash AND e.model_id = ? WHERE i.status = 'ok'", (model_id,))
+        return {os.fsdecode(p): (d, t) for p, d, t in rows if os.fsdecode(p).startswith(str(folder))}
+
+
+def _interrupted_recompute(photo_dir: Path, idx: Path, tiny_siglip: Path, siglip_encoder,  # type: ignore[no-untyped-def]
+                           after: int) -> None:
+    """Index the 12 photos (reduced decode), then a --recompute --full-decode interrupted after ``after`` batches of
+    4 (decoded in full: its vectors differ from the first ones, and the decode mode kept with each tells them apart)."""
+    assert _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder).decode == "reduced-1x"
+    enc = InterruptingEncoder(siglip_encoder, after=after)
+    with pytest.raises(KeyboardInterrupt):
+        _run(photo_dir, idx, tiny_siglip, lambda: enc, recompute=True, full_decode=True)
+    done = 4 * after
+    assert enc.images == done
+    modes = [mode for mode, _ in _vectors_by_path(idx, photo_dir, tiny_siglip).values()]
+    assert sorted(modes) == ["full"] * done + ["reduced-1x"] * (12 - done)  # the batches embedded were committed
+    with Catalog.in_dir(idx, readonly=True) as cat:
+        run = cat.last_run()
+        assert run is not None and run["status"] == "interrupted" and run["stats"]["recompute_left"] == 12 - done
+
+
+def test_an_interrupted_recompute_resumes_with_only_the_files_it_had_left(
+        photo_dir: Path, tmp_path: Path, tiny_siglip: Path, siglip_encoder,  # type: ignore[no-untyped-def]
+        caplog: pytest.LogCaptureFixture) -> None:
+    idx = tmp_path / "idx"
+    with caplog.at_level("WARNING", logger="img_search.pipeline.runner"):
+        _interrupted_recompute(photo_dir, idx, tiny_siglip, siglip_encoder, after=2)
+    assert "8 of its 12 files re-embedded" in caplog.text and "re-embeds only the 4 left" in caplog.text
+    assert f"`img-search index {photo_dir}`, with or without --recompute" in caplog.text
+    partial = _vectors_by_path(idx, photo_dir, tiny_siglip)
+
+    caplog.clear()
+    enc = CountingEncoder(siglip_encoder)
+    with caplog.at_level("WARNING", logger="img_search.pipeline.runner"):
+        s = _run(photo_dir, idx, tiny_siglip, lambda: enc, recompute=True, full_decode=True)
+    assert (s.embedded, enc.images, s.unchanged, s.decode, s.recompute_left) == (4, 4, 8, "full", 0)
+    assert "resuming the interrupted --recompute" in caplog.text
+    assert "8 files already re-embedded are kept, 4 under these folders are re-embedded now" in caplog.text
+    final = _vectors_by_path(idx, photo_dir, tiny_siglip)
+    assert len(final) == 12 and {mode for mode, _ in final.values()} == {"full"}  # every vector recomputed
+    # once each: the 8 written by the interrupted run are those kept, the 4 others were written by the resumed run
+    kept = {p for p, (mode, _) in partial.items() if mode == "full"}
+    assert len(kept) == 8 and all(final[p] == partial[p] for p in kept)
+    assert all(final[p][1] > partial[p][1] for p in final.keys() - kept)
+    with Catalog.in_dir(idx, readonly=True) as cat:  # finished: nothing of it is left in the catalog
+        assert cat.recompute_state(cat.get_model(str(tiny_siglip)).id) is None
+        assert cat.db.execute("SELECT COUNT(*) FROM recompute_files").fetchone()[0] == 0
+
+    assert _run(photo_dir, idx, tiny_siglip, _never, full_decode=True).embedded == 0
+    enc.images = 0  # a finished recompute is not resumed: the next --recompute re-embeds everything again
+    s = _run(photo_dir, idx, tiny_siglip, lambda: enc, recompute=True, full_decode=True)
+    assert s.embedded == 12 and enc.images == 12
+
+
+def test_a_plain_run_after_an_interrupted_recompute_continues_it(
+        photo_dir: Path, tmp_path: Path, tiny_siglip: Path, siglip_encoder,  # type: ignore[no-untyped-def]
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without --recompute, `index` continues the unfinished recompute of its folders (in the recompute's decode mode,
+    though this run asks for the default), never reuses a stale vector for a copy, and says what it does; the part
+    under folders it does not index is reported with the command that finishes it."""
+    idx = tmp_path / "idx"
+    _interrupted_recompute(photo_dir, idx, tiny_siglip, siglip_encoder, after=1)
+    stale = sorted(p for p, (mode, _) in _vectors_by_path(idx, photo_dir, tiny_siglip).items() if mode != "full")
+    in_a = [p for p in stale if p.startswith(str(photo_dir / "a") + "/")]
+    in_b = [p for p in stale if p.startswith(str(photo_dir / "b") + "/")]
+    assert len(in_a) + len(in_b) == 8 and in_a and in_b  # 6 photos a folder: both have files left
+    shutil.copy(in_a[0], photo_dir / "a" / "copy.jpg")  # its bytes have a vector the recompute has not replaced yet
+
+    enc = CountingEncoder(siglip_encoder)
+    with caplog.at_level("WARNING", logger="img_search.pipeline.runner"):
+        s = _run(photo_dir / "a", idx, tiny_siglip, lambda: enc)  # only one of the two folders
+    assert (s.embedded, s.reused, s.decode) == (len(in_a) + 1, 0, "full") and enc.images == len(in_a) + 1
+    assert s.recompute_left == len(in_b)
+    assert "continuing the unfinished --recompute started " in caplog.text
+    assert f"still has {len(in_b)} files to re-embed under {photo_dir}; `img-search index {photo_dir}`" in caplog.text
+
+    enc.images = 0
+    s = _run(photo_dir, idx, tiny_siglip, lambda: enc)
+    assert (s.embedded, s.recompute_left, enc.images) == (len(in_b), 0, len(in_b))
+    final = _vectors_by_path(idx, photo_dir, tiny_siglip)
+    assert len(final) == 13 and {mode for mode, _ in final.values()} == {"full"}  # the copy included
+    with Catalog.in_dir(idx, readonly=True) as cat:
+        assert cat.recompute_state(cat.get_model(str(tiny_siglip)).id) is None
+
+
+def test_a_recompute_decoding_another_way_starts_over(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                                      siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Resuming an interrupted --recompute --full-decode with a reduced-decode --recompute would leave two modes in
+    the collection: it starts over instead."""
+    idx = tmp_path / "idx"
+    _interrupted_recompute(photo_dir, idx, tiny_siglip, siglip_encoder, after=2)
+    enc = CountingEncoder(siglip_encoder)
+    s = _run(photo_dir, idx, tiny_siglip, lambda: enc, recompute=True)
+    assert (s.embedded, enc.images, s.decode) == (12, 12, "reduced-1x")
+    assert {mode for mode, _ in _vectors_by_path(idx, photo_dir, tiny_siglip).values()} == {"reduced-1x"}
