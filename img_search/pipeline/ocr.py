@@ -34,6 +34,12 @@ from img_search.pipeline.reader import Loaded, ReadBatch
 
 logger = logging.getLogger(__name__)
 
+# The back-fill's batch: one picture. Reading one costs ~0.9 s of CPU (docs/PERFORMANCE.md, "Text in images (OCR)"),
+# so a batch of the run's --batch-size (32) held the progress bar still for half a minute or more per worker and gave
+# its ETA a handful of samples; with one picture per batch the bar advances as each picture's text is read. The
+# back-fill batches nothing else (no model forward), and its one SQLite transaction per picture costs milliseconds.
+OCR_BACKFILL_BATCH = 1
+
 
 def ocr_threads(workers: int) -> int | None:
     """Intra-op threads of each OCR engine: one per decode process (parallelism comes from ``--workers``); None
@@ -151,7 +157,10 @@ def pending_ocr(catalog: Catalog, roots: Sequence[str]) -> list[FileEntry]:
 def backfill_ocr(catalog: Catalog, roots: Sequence[str], reader: OcrReader, load: Callable[[FileEntry], Loaded], *,
                  batch_size: int, workers: int, progress: Progress) -> OcrCounts:
     """Read the text of every live image under ``roots`` that has none yet (``pending_ocr``), through the one loop
-    with no encoder; ``load`` is the plain file loader (``OcrLoader`` wraps it here). Returns the counts."""
+    with no encoder; ``load`` is the plain file loader (``OcrLoader`` wraps it here). Returns the counts.
+
+    ``progress`` advances by one picture as each one's text is read and committed: the loop runs in batches of at most
+    ``OCR_BACKFILL_BATCH`` pictures, whatever ``batch_size`` (the run's batch size for the model) says."""
     from img_search.pipeline.loop import run_loop
 
     counts = OcrCounts()
@@ -160,6 +169,7 @@ def backfill_ocr(catalog: Catalog, roots: Sequence[str], reader: OcrReader, load
         return counts
     logger.info("reading the text in %d pictures indexed earlier", len(todo))
     stats = run_loop(todo, OcrLoader(load, reader), None, lambda: OcrSink(catalog.path, counts),
-                     batch_size=batch_size, workers=workers, progress=progress, description="reading text")
+                     batch_size=min(batch_size, OCR_BACKFILL_BATCH), workers=workers, progress=progress,
+                     description="reading text")
     counts.seconds = stats.seconds
     return counts

@@ -312,3 +312,37 @@ def test_ocr_setting_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("IMG_SEARCH_OCR", "0")
     assert load_settings(tmp_path).ocr is False
     assert load_settings(tmp_path, ocr=True).ocr is True
+
+
+class RecordingProgress:
+    """A ``pipeline.progress.Progress`` that records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def start(self, total: int, description: str) -> None:
+        self.calls.append(("start", total, description))
+
+    def advance(self, n: int) -> None:
+        self.calls.append(("advance", n))
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_backfill_progress_advances_picture_by_picture(
+        photo_dir: Path, tmp_path: Path, tiny_siglip: Path, siglip_encoder,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """Reading a picture's text takes about a second: a bar that moved by --batch-size (32) pictures at a time looked
+    stuck and had no useful ETA. The back-fill advances by one picture at a time, however large the batch size."""
+    monkeypatch.setattr(CountingOcr, "log", tmp_path / "calls.log")
+    idx = tmp_path / "idx"
+    _index(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)  # indexed without --ocr: 12 pictures without text
+    progress = RecordingProgress()
+    opts = IndexOptions(model=str(tiny_siglip), batch_size=32, workers=workers, ocr=True, ocr_engine=CountingOcr.key)
+    summary = index_folders([str(photo_dir)], idx, opts, encoder_factory=_never, progress=progress)
+    assert summary.ocr is not None and summary.ocr.read == 12
+    start = progress.calls.index(("start", 12, "reading text"))
+    stop = progress.calls.index(("stop",), start)
+    assert progress.calls[start + 1 : stop] == [("advance", 1)] * 12
