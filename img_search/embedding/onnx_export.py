@@ -51,13 +51,13 @@ OV_GRAPH_FILE = "model.xml"  # OpenVINO IR (+ model.bin): the ov-int8 graph
 GRAPH_FILES = {"ov-int8": OV_GRAPH_FILE}  # graph kind -> file, when not GRAPH_FILE
 # ov-int8 (OpenVINO static int8 through NNCF, image tower only): activations AND weights int8, activation ranges
 # calibrated once on OV_CALIBRATION_IMAGES generated images (``parity.probe_images`` with ``CALIBRATION_SEED``: the
-# same generator as the parity probes, another stream, so the parity check judges images the calibration never
-# saw; until FORMAT_VERSION 2 the 8 probes were the set's first 8 and the check was optimistic). Measured on SigLIP-base (random weights), min cosine to float32 torch over 64
-# photo-like JPEGs (bench data) the calibration never saw: calibrated on 64 other photos, SmoothQuant on 0.9785 (all
-# MatMuls), 0.9902 (head and patch embedding float), SmoothQuant off + head and patch embedding float 0.99955;
-# calibrated on the 32 generated images instead, NNCF's default activation ranges (mean of per-sample extremes)
-# 0.99874, the overall min / max of the set (RangeEstimatorParametersSet.MINMAX) 0.99972. Hence: head and patch
-# embedding float, SmoothQuant off, MINMAX ranges.
+# parity probes' generator, another stream, so the parity check judges images the calibration never saw; until
+# FORMAT_VERSION 2 the 8 probes were the set's first 8 and the check was optimistic). Measured on SigLIP-base (random
+# weights), min cosine to float32 torch over 64 photo-like JPEGs (bench data) the calibration never saw: calibrated
+# on 64 other photos, SmoothQuant on 0.9785 (all MatMuls), 0.9902 (head and patch embedding float), SmoothQuant off
+# + head and patch embedding float 0.99955; calibrated on the 32 generated images instead, NNCF's default activation
+# ranges (mean of per-sample extremes) 0.99874, the overall min / max of the set (RangeEstimatorParametersSet.MINMAX)
+# 0.99972. Hence: head and patch embedding float, SmoothQuant off, MINMAX ranges.
 OV_CALIBRATION_IMAGES = 32
 OV_INT8_FLOAT_SCOPES = (".*/head/.*", ".*patch_embedding.*")  # ONNX node-name patterns kept float (SigLIP names)
 ONNX_OPSET = 18
