@@ -664,6 +664,7 @@ def serve(
     from img_search import service
     from img_search.data.images import configure_pixel_limit
     from img_search.service.config import load_service_settings
+    from img_search.service.listen import check_listen_address
 
     _setup_logging(max(verbose, 1))
     with _edge():
@@ -675,6 +676,8 @@ def serve(
         for folder in folders:
             if not os.path.isdir(folder):
                 raise NotFoundError(f"--watch {display_path(folder)}: no such folder")
+        # a port in use or a host that is not this machine's fails now, not after the models are loaded
+        check_listen_address(settings.service.host, settings.service.port)
         service.run(settings, log_level="debug" if verbose > 1 else "info", watch=folders)
 
 

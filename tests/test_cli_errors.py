@@ -185,3 +185,51 @@ def test_help_keeps_square_brackets(command: str, notes: list[str], capsys: pyte
     assert code == 0, err
     missing = [n for n in notes if n not in out]
     assert not missing, out
+
+
+# -- serve: the address is checked before anything is loaded ------------------------------------------------------
+@pytest.fixture()
+def no_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` must refuse before the service (and with it the catalog and the models) is started."""
+    import img_search.service
+
+    def must_not_start(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the service was started: the address must be checked before anything loads")
+
+    monkeypatch.setattr(img_search.service, "run", must_not_start)
+
+
+def test_serve_on_a_port_in_use_fails_in_one_line_before_loading(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], no_service: None) -> None:
+    import socket
+
+    with socket.socket() as taken:  # another program listening on a loopback port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run(capsys, "serve", "--host", "127.0.0.1", "--port", str(port), "--index-dir",
+                             str(tmp_path / "idx"))
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot listen on 127.0.0.1:{port}: the port is already "
+                                                   "in use"), err
+
+
+@pytest.mark.parametrize(("host", "fragment"), [
+    ("bad..host", "host 'bad..host' does not resolve"),  # refused by the IDNA codec: no name lookup is sent
+    ("no-such-host.invalid", "host 'no-such-host.invalid' does not resolve (Name or service not known)"),
+])
+def test_serve_on_a_host_that_does_not_resolve_fails_in_one_line(
+        host: str, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_service: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    real = socket.getaddrinfo
+
+    def loopback_only(name: object, *args: object, **kwargs: object) -> object:
+        if name == "no-such-host.invalid":  # what the resolver answers, without asking one
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    code, out, err = run(capsys, "serve", "--host", host, "--port", "8765", "--index-dir", str(tmp_path / "idx"))
+    assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
