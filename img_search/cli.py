@@ -27,6 +27,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from img_search import __version__
+from img_search.console import CallbackProgress, make_progress
 from img_search.errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -68,6 +69,8 @@ IndexDirOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (logs and progress go to stderr).")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging on stderr (-vv: debug).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (a bar on a terminal, else a "
+                                                              "line every 10 s).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help=f"{DEVICES_HELP} [default: {DEFAULTS.device}].",
                                                show_default=False)]
 DtypeOpt = Annotated[
@@ -304,7 +307,7 @@ def index(
                                                           "with --recompute [env IMG_SEARCH_FULL_DECODE; default: "
                                                           "reduced].")] = None,
     as_json: JsonOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Embed every image under FOLDERS, incrementally (unchanged files are skipped)."""
@@ -326,7 +329,7 @@ def index(
             excludes=(*settings.exclude, *(exclude or ())), default_excludes=settings.default_excludes,
             ocr=settings.ocr, full_decode=settings.full_decode,
         )
-        progress = None if quiet else _make_progress()
+        progress = make_progress(quiet)
         summary = index_folders([str(f) for f in folders], settings.index_dir, options,
                                 encoder_factory=encoder_factory(model_name, settings), progress=progress,
                                 search=settings.search)
@@ -338,16 +341,6 @@ def index(
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def _make_progress() -> Any:
-    if not sys.stderr.isatty():
-        return None  # the library logs a progress line every few seconds instead
-    from rich.console import Console
-
-    from img_search.pipeline.rich_progress import RichProgress
-
-    return RichProgress(Console(stderr=True))
 
 
 def _print_summary(summary: Any) -> None:
@@ -955,6 +948,7 @@ def duplicates(
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, show_default=False,
                                               help="Show only the largest N groups.")] = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Groups of near-identical images (copies, re-encodes, resizes), largest first."""
@@ -966,9 +960,14 @@ def duplicates(
         settings = _settings(index_dir, model=model)
         t = settings.explore.duplicate_threshold if threshold is None else threshold
         collection = Collection.open(settings.index_dir, settings.model, settings.search)
+        progress = make_progress(quiet)
+        on_progress = None if progress is None else CallbackProgress(progress, "near-duplicates")
         try:
-            groups = find_duplicates(collection, t, k or settings.explore.duplicate_neighbours)
+            groups = find_duplicates(collection, t, k or settings.explore.duplicate_neighbours,
+                                     on_progress=on_progress)
         finally:
+            if on_progress is not None:
+                on_progress.close()
             collection.close()
     shown = groups if limit is None else groups[:limit]
     if as_json:

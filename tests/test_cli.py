@@ -1,4 +1,5 @@
-"""The command line end to end, in subprocesses, as a user runs it."""
+"""The command line end to end, as a user runs it: in subprocesses, and in this process (``helpers.run_main``) where
+a test must patch a constant (the progress interval) or count what was written."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import helpers
 import pytest
-from helpers import make_jpeg
+from helpers import make_jpeg, run_main
 
 cli = functools.partial(helpers.cli, check=True)
 
@@ -219,3 +220,56 @@ def test_precision_is_recorded_and_a_search_loads_no_torch(photo_dir: Path, tmp_
     assert len(fp32) == 3  # an explicit precision for the query is served too
     bad = cli("index", str(photo_dir), "--precision", "int4", env=env, check=False)
     assert bad.returncode == 2 and "unknown precision 'int4'" in bad.stderr
+
+
+# -- progress when stderr is not a terminal -----------------------------------------------------------------------
+PROGRESS_LINE = r"(?m)^{what}: \d+/{total} images \(\d+%\), [0-9.]+ images/s, ETA \S+$"
+
+
+def test_line_progress_prints_done_total_rate_and_eta_at_its_interval() -> None:
+    import io
+
+    from img_search.console import LineProgress
+
+    clock = iter([0.0, 4.0, 10.0, 25.0, 26.0, 30.0])  # a fake clock: the lines depend on it, not on this machine
+    out = io.StringIO()
+    progress = LineProgress(every=10, stream=lambda: out, clock=lambda: next(clock))
+    progress.start(400, "embedding")
+    for _ in range(4):
+        progress.advance(50)
+    progress.stop()
+    assert out.getvalue().splitlines() == [
+        "embedding: 100/400 images (25%), 10.0 images/s, ETA 30s",  # at 10 s
+        "embedding: 150/400 images (38%), 6.0 images/s, ETA 42s",  # at 25 s
+        "embedding: 200/400 images in 30s",  # stop: the last state of a phase that printed
+    ]
+    out.truncate(0)
+    out.seek(0)
+    clock = iter([0.0, 1.0, 2.0])
+    progress.start(10, "metadata")  # shorter than the interval: silent
+    progress.advance(10)
+    progress.stop()
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_index_and_duplicates_show_progress_lines_when_stderr_is_not_a_terminal(
+        quiet: bool, photo_dir: Path, tmp_path: Path, tiny_siglip: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a log file or a pipe gets (capsys is not a TTY): a plain line per interval (0 here, so every batch),
+    nothing with -q."""
+    import re
+
+    import img_search.console
+
+    monkeypatch.setattr(img_search.console, "PROGRESS_EVERY_SECONDS", 0.0)
+    common = ["--index-dir", str(tmp_path / "idx"), *(["-q"] if quiet else [])]
+    code, out, err = run_main(capsys, "index", str(photo_dir), "--model", str(tiny_siglip), "--workers", "0",
+                              "--batch-size", "4", "--json", *common)
+    assert code == 0 and json.loads(out)["embedded"] == 12
+    lines = re.findall(PROGRESS_LINE.format(what="embedding", total=12), err)
+    assert (lines == []) if quiet else (len(lines) >= 2 and lines[-1].startswith("embedding: 12/12 ")), err
+    code, out, err = run_main(capsys, "duplicates", *common)
+    assert code == 0
+    lines = re.findall(PROGRESS_LINE.format(what="near-duplicates", total=12), err)
+    assert (err == "") if quiet else bool(lines), err

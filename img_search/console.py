@@ -1,0 +1,105 @@
+"""What the command lines show on stderr while they work: progress, as a Rich bar on a terminal and as plain lines
+elsewhere (a log file, a pipe, a CI job, `nohup`), where a redrawn bar is noise and the library's ``LogProgress``
+logs at INFO, below what the command line shows without -v.
+
+``make_progress(quiet)`` picks one: a ``pipeline.progress.Progress`` for the long-running commands (``index``,
+whose embedding, metadata and OCR back-fill phases all report through it, and ``duplicates``), None with -q.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+# seconds between two plain progress lines (not a TTY): often enough to show a run is alive, rare enough for a log
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+def _duration(seconds: float) -> str:
+    """``95`` -> ``1m35s``; ``7384`` -> ``2h03m``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class LineProgress:
+    """``description: done/total images (pct), rate images/s, ETA`` as one plain line on stderr at most every
+    ``every`` seconds (default ``PROGRESS_EVERY_SECONDS``), and a closing line at ``stop`` for a phase that printed
+    any (a phase shorter than ``every`` prints nothing). Implements ``pipeline.progress.Progress``."""
+
+    def __init__(self, every: float | None = None, stream: Callable[[], TextIO] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = PROGRESS_EVERY_SECONDS if every is None else every
+        self._stream = stream or (lambda: sys.stderr)  # looked up at each write: the stream may be swapped
+        self._clock = clock
+        self.total = self.done = self._shown = 0
+        self.t0 = self.last = 0.0
+        self.description = ""
+
+    def start(self, total: int, description: str) -> None:
+        self.total, self.done, self._shown, self.description = total, 0, 0, description
+        self.t0 = self.last = self._clock()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = self._clock()
+        if now - self.last >= self.every:
+            self.last = now
+            self._write(self._line(now))
+
+    def stop(self) -> None:
+        if self._shown and self.done != self._shown:
+            elapsed = self._clock() - self.t0
+            self._write(f"{self.description}: {self.done}/{self.total} images in {_duration(elapsed)}")
+
+    def _line(self, now: float) -> str:
+        elapsed = max(now - self.t0, 1e-9)
+        rate = self.done / elapsed
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        eta = _duration((self.total - self.done) / rate) if rate > 0 else "unknown"
+        self._shown = self.done
+        return f"{self.description}: {self.done}/{self.total} images{pct}, {rate:.1f} images/s, ETA {eta}"
+
+    def _write(self, line: str) -> None:
+        stream = self._stream()
+        stream.write(line + "\n")
+        stream.flush()
+
+
+def make_progress(quiet: bool) -> Any:
+    """The progress display of a long-running command: None with ``quiet`` (-q), a Rich bar when stderr is a
+    terminal, else ``LineProgress``."""
+    if quiet:
+        return None
+    if not sys.stderr.isatty():
+        return LineProgress()
+    from rich.console import Console
+
+    from img_search.pipeline.rich_progress import RichProgress
+
+    return RichProgress(Console(stderr=True))
+
+
+class CallbackProgress:
+    """A ``Progress`` driven by a library's ``on_progress(done, total)`` callback (``explore.find_duplicates``)."""
+
+    def __init__(self, progress: Any, description: str) -> None:
+        self.progress = progress
+        self.description = description
+        self._done: int | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._done is None:
+            self.progress.start(total, self.description)
+            self._done = 0
+        self.progress.advance(done - self._done)
+        self._done = done
+
+    def close(self) -> None:
+        if self._done is not None:
+            self.progress.stop()
