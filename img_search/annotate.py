@@ -5,6 +5,10 @@ the folder's canonical path, ``data.paths.canonical_folder``, with the plain abs
 write under the catalog's writer lock (``catalog.lock.IndexLock``, the lock `index` takes), so they never race an
 index run: while one runs they fail at once with ``CatalogLockedError``.
 
+Only what changes is written and counted: a tag an image already has (in any case: tags match case-insensitively, as
+the search filter does, and the spelling it has is kept) or a description it already has leaves it as it is, and the
+image is reported ``unchanged`` rather than ``updated``.
+
 Paths the catalog does not know as live images are never dropped silently: each comes back in
 ``AnnotateResult.unknown`` with the reason (not indexed, marked deleted, failed to index); the known ones are
 updated all the same. Tags are added to what an image has (``tag --remove`` takes them off); a description replaces
@@ -24,7 +28,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,8 +57,9 @@ class UnknownPath:
 
 @dataclass
 class AnnotateResult:
-    """What ``tag_images`` / ``import_metadata`` did: catalog paths updated, paths not known (with reasons), and
-    counts of the requested changes (``tags_added``: (image, tag) pairs asked for, including ones already there)."""
+    """What ``tag_images`` / ``import_metadata`` did: the catalog paths that changed (``updated``), the known ones
+    already as asked (``unchanged``), the paths not known (with reasons), and counts of the changes made
+    (``tags_added``: (image, tag) pairs written, not those already there)."""
 
     updated: list[str] = field(default_factory=list)
     unknown: list[UnknownPath] = field(default_factory=list)
@@ -64,6 +69,7 @@ class AnnotateResult:
     descriptions_cleared: int = 0
     entries: int = 0  # import: entries read from the file
     ignored_fields: list[str] = field(default_factory=list)  # import: columns / keys that are not read
+    unchanged: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +138,51 @@ def _open_writer(index_dir: Path) -> Catalog:
     return Catalog(path)
 
 
+_KEEP = object()  # a description left as it is
+
+
+def _apply(catalog: Catalog, result: AnnotateResult, paths: Sequence[str], *, add: Mapping[str, Sequence[str]],
+           remove: Sequence[str] = (), descriptions: Mapping[str, str | None] | None = None,
+           source: str) -> None:
+    """Write the changes that change something and record them in ``result``: ``add`` {path: tags} (cleaned),
+    ``remove`` tags taken off every path (any case), ``descriptions`` {path: text, or None to clear}. ``paths``:
+    the known catalog paths, in the order to report them."""
+    descriptions = descriptions or {}
+    off = {t.lower() for t in remove}
+    to_add: dict[str, list[str]] = {}
+    to_remove: dict[str, list[str]] = {}
+    to_set: dict[str, str] = {}
+    to_clear: list[str] = []
+    for path in paths:
+        row = catalog.image(path)
+        if row is None:  # resolved under the writer lock: cannot happen
+            continue
+        have = catalog.tags_of(row.id)
+        held = {t.lower() for t in have}
+        if adding := [t for t in add.get(path, ()) if t.lower() not in held]:
+            to_add[path] = adding
+        if removing := [t for t in have if t.lower() in off]:
+            to_remove[path] = removing
+        wanted = descriptions.get(path, _KEEP)
+        if wanted is not _KEEP and wanted != catalog.description_of(row.id):
+            if wanted is None:
+                to_clear.append(path)
+            else:
+                to_set[path] = str(wanted)
+    if to_remove:
+        catalog.remove_tags(list(to_remove), sorted({t for ts in to_remove.values() for t in ts}))
+    if to_clear:
+        catalog.set_description(to_clear, None)
+    if to_add or to_set:
+        catalog.annotate(to_add, to_set, source=source)  # one transaction, the text index refreshed once per image
+    changed = {*to_add, *to_remove, *to_set, *to_clear}
+    result.updated = [p for p in paths if p in changed]
+    result.unchanged = [p for p in paths if p not in changed]
+    result.tags_added = sum(len(ts) for ts in to_add.values())
+    result.tags_removed = sum(len(ts) for ts in to_remove.values())
+    result.descriptions_set, result.descriptions_cleared = len(to_set), len(to_clear)
+
+
 # -- tag ----------------------------------------------------------------------------------------------------------
 def clean_tags(tags: Iterable[str], what: str = "tag") -> tuple[str, ...]:
     """Tags with surrounding and repeated white space removed, duplicates dropped (first spelling kept).
@@ -150,7 +201,8 @@ def tag_images(index_dir: Path, paths: Sequence[str], *, add: Sequence[str] = ()
     """Add and remove user tags and set or clear the user's description of each of ``paths`` (image files, named
     as on the command line: relative to the working directory).
 
-    The known paths are updated, the others returned in ``unknown`` (nothing is written for them). Raises
+    The known paths are updated where that changes them (``updated``; the rest: ``unchanged``), the others
+    returned in ``unknown`` (nothing is written for them). Tags are stored cleaned (``clean_tags``). Raises
     ``InvalidInputError`` when there is nothing to do, a tag is empty, a tag is both added and removed, or a
     description is both given and cleared; ``CatalogNotFoundError`` without a catalog; ``CatalogLockedError`` while
     `index` (or another writer) runs.
@@ -178,25 +230,11 @@ def tag_images(index_dir: Path, paths: Sequence[str], *, add: Sequence[str] = ()
                 result.unknown.append(resolved)
             elif resolved not in known:
                 known.append(resolved)
-        if known:
-            if remove_tags:
-                # tags match case-insensitively (as the tag filter does): remove every spelling present
-                wanted = {t.lower() for t in remove_tags}
-                ids = [row.id for row in (catalog.image(p) for p in known) if row is not None]
-                present = {t for i in ids for t in catalog.tags_of(i) if t.lower() in wanted}
-                if present:
-                    catalog.remove_tags(known, sorted(present))
-                result.tags_removed = len(known) * len(remove_tags)
-            if add_tags:
-                catalog.add_tags(known, add_tags)
-                result.tags_added = len(known) * len(add_tags)
-            if description is not None or clear_description:
-                catalog.set_description(known, None if description is None else description.strip())
-                if clear_description:
-                    result.descriptions_cleared = len(known)
-                else:
-                    result.descriptions_set = len(known)
-        result.updated = known
+        # tags match case-insensitively (as the tag filter does): every spelling present is removed
+        new_description = None if description is None else description.strip()
+        _apply(catalog, result, known, add=dict.fromkeys(known, add_tags), remove=remove_tags,
+               descriptions=dict.fromkeys(known, new_description) if description is not None or clear_description
+               else None, source="user")
     for unknown in result.unknown:
         logger.info("not tagged: %s: %s", unknown.path, unknown.reason)
     return result
@@ -330,33 +368,25 @@ def import_metadata(index_dir: Path, file: Path) -> AnnotateResult:
     """Apply an import file's tags (added to the image's) and descriptions (replacing the user's; an empty cell or
     a missing one leaves it) to the images it names; later entries for the same image add their tags and their
     description wins. Relative paths resolve against the file's folder. The file is parsed whole before anything
-    is written (``InvalidInputError`` naming the line or entry); unknown paths are returned, not dropped."""
+    is written (``InvalidInputError`` naming the line or entry); unknown paths are returned, not dropped. Only what
+    changes is written and counted (``AnnotateResult``)."""
     file = Path(file)
     entries, ignored = read_metadata_file(file)
     base = os.path.dirname(os.path.abspath(file))
     result = AnnotateResult(entries=len(entries), ignored_fields=ignored)
     with IndexLock(index_dir), _open_writer(index_dir) as catalog:
         resolver = _Resolver(catalog)
-        by_tag: dict[str, list[str]] = {}
-        descriptions: dict[str, str] = {}
-        updated: dict[str, None] = {}
+        tags: dict[str, list[str]] = {}
+        descriptions: dict[str, str | None] = {}
         for entry in entries:
             resolved = resolver.resolve(entry.path, base, entry.where)
             if isinstance(resolved, UnknownPath):
                 result.unknown.append(resolved)
                 continue
-            updated[resolved] = None
-            for tag in entry.tags:
-                by_tag.setdefault(tag, []).append(resolved)
+            tags.setdefault(resolved, []).extend(entry.tags)
             if entry.description is not None:
                 descriptions[resolved] = entry.description
-        # one transaction for the whole file (the text index refreshed once per image)
-        tags_by_path: dict[str, list[str]] = {}
-        for tag, tagged in by_tag.items():
-            for path in dict.fromkeys(tagged):
-                tags_by_path.setdefault(path, []).append(tag)
-            result.tags_added += len(set(tagged))
-        catalog.annotate(tags_by_path, descriptions, source="import")
-        result.descriptions_set += len(descriptions)
-        result.updated = list(updated)
+        # one spelling per tag and image, the first one (the file may name an image twice)
+        _apply(catalog, result, list(tags), add={p: clean_tags(ts) for p, ts in tags.items()},
+               descriptions=descriptions, source="import")
     return result

@@ -755,7 +755,8 @@ def import_metadata_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Add tags and descriptions from a CSV or JSON file keyed by image path (relative paths: from the file's
-    folder). Unknown paths are listed (count and the first few; --json: all) and the command exits 1."""
+    folder). Counts what changed; unknown paths are listed (count and the first few; --json: all) and the command
+    exits 1."""
     from img_search.annotate import import_metadata
     from img_search.settings import resolve_index_dir
 
@@ -766,7 +767,8 @@ def import_metadata_cmd(
         _print_json(result.to_dict())
     else:
         _out(f"{display_path(str(file))}: {result.entries} entries, {len(result.updated)} image(s) updated "
-             f"({result.tags_added} tags added, {result.descriptions_set} descriptions set)")
+             f"({result.tags_added} tags added, {result.descriptions_set} descriptions set), "
+             f"{len(result.unchanged)} unchanged (already as the file says), {len(result.unknown)} not in the catalog")
     if result.ignored_fields:
         typer.echo(f"ignored (not path, tags or description): {', '.join(result.ignored_fields)}", err=True)
     if result.unknown:

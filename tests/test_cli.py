@@ -273,3 +273,54 @@ def test_index_and_duplicates_show_progress_lines_when_stderr_is_not_a_terminal(
     assert code == 0
     lines = re.findall(PROGRESS_LINE.format(what="near-duplicates", total=12), err)
     assert (err == "") if quiet else bool(lines), err
+
+
+# -- tag and import-metadata: what changed, as stored -------------------------------------------------------------
+@pytest.fixture()
+def catalogued(tmp_path: Path) -> tuple[Path, str]:
+    """Three photos catalogued directly (no model needed): (their folder, the index directory)."""
+    from img_search.catalog import Catalog, ImageRecord
+
+    photos = (tmp_path / "photos").resolve()
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    for i, name in enumerate(names):
+        make_jpeg(photos / name, seed=i)
+    with Catalog.in_dir(tmp_path / "idx") as cat:
+        cat.record([ImageRecord(str(photos / n), 1, 1, bytes([i + 1]) * 16, 96, 64) for i, n in enumerate(names)])
+    return photos, str(tmp_path / "idx")
+
+
+def _tags_of(idx: str, path: Path) -> list[str]:
+    from img_search.catalog import Catalog
+
+    with Catalog.in_dir(Path(idx), readonly=True) as cat:
+        row = cat.image(str(path))
+        assert row is not None
+        return cat.tags_of(row.id)
+
+
+def test_import_metadata_counts_what_changed(catalogued: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    photos, idx = catalogued
+    meta = photos / "meta.csv"
+    meta.write_text("path,tags,description\na.jpg,dog;beach,at the sea\nb.jpg,cat,\nmissing.jpg,x,\n")
+    code, out, err = run_main(capsys, "import-metadata", str(meta), "--index-dir", idx)
+    assert code == 1 and "1 path(s) not in the catalog" in err  # missing.jpg
+    assert out.strip() == (f"{meta}: 3 entries, 2 image(s) updated (3 tags added, 1 descriptions set), 0 unchanged "
+                           "(already as the file says), 1 not in the catalog")
+    code, out, _ = run_main(capsys, "import-metadata", str(meta), "--index-dir", idx)  # again: nothing changes
+    assert code == 1 and out.strip() == (f"{meta}: 3 entries, 0 image(s) updated (0 tags added, 0 descriptions set), "
+                                         "2 unchanged (already as the file says), 1 not in the catalog")
+    code, out, _ = run_main(capsys, "import-metadata", str(meta), "--index-dir", idx, "--json")
+    result = json.loads(out)
+    assert (result["updated"], result["tags_added"], result["descriptions_set"]) == ([], 0, 0)
+    assert result["unchanged"] == [str(photos / "a.jpg"), str(photos / "b.jpg")] and len(result["unknown"]) == 1
+    # a tag the image has in another case is not added again; a new description replaces the old one
+    again = photos / "again.json"
+    again.write_text(json.dumps({"a.jpg": {"tags": ["DOG", "new"], "description": "at the sea"},
+                                 "b.jpg": {"description": "a cat"}, "c.jpg": {"tags": ["Cat"]}}))
+    code, out, err = run_main(capsys, "import-metadata", str(again), "--index-dir", idx, "--json")
+    result = json.loads(out)
+    assert code == 0, err
+    assert result["updated"] == [str(photos / n) for n in ("a.jpg", "b.jpg", "c.jpg")] and result["unchanged"] == []
+    assert (result["tags_added"], result["descriptions_set"]) == (2, 1)  # new on a, Cat on c; b's description
+    assert _tags_of(idx, photos / "a.jpg") == ["beach", "dog", "new"]
