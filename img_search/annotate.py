@@ -59,7 +59,9 @@ class UnknownPath:
 class AnnotateResult:
     """What ``tag_images`` / ``import_metadata`` did: the catalog paths that changed (``updated``), the known ones
     already as asked (``unchanged``), the paths not known (with reasons), and counts of the changes made
-    (``tags_added``: (image, tag) pairs written, not those already there)."""
+    (``tags_added``: (image, tag) pairs written, not those already there). ``added_tags`` / ``removed_tags``: each
+    tag written / deleted, as the catalog stores it (white space normalised, the spelling an image had when
+    removing), in order."""
 
     updated: list[str] = field(default_factory=list)
     unknown: list[UnknownPath] = field(default_factory=list)
@@ -70,6 +72,8 @@ class AnnotateResult:
     entries: int = 0  # import: entries read from the file
     ignored_fields: list[str] = field(default_factory=list)  # import: columns / keys that are not read
     unchanged: list[str] = field(default_factory=list)
+    added_tags: list[str] = field(default_factory=list)
+    removed_tags: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +185,8 @@ def _apply(catalog: Catalog, result: AnnotateResult, paths: Sequence[str], *, ad
     result.tags_added = sum(len(ts) for ts in to_add.values())
     result.tags_removed = sum(len(ts) for ts in to_remove.values())
     result.descriptions_set, result.descriptions_cleared = len(to_set), len(to_clear)
+    result.added_tags = list(dict.fromkeys(t for ts in to_add.values() for t in ts))
+    result.removed_tags = list(dict.fromkeys(t for ts in to_remove.values() for t in ts))
 
 
 # -- tag ----------------------------------------------------------------------------------------------------------

@@ -734,12 +734,18 @@ def tag(
     if as_json:
         _print_json(result.to_dict())
     else:
-        changes = [*(f"+{t}" for t in dict.fromkeys(add or ())), *(f"-{t}" for t in dict.fromkeys(remove or ()))]
-        if description is not None:
+        # the tags as stored (white space normalised; a removed tag in the spelling the images had), and only
+        # what changed: an image that already was as asked is counted apart
+        changes = [*(f"+{display_path(t)}" for t in result.added_tags),
+                   *(f"-{display_path(t)}" for t in result.removed_tags)]
+        if result.descriptions_set:
             changes.append("description set")
-        if clear_description:
+        if result.descriptions_cleared:
             changes.append("description cleared")
-        _out(f"{len(result.updated)} image(s) updated: {', '.join(changes)}")
+        line = f"{len(result.updated)} image(s) updated" + (f": {', '.join(changes)}" if changes else "")
+        if result.unchanged:
+            line += f"; {len(result.unchanged)} unchanged (already as asked)"
+        _out(line)
     if result.unknown:
         typer.echo(f"{len(result.unknown)} path(s) not in the catalog, left unchanged:", err=True)
         _report_unknown(result.unknown, None)

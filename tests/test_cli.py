@@ -324,3 +324,25 @@ def test_import_metadata_counts_what_changed(catalogued: tuple[Path, str], capsy
     assert result["updated"] == [str(photos / n) for n in ("a.jpg", "b.jpg", "c.jpg")] and result["unchanged"] == []
     assert (result["tags_added"], result["descriptions_set"]) == (2, 1)  # new on a, Cat on c; b's description
     assert _tags_of(idx, photos / "a.jpg") == ["beach", "dog", "new"]
+
+
+def test_tag_echoes_the_tags_as_stored(catalogued: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    photos, idx = catalogued
+    a, b = str(photos / "a.jpg"), str(photos / "b.jpg")
+    code, out, err = run_main(capsys, "tag", a, "--add", "  Summer   Trip ", "--add", "summer trip", "--add", "x",
+                              "--index-dir", idx)
+    assert code == 0, err
+    assert out.strip() == "1 image(s) updated: +Summer Trip, +x"  # cleaned, one spelling per tag
+    assert _tags_of(idx, photos / "a.jpg") == ["Summer Trip", "x"]
+    code, out, _ = run_main(capsys, "tag", a, b, "--add", "SUMMER trip", "--description", " by the lake ",
+                            "--index-dir", idx)
+    assert out.strip() == "2 image(s) updated: +SUMMER trip, description set"  # a had the tag, not the description
+    code, out, _ = run_main(capsys, "tag", a, "--add", "summer TRIP", "--index-dir", idx)
+    assert out.strip() == "0 image(s) updated; 1 unchanged (already as asked)"
+    code, out, _ = run_main(capsys, "tag", a, b, "--remove", "summer trip", "--remove", "nope", "--index-dir", idx,
+                            "--json")
+    result = json.loads(out)
+    assert result["removed_tags"] == ["Summer Trip", "SUMMER trip"] and result["tags_removed"] == 2
+    assert result["added_tags"] == [] and result["updated"] == [a, b]
+    code, out, _ = run_main(capsys, "tag", b, "--add", "x", "--remove", "nope", "--index-dir", idx)
+    assert out.strip() == "1 image(s) updated: +x"  # nothing to remove: not echoed
