@@ -233,3 +233,15 @@ def test_serve_on_a_host_that_does_not_resolve_fails_in_one_line(
     monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
     code, out, err = run(capsys, "serve", "--host", host, "--port", "8765", "--index-dir", str(tmp_path / "idx"))
     assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+
+
+def test_map_of_too_few_images_is_refused_and_writes_nothing(indexed: dict[str, str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from img_search.explore.sphere import MIN_FIT_POINTS
+    from img_search.explore.umap_map import MAPS_DIR
+
+    code, out, err = run(capsys, "map", "--index-dir", indexed["idx"], "--json")
+    assert code == 2 and out == "" and err.count("\n") == 1, err  # 2: like any other invalid input
+    assert err.startswith(f"error: the map needs at least {MIN_FIT_POINTS} images; the collection of ") and \
+        err.rstrip().endswith("holds 6: index more images first"), err
+    assert not (Path(indexed["idx"]) / MAPS_DIR).exists()
