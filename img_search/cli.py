@@ -13,6 +13,7 @@ Heavy imports (torch, transformers) happen only when a command needs a model.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -1021,6 +1022,61 @@ def _root(
     """img-search: index a folder, then search it by text (`search`) or by image (`similar`)."""
 
 
+SUGGESTED_OPTIONS = 3  # at most this many options offered for a mistyped one
+SUGGEST_CUTOFF = 0.7  # difflib similarity of the names without dashes: --limt ~ --limit 0.91, --th ~ --tag 0.40
+
+
+def _long_options(command: Any, ctx: Any) -> list[str]:
+    """The long option names a user can see in ``command --help`` (hidden ones, e.g. --dtype, left out)."""
+    names: list[str] = []
+    for param in command.get_params(ctx):
+        if getattr(param, "hidden", False) or not getattr(param, "opts", None):
+            continue
+        names.extend(n for n in (*param.opts, *getattr(param, "secondary_opts", ())) if n.startswith("--"))
+    return names
+
+
+def _commands_with_option(option: str, ctx: Any) -> list[str]:
+    """``img-search <command>`` of every command that has ``option`` (a long name), sub-commands included."""
+    found: list[str] = []
+    root = ctx.find_root()
+    stack = [(root.command, root.info_name or "img-search")]
+    while stack:
+        group, path = stack.pop(0)
+        for name, command in getattr(group, "commands", {}).items():
+            if getattr(command, "commands", None):
+                stack.append((command, f"{path} {name}"))
+            elif option in _long_options(command, ctx):
+                found.append(f"`{path} {name}`")
+    return found
+
+
+def _no_such_option(exc: Any, ctx: Any) -> str:
+    """click's "No such option" with a suggestion that helps. click appends "(Possible options: ...)": its difflib
+    matches sorted alphabetically (the closest may come last), compared with their leading dashes (--th "matches"
+    --tag and --help), hidden options included, in words that read like the list of valid options. Here: visible
+    options only, those that what was typed abbreviates or extends first, then the close ones best first, "did you
+    mean";
+    else the commands the option belongs to, when it is another command's."""
+    typed: str = exc.option_name
+    message = f"No such option: {display_path(typed)}"
+    stem = typed.lstrip("-")
+    suggestions: list[str] = []
+    if typed.startswith("--") and stem:
+        options = {name[2:]: name for name in _long_options(ctx.command, ctx)}
+        # --th -> --threshold (an abbreviation), --json-out -> --json (an option with something appended)
+        starting = sorted(options[o] for o in options
+                          if (len(stem) >= 2 and o.startswith(stem)) or (len(o) >= 3 and stem.startswith(o)))
+        close = [options[o] for o in difflib.get_close_matches(stem, list(options), SUGGESTED_OPTIONS, SUGGEST_CUTOFF)]
+        suggestions = list(dict.fromkeys([*starting, *close]))[:SUGGESTED_OPTIONS]
+    if suggestions:
+        return f"{message}; did you mean {' or '.join(suggestions)}?"
+    owners = _commands_with_option(typed, ctx) if typed.startswith("--") else []
+    if owners:
+        return f"{message}; it is an option of {', '.join(owners[:SUGGESTED_OPTIONS])}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Usage errors (unknown option, a value click cannot parse or out of its range) print one line
     with a pointer to ``--help`` and exit 2, instead of click's multi-line box."""
@@ -1042,7 +1098,10 @@ def main(argv: list[str] | None = None) -> None:
         where = "img-search --help"
         if ctx is not None and ctx.parent is not None:
             where = f"{ctx.command_path} --help"  # img-search collection create --help
-        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        if type(exc).__name__ == "NoSuchOption" and ctx is not None:
+            message = _no_such_option(exc, ctx)
+        else:
+            message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         typer.echo(f"error: {message} (see `{where}`)", err=True)
         sys.exit(EXIT_USAGE)
     except typer.Exit as exc:

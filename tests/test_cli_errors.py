@@ -245,3 +245,22 @@ def test_map_of_too_few_images_is_refused_and_writes_nothing(indexed: dict[str, 
     assert err.startswith(f"error: the map needs at least {MIN_FIT_POINTS} images; the collection of ") and \
         err.rstrip().endswith("holds 6: index more images first"), err
     assert not (Path(indexed["idx"]) / MAPS_DIR).exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["index", "--recomput", "DIR"], "No such option: --recomput; did you mean --recompute?"),
+    (["search", "--limt", "3", "q"], "No such option: --limt; did you mean --limit?"),
+    (["search", "--th", "0.3", "q"], "No such option: --th; did you mean --threshold?"),  # click: --help, --sort, --tag
+    (["index", "--no-default-exclude", "DIR"],  # the closest first (click sorts them alphabetically)
+     "No such option: --no-default-exclude; did you mean --no-default-excludes or --default-excludes?"),
+    (["index", "--json-out", "DIR"], "No such option: --json-out; did you mean --json?"),
+    (["search", "--dtyp", "fp32", "q"], "No such option: --dtyp"),  # --dtype is hidden (deprecated): not offered
+    (["search", "--recompute", "q"], "No such option: --recompute; it is an option of `img-search index`"),
+    (["collection", "create", "--jsn"], "No such option: --jsn; did you mean --json?"),
+])
+def test_a_mistyped_option_gets_a_sensible_suggestion(args: list[str], message: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *args)
+    where = " ".join(a for a in args[:2] if not a.startswith("-") and a not in ("DIR", "q"))
+    assert code == 2 and out == "" and err == f"error: {message} (see `img-search {where} --help`)\n", err
+    assert "Possible options" not in err
