@@ -335,7 +335,7 @@ def index(
                                 encoder_factory=encoder_factory(model_name, settings), progress=progress,
                                 search=settings.search)
     if as_json:
-        _print_json(summary.to_dict())
+        _print_json({**summary.to_dict(), **_file_counts(summary)})
     else:
         _print_summary(summary)
 
@@ -344,16 +344,35 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _file_counts(summary: Any) -> dict[str, int]:
+    """Every image file the run found, and why the skipped ones were: the summary's ``scanned`` counts only files
+    of a format img-search decodes, while ``failed`` also holds the files of unsupported formats (camera RAW, ...)
+    and those it could not stat, and ``failed_before`` the unchanged files of either kind that failed earlier.
+    ``image_files`` = embedded + reused + unchanged + skipped; ``skipped`` = unsupported format + unreadable this
+    run + failed before (not retried). Added to ``index --json`` beside the summary's own keys."""
+    from img_search.data.formats import unsupported_formats
+    from img_search.data.images import HEIF_AVAILABLE
+
+    unsupported = unsupported_formats(HEIF_AVAILABLE)
+    fmt = sum(1 for f in summary.failed if os.path.splitext(f.path)[1].lower() in unsupported)
+    skipped = len(summary.failed) + summary.failed_before
+    return {"image_files": summary.embedded + summary.reused + summary.unchanged + skipped, "skipped": skipped,
+            "skipped_unsupported_format": fmt, "skipped_unreadable": len(summary.failed) - fmt}
+
+
 def _print_summary(summary: Any) -> None:
+    counts = _file_counts(summary)
+    why = [f"{n} {what}" for n, what in ((counts["skipped_unsupported_format"], "unsupported format"),
+                                         (counts["skipped_unreadable"], "unreadable"),
+                                         (summary.failed_before, "failed before, not retried")) if n]
     parts = [
-        f"{summary.scanned} image files under {len(summary.roots)} folder(s)",
-        f"{summary.embedded} embedded",
+        f"{counts['image_files']} image files under {len(summary.roots)} folder(s): {summary.embedded} embedded",
         f"{summary.reused} reused (moved/copied)",
         f"{summary.unchanged} unchanged",
-        f"{summary.deleted} marked deleted",
-        f"{len(summary.failed)} skipped",
+        f"{counts['skipped']} skipped" + (f" ({', '.join(why)})" if why else ""),
     ]
-    _out(", ".join(parts) + f" in {summary.seconds:.1f}s")
+    # deleted files are not among those found: a separate clause
+    _out(", ".join(parts) + f"; {summary.deleted} marked deleted (no longer found); in {summary.seconds:.1f}s")
     if summary.embedded:
         _out(f"throughput: {summary.images_per_second:.1f} images/s with {display_path(summary.model)} "
              f"({summary.precision or 'fp32 on torch'})")

@@ -346,3 +346,31 @@ def test_tag_echoes_the_tags_as_stored(catalogued: tuple[Path, str], capsys: pyt
     assert result["added_tags"] == [] and result["updated"] == [a, b]
     code, out, _ = run_main(capsys, "tag", b, "--add", "x", "--remove", "nope", "--index-dir", idx)
     assert out.strip() == "1 image(s) updated: +x"  # nothing to remove: not echoed
+
+
+def test_index_summary_counts_every_file_found_and_why_some_were_skipped(
+        photo_dir: Path, tmp_path: Path, tiny_siglip: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The files of unsupported formats are among the image files found and among the skipped ones, so the counts
+    add up: found = embedded + reused + unchanged + skipped."""
+    import re
+
+    (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (photo_dir / "raw.cr2").write_bytes(b"II*\x00 not decoded")
+    (photo_dir / "layers.xcf").write_bytes(b"gimp xcf v011")
+    args = ["index", str(photo_dir), "--index-dir", str(tmp_path / "idx"), "--model", str(tiny_siglip), "--workers",
+            "0", "-q"]
+    code, out, err = run_main(capsys, *args)
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert re.fullmatch(r"15 image files under 1 folder\(s\): 12 embedded, 0 reused \(moved/copied\), 0 unchanged, "
+                        r"3 skipped \(2 unsupported format, 1 unreadable\); 0 marked deleted \(no longer found\); "
+                        r"in [0-9.]+s", first), first
+    assert "raw.cr2: camera RAW (.cr2) is not supported" in out
+    code, out, _ = run_main(capsys, *args, "--json")
+    summary = json.loads(out)
+    assert summary["scanned"] == 13 and summary["failed_before"] == 3  # the keys of before, unchanged
+    assert {k: summary[k] for k in ("image_files", "skipped", "skipped_unsupported_format", "skipped_unreadable")} \
+        == {"image_files": 15, "skipped": 3, "skipped_unsupported_format": 0, "skipped_unreadable": 0}
+    code, out, _ = run_main(capsys, *args)
+    assert out.startswith("15 image files under 1 folder(s): 0 embedded, 0 reused (moved/copied), 12 unchanged, "
+                          "3 skipped (3 failed before, not retried); 0 marked deleted"), out
