@@ -28,7 +28,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from img_search import __version__
-from img_search.console import CallbackProgress, make_progress
+from img_search.console import CallbackProgress, make_progress, set_library_verbosity
 from img_search.errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -70,8 +70,8 @@ IndexDirOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (logs and progress go to stderr).")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging on stderr (-vv: debug).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr (a bar on a terminal, else a "
-                                                              "line every 10 s).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr: no progress (a bar on a "
+                                                              "terminal, else a line every 10 s), no warnings.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help=f"{DEVICES_HELP} [default: {DEFAULTS.device}].",
                                                show_default=False)]
 DtypeOpt = Annotated[
@@ -169,17 +169,21 @@ def _search_options(*, after: str | None = None, before: str | None = None, near
 
 
 # ---------------------------------------------------------------------------------------------------------- plumbing
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+def _setup_logging(verbose: int, quiet: bool = False, *, info: bool = False) -> None:
+    """stderr gets img-search's warnings (-v or ``info``: info, -vv: debug), other libraries' warnings and Python
+    warnings, and transformers' / huggingface_hub's only with -v (``console.set_library_verbosity``); with
+    ``quiet`` (-q) errors only."""
+    level = logging.ERROR if quiet else logging.WARNING if max(verbose, int(info)) <= 0 else \
+        logging.INFO if max(verbose, int(info)) == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose > 1 else "%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(logging.ERROR if quiet else logging.WARNING)
     logger.setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn through the handler above: -q hides them too
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if verbose < 2:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    set_library_verbosity(verbose, quiet)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -315,7 +319,7 @@ def index(
     from img_search.pipeline.runner import IndexOptions, default_workers, index_folders
     from img_search.search.searcher import encoder_factory
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     with _edge():
         settings = _settings(index_dir, model=model, batch_size=batch_size, workers=workers, device=device,
@@ -679,7 +683,7 @@ def serve(
     from img_search.service.config import load_service_settings
     from img_search.service.listen import check_listen_address
 
-    _setup_logging(max(verbose, 1))
+    _setup_logging(verbose, info=True)
     with _edge():
         nested = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
         settings = load_service_settings(index_dir, device=device, dtype=dtype, precision=precision,
@@ -706,7 +710,7 @@ def worker(
     from img_search.jobs.worker import run_workers
     from img_search.service.config import load_service_settings
 
-    _setup_logging(max(verbose, 1))
+    _setup_logging(verbose, info=True)
     with _edge():
         settings = load_service_settings(index_dir)
         configure_pixel_limit(settings.max_image_pixels)
@@ -996,7 +1000,7 @@ def duplicates(
     from img_search.explore.duplicates import find_duplicates
     from img_search.search.collection import Collection
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         settings = _settings(index_dir, model=model)
         t = settings.explore.duplicate_threshold if threshold is None else threshold

@@ -1,13 +1,17 @@
 """What the command lines show on stderr while they work: progress, as a Rich bar on a terminal and as plain lines
 elsewhere (a log file, a pipe, a CI job, `nohup`), where a redrawn bar is noise and the library's ``LogProgress``
-logs at INFO, below what the command line shows without -v.
+logs at INFO, below what the command line shows without -v; and how much the libraries they load may print.
 
 ``make_progress(quiet)`` picks one: a ``pipeline.progress.Progress`` for the long-running commands (``index``,
 whose embedding, metadata and OCR back-fill phases all report through it, and ``duplicates``), None with -q.
+``set_library_verbosity(verbose, quiet)``: transformers and huggingface_hub print through handlers of their own
+("[transformers] Model config: ..."), which the command line's logging level does not reach.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -103,3 +107,25 @@ class CallbackProgress:
     def close(self) -> None:
         if self._done is not None:
             self.progress.stop()
+
+
+# the libraries that log through a handler of their own, and the variable each reads its level from when it first
+# configures its logging (at import; a spawned decode worker inherits the variable)
+LIBRARY_VERBOSITY = {"transformers": "TRANSFORMERS_VERBOSITY", "huggingface_hub": "HF_HUB_VERBOSITY"}
+_LEVELS = {"detail": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def set_library_verbosity(verbose: int, quiet: bool = False) -> None:
+    """Errors only from transformers and huggingface_hub by default and with ``quiet`` (their config and loading
+    notes are noise to a user who can do nothing about them), warnings too with -v; with -vv, what their own
+    variables ask when set. Applied to the variables before the libraries are imported and to their loggers when
+    they already are (another command run in this process)."""
+    level = "error" if quiet or verbose < 1 else "warning"
+    for module, variable in LIBRARY_VERBOSITY.items():
+        if verbose >= 2 and not quiet:
+            os.environ.setdefault(variable, level)
+        else:
+            os.environ[variable] = level
+        if module in sys.modules:
+            logging.getLogger(module).setLevel(_LEVELS.get(os.environ[variable], logging.WARNING))

@@ -374,3 +374,24 @@ def test_index_summary_counts_every_file_found_and_why_some_were_skipped(
     code, out, _ = run_main(capsys, *args)
     assert out.startswith("15 image files under 1 folder(s): 0 embedded, 0 reused (moved/copied), 12 unchanged, "
                           "3 skipped (3 failed before, not retried); 0 marked deleted"), out
+
+
+def test_library_notes_only_with_verbose_and_nothing_but_errors_with_quiet(photo_dir: Path, tmp_path: Path,
+                                                                           tiny_siglip: Path) -> None:
+    """The tiny checkpoint's text config has special token ids outside its vocabulary, which transformers notes on
+    its own handler ("[transformers] Model config: bos_token_id must be `None` ..."): shown with -v only; -q leaves
+    stderr empty. Fresh interpreters, as transformers reads its level once, when first imported."""
+    env = {"IMG_SEARCH_INDEX_DIR": str(tmp_path / "idx"), "IMG_SEARCH_MODEL": str(tiny_siglip),
+           "TRANSFORMERS_VERBOSITY": "info"}  # what a user's shell may have set: -q and the default still win
+    quiet = cli("index", str(photo_dir), "-q", env=env)
+    assert quiet.stderr == ""
+    default = cli("index", str(photo_dir), "--recompute", env=env)
+    assert "[transformers]" not in default.stderr and "Traceback" not in default.stderr, default.stderr
+    verbose = cli("index", str(photo_dir), "--recompute", "-v", env=env)
+    assert "[transformers] Model config:" in verbose.stderr, verbose.stderr
+    uuids = tmp_path / "uuids"  # crossfilter, with its own options and logging set-up
+    for i in range(3):
+        make_jpeg(uuids / f"00000000-0000-4000-8000-{i:012d}.jpg", seed=i)
+    crossfilter = cli("crossfilter", "--input_dir", str(uuids), "--output_embeddings_db", str(tmp_path / "cf.db"),
+                      "--model", str(tiny_siglip), "--quiet", env=env)
+    assert crossfilter.returncode == 0 and crossfilter.stderr == "", crossfilter.stderr

@@ -21,6 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
+from img_search.console import set_library_verbosity
 from img_search.crossfilter.compute import DEFAULT_BATCH_SIZE, CrossfilterSummary, compute_embeddings
 from img_search.crossfilter.types import DEFAULT_EMBEDDING_TYPE, EMBEDDING_TYPES
 from img_search.errors import EXIT_INTERRUPTED, ImgSearchError, exit_code
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logger.setLevel(level)
+    set_library_verbosity(args.verbose, args.quiet)  # transformers' own notes: errors only unless -v
     from img_search.pipeline.runner import default_workers
 
     if threading.current_thread() is threading.main_thread():  # SIGTERM commits what was embedded, like Ctrl-C
