@@ -17,57 +17,20 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from img_search.pipeline.progress import IntervalProgress
+
 # seconds between two plain progress lines (not a TTY): often enough to show a run is alive, rare enough for a log
 PROGRESS_EVERY_SECONDS = 10.0
 
 
-def _duration(seconds: float) -> str:
-    """``95`` -> ``1m35s``; ``7384`` -> ``2h03m``."""
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-class LineProgress:
-    """``description: done/total images (pct), rate images/s, ETA`` as one plain line on stderr at most every
-    ``every`` seconds (default ``PROGRESS_EVERY_SECONDS``), and a closing line at ``stop`` for a phase that printed
-    any (a phase shorter than ``every`` prints nothing). Implements ``pipeline.progress.Progress``."""
+class LineProgress(IntervalProgress):
+    """``pipeline.progress.IntervalProgress`` as plain lines on stderr (looked up at each write: the stream may be
+    swapped), at most every ``every`` seconds (default ``PROGRESS_EVERY_SECONDS``)."""
 
     def __init__(self, every: float | None = None, stream: Callable[[], TextIO] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.every = PROGRESS_EVERY_SECONDS if every is None else every
-        self._stream = stream or (lambda: sys.stderr)  # looked up at each write: the stream may be swapped
-        self._clock = clock
-        self.total = self.done = self._shown = 0
-        self.t0 = self.last = 0.0
-        self.description = ""
-
-    def start(self, total: int, description: str) -> None:
-        self.total, self.done, self._shown, self.description = total, 0, 0, description
-        self.t0 = self.last = self._clock()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        now = self._clock()
-        if now - self.last >= self.every:
-            self.last = now
-            self._write(self._line(now))
-
-    def stop(self) -> None:
-        if self._shown and self.done != self._shown:
-            elapsed = self._clock() - self.t0
-            self._write(f"{self.description}: {self.done}/{self.total} images in {_duration(elapsed)}")
-
-    def _line(self, now: float) -> str:
-        elapsed = max(now - self.t0, 1e-9)
-        rate = self.done / elapsed
-        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        eta = _duration((self.total - self.done) / rate) if rate > 0 else "unknown"
-        self._shown = self.done
-        return f"{self.description}: {self.done}/{self.total} images{pct}, {rate:.1f} images/s, ETA {eta}"
+        self._stream = stream or (lambda: sys.stderr)
+        super().__init__(self._write, PROGRESS_EVERY_SECONDS if every is None else every, clock)
 
     def _write(self, line: str) -> None:
         stream = self._stream()
