@@ -17,6 +17,7 @@ import difflib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import unicodedata
@@ -636,6 +637,8 @@ def info(
         if saved:
             _out(f"  search index: {saved['backend']}, {saved['vectors']} vectors, "
                  f"{_human_bytes(saved['size_on_disk_bytes'])}")
+        if m.get("recompute"):
+            _out(_recompute_line(m["recompute"], data["index_dir"], m["name"]))
     for root in data["folders"]:
         _out(f"folder {display_path(root['path'])} (last indexed {root['last_indexed']})")
     if data["last_run"]:
@@ -650,6 +653,24 @@ def info(
         _out(f"skipped files ({data['images'].get('error', 0)} in all):")
         for f in data["failures"]:
             _out(f"  {display_path(f['path'])}: {f['reason']}")
+
+
+def _recompute_line(rc: dict[str, Any], index_dir: str, model: str) -> str:
+    """The line of `info` on a model's unfinished ``index --recompute``, with the command that finishes it (each
+    argument quoted for a shell; a name with control characters as bash's ``$'...'``, never raw)."""
+    from img_search.info import finish_command
+
+    def quote(word: str) -> str:
+        shown = display_path(word)
+        return shlex.quote(word) if shown == word else shown
+
+    what = "--recompute under way" if rc["running"] else "unfinished --recompute"
+    head = (f"  {what} (decoding as {rc['decode']}, started {rc['started']}): {rc['done']} of {rc['files']} files "
+            f"re-embedded, {rc['left']} left")
+    if rc["running"]:
+        return head + " (an `index` is running)"
+    command = finish_command(index_dir, model, [f["path"] for f in rc["folders"]], quote=quote)
+    return head + f"; `{command}` finishes it"
 
 
 def _human_bytes(n: float) -> str:

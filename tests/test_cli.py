@@ -78,6 +78,35 @@ def test_info(indexed: dict[str, str], tiny_siglip: Path) -> None:
     assert data["failures"][0]["path"].endswith("broken.jpg") and data["size_on_disk_bytes"] > 0
     human = cli("info", env=indexed).stdout
     assert "broken.jpg" in human and "13 ok" in human
+    assert data["models"][0]["recompute"] is None and "recompute" not in human
+
+
+def test_info_shows_an_unfinished_recompute(indexed: dict[str, str], tiny_siglip: Path, photo_dir: Path) -> None:
+    """An interrupted `index --recompute` (its bookkeeping as the run leaves it: files under a/ re-embedded, the rest
+    not): `info` says its decode mode, start, files done / total and the command that finishes it."""
+    from img_search.catalog import Catalog
+    from img_search.catalog.lock import IndexLock
+    from img_search.info import catalog_info
+
+    idx = indexed["IMG_SEARCH_INDEX_DIR"]
+    with Catalog.in_dir(Path(idx)) as cat:
+        model = cat.get_model(str(tiny_siglip))
+        assert model is not None
+        assert cat.start_recompute(model.id, [str(photo_dir)], decode="full").files == 14  # broken.jpg included
+        cat.finish_recompute(model.id, [str(photo_dir / "a")])  # the 6 under a/ done
+    rc = json.loads(cli("info", "--json", env=indexed).stdout)["models"][0]["recompute"]
+    command = f"img-search index {photo_dir} --model {tiny_siglip} --index-dir {idx}"
+    assert rc["started"] and rc.pop("started")[:4].isdigit()
+    assert rc == {"decode": "full", "files": 14, "done": 6, "left": 8, "folders": [{"path": str(photo_dir), "left": 8}],
+                  "command": command, "running": False}
+    human = cli("info", env=indexed).stdout
+    assert "  unfinished --recompute (decoding as full, started " in human
+    assert f"6 of 14 files re-embedded, 8 left; `{command}` finishes it" in human
+    with IndexLock(Path(idx)):  # an `index` holding the writer lock may be the run doing it: no command then
+        assert catalog_info(Path(idx))["models"][0]["recompute"]["running"] is True
+    proc = cli(*command.split()[1:], "--json", env=indexed)  # the command it names finishes it
+    assert json.loads(proc.stdout)["embedded"] == 7  # the 8 left but broken.jpg, which failed before
+    assert json.loads(cli("info", "--json", env=indexed).stdout)["models"][0]["recompute"] is None
 
 
 def test_errors_are_clear(tmp_path: Path, tiny_siglip: Path) -> None:
