@@ -947,7 +947,7 @@ def map_cmd(
 ) -> None:
     """Lay the collection out on a sphere with UMAP (latitude / longitude), incrementally; export PNG / HTML. Needs
     at least 8 images."""
-    from img_search.explore.umap_map import update_map
+    from img_search.explore.umap_map import check_mappable, update_map
     from img_search.search.collection import Collection
 
     _setup_logging(verbose)
@@ -964,7 +964,7 @@ def map_cmd(
         settings = _settings(index_dir, model=model)
         collection = Collection.open(settings.index_dir, settings.model, settings.search)
         try:
-            _check_mappable(collection)
+            check_mappable(collection, shown=display_path)  # before anything is written
             layout = update_map(settings.index_dir, collection, refit=refit,
                                 growth_factor=growth_factor or settings.explore.map_growth_factor,
                                 snap_cosine=settings.explore.duplicate_threshold)
@@ -987,17 +987,6 @@ def map_cmd(
          f"{layout.n_transformed} placed since by transform ({layout.n_snapped} on a near-copy)")
     for kind, where in written.items():
         _out(f"{kind}: {display_path(where)}")
-
-
-def _check_mappable(collection: Any) -> None:
-    """Refuse a collection UMAP cannot fit (``explore.sphere.MIN_FIT_POINTS``), before anything is written: the
-    library would lay its few images out along the equator, a map that shows nothing."""
-    from img_search.explore.sphere import MIN_FIT_POINTS
-
-    ids, _ = collection.catalog().live_entries(collection.model.id)
-    if 0 < len(ids) < MIN_FIT_POINTS:
-        raise InvalidInputError(f"the map needs at least {MIN_FIT_POINTS} images; the collection of "
-                                f"{display_path(collection.model.name)} holds {len(ids)}: index more images first")
 
 
 @app.command()

@@ -34,7 +34,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,10 @@ _THREAD_LOCKS_GUARD = threading.Lock()
 
 class MapError(ImgSearchError):
     """A saved map could not be read (damaged files); the next ``update_map`` rewrites it."""
+
+
+class MapTooSmallError(InvalidInputError):
+    """The collection holds too few images for UMAP to fit (``check_mappable``): CLI exit 2, HTTP 422."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,18 @@ def check_growth_factor(value: Any) -> float:
     return factor
 
 
+def check_mappable(collection: Any, *, shown: Callable[[str], str] = str) -> None:
+    """Refuse a collection (a ``search.collection.Collection``) UMAP cannot fit, before anything is written: 1 to
+    ``MIN_FIT_POINTS`` - 1 live images raise ``MapTooSmallError`` naming the count and the minimum (``update_map``
+    would lay them along the equator, a map that shows nothing). None passes (``update_map`` raises
+    ``EmptyCollectionError``). ``shown`` formats the model's name in the message (the CLI's keeps control characters
+    off a terminal). The one check of ``img-search map`` and ``POST /api/v1/map``, so both say the same."""
+    ids, _ = collection.catalog().live_entries(collection.model.id)
+    if 0 < len(ids) < MIN_FIT_POINTS:
+        raise MapTooSmallError(f"the map needs at least {MIN_FIT_POINTS} images; the collection of "
+                               f"{shown(collection.model.name)} holds {len(ids)}: index more images first")
+
+
 def update_map(index_dir: Path, collection: Any, *, refit: bool = False, growth_factor: float = DEFAULT_GROWTH_FACTOR,
                params: SphereParams | None = None, snap_cosine: float | None = DEFAULT_SNAP_COSINE) -> MapLayout:
     """Bring the map of ``collection`` (a ``search.collection.Collection``) in ``index_dir`` up to date and return it.
@@ -282,7 +298,8 @@ def update_map(index_dir: Path, collection: Any, *, refit: bool = False, growth_
     Fits UMAP on every live vector when there is no saved map, when ``refit``, when the live images outnumber
     ``growth_factor`` x the fitted points, or when ``params`` / the model's dimension changed; otherwise places the
     images indexed since with the stored model's ``transform`` and drops the removed ones (nothing is written when
-    nothing changed). Collections of fewer than ``MIN_FIT_POINTS`` images are laid out along the equator, unfitted.
+    nothing changed). Collections of fewer than ``MIN_FIT_POINTS`` images are laid out along the equator, unfitted
+    (the CLI and the service refuse them first: ``check_mappable``).
 
     Raises ``UnavailableError`` without umap-learn (checked first, before the catalog is read),
     ``EmptyCollectionError`` (no live vector), ``InvalidInputError`` (growth factor), ``ConflictError``

@@ -188,6 +188,22 @@ def test_bad_image_requests_are_422(client: TestClient, path: str) -> None:
     _error(client.get(path), 422, "invalid_input")
 
 
+def test_map_of_too_few_images_is_422_as_the_cli_says_and_writes_nothing(
+        make_client: Callable[..., TestClient], fresh_index: Callable[..., tuple[Path, Path]], models: Models) -> None:
+    """POST /api/v1/map of a collection UMAP cannot fit (6 SigLIP images) refuses with `img-search map`'s error, not
+    a layout along the equator."""
+    from img_search.explore.sphere import MIN_FIT_POINTS
+    from img_search.explore.umap_map import MAPS_DIR
+
+    _, index_dir = fresh_index(siglip="a")  # SigLIP: the 6 photos under a/
+    client = make_client(index_dir)
+    body = _error(client.post("/api/v1/map", params={"model": str(models.siglip)}), 422, "invalid_input")
+    assert body["message"] == (f"the map needs at least {MIN_FIT_POINTS} images; the collection of {models.siglip} "
+                               "holds 6: index more images first")
+    assert not (index_dir / MAPS_DIR).exists()
+    _error(client.get("/api/v1/map", params={"model": str(models.siglip)}), 404, "not_found", "no map yet")
+
+
 def test_uploads_that_are_not_images_are_422(client: TestClient) -> None:
     for data in (b"", b"hello, not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, _jpeg_bytes(1)[:200]):
         _error(client.post(UPLOAD, files={"file": ("x.jpg", data, "image/jpeg")}), 422, "invalid_input")

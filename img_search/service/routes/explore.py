@@ -4,7 +4,8 @@
 modules are imported when a route runs (umap and numba load only for a fit).
 
 Errors are the library's: ``EmptyCollectionError`` (nothing indexed) and unknown names 404, another process updating
-the same map 409 (``ConflictError``), a read-only index directory 503, bad parameters 422.
+the same map 409 (``ConflictError``), a read-only index directory 503, bad parameters and a collection too small to
+map (``MapTooSmallError``, as ``img-search map`` says it) 422.
 
 Both work on one collection: the one named by ``model`` (a collection name, or the model's Hub id / path), else the
 collection with most points (``CollectionRegistry.main``), never a random pick of the rollout, so that a page
@@ -129,12 +130,14 @@ def update_map_layout(registry: RegistryDep, model: ModelQuery = None) -> MapRes
     there is no map or the collection grew past ``explore.map_growth_factor`` (default 2x) the fitted points (seconds
     to minutes: the request waits), else places the images indexed since with the stored model's ``transform``
     (seconds), else changes nothing. One update at a time per process (others wait); another process updating
-    the same map: 409. A refit on demand is the CLI's (``img-search map --refit``)."""
-    from img_search.explore.umap_map import update_map
+    the same map: 409. A collection of fewer than 8 images (UMAP's minimum, ``explore.sphere.MIN_FIT_POINTS``): 422,
+    nothing written. A refit on demand is the CLI's (``img-search map --refit``)."""
+    from img_search.explore.umap_map import check_mappable, update_map
 
     started = time.perf_counter()
     served = _served(registry, model)
     searcher = served.usable()
+    check_mappable(searcher.collection)  # too few images for UMAP: 422, as `img-search map` refuses them (exit 2)
     with _update_lock:
         layout = update_map(registry.settings.index_dir, searcher.collection,
                             growth_factor=registry.settings.explore.map_growth_factor)
