@@ -936,7 +936,8 @@ def map_cmd(
                                                         help="Refit once the collection has grown past this many "
                                                              "times the images the map was fitted on [default: "
                                                              f"{DEFAULTS.explore.map_growth_factor:g}].")] = None,
-    png: Annotated[Path | None, typer.Option("--png", help="Also draw the map into this PNG file.",
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the map into this PNG file (PNG only: a name "
+                                             "ending in .png, or without a suffix, written as given).",
                                              show_default=False)] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained interactive HTML page "
                                                   "(hover: thumbnail and path).", show_default=False)] = None,
@@ -957,7 +958,9 @@ def map_cmd(
         from img_search.optional import require
 
         if png is not None:
-            check_output_file(png, "--png")
+            from img_search.explore.export import check_png_path
+
+            check_png_path(png, "--png")
             require("matplotlib", extra="explore", needed_for="--png")
         if html_out is not None:
             check_output_file(html_out, "--html")

@@ -264,3 +264,31 @@ def test_a_mistyped_option_gets_a_sensible_suggestion(args: list[str], message: 
     where = " ".join(a for a in args[:2] if not a.startswith("-") and a not in ("DIR", "q"))
     assert code == 2 and out == "" and err == f"error: {message} (see `img-search {where} --help`)\n", err
     assert "Possible options" not in err
+
+
+@pytest.mark.parametrize("name", ["map.txt", "map.pdf"])
+def test_map_png_of_another_format_is_refused_before_any_work(indexed: dict[str, str], tmp_path: Path, name: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from img_search.explore.umap_map import MAPS_DIR
+
+    code, out, err = run(capsys, "map", "--index-dir", indexed["idx"], "--png", str(tmp_path / name))
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: --png "), err
+    assert "writes PNG only" in err and "Traceback" not in err, err
+    assert not (Path(indexed["idx"]) / MAPS_DIR).exists() and not (tmp_path / name).exists()
+
+
+def test_export_png_writes_the_path_it_is_given(tmp_path: Path) -> None:
+    """A name without a suffix is written as given (matplotlib appended '.png' while the CLI printed the name)."""
+    import numpy as np
+
+    from img_search.explore.export import export_png
+    from img_search.explore.umap_map import MapLayout
+
+    pytest.importorskip("matplotlib")
+    n = 8
+    layout = MapLayout(model_id=1, image_ids=np.arange(n, dtype=np.int64), latitude=np.linspace(-60, 60, n),
+                       longitude=np.linspace(-170, 170, n), fitted_at=0.0, n_fitted=n, updated_at=0.0)
+    for name in ("noext", "upper.PNG"):
+        written = export_png(layout, tmp_path / name)
+        assert written == tmp_path / name and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noext", "upper.PNG"]

@@ -46,15 +46,28 @@ def folder_colours(paths: list[str]) -> tuple[list[int], list[str]]:
     return [where.get(f, -1) for f in folders], top
 
 
+def check_png_path(path: Path | str, what: str = "--png") -> Path:
+    """``path`` as a ``Path`` once it can name the PNG ``export_png`` writes: ``files.check_output_file``'s checks,
+    and a suffix that is ``.png`` (any case) or none; ``InvalidInputError`` otherwise (e.g. ``map.txt``, ``map.pdf``:
+    matplotlib would refuse the one after the fit and write the other as a PDF)."""
+    path = check_output_file(path, what)
+    if path.suffix and path.suffix.lower() != ".png":
+        raise InvalidInputError(f"{what} {str(path)!r}: writes PNG only; give a name ending in .png "
+                                f"(e.g. {str(path.with_suffix('.png'))!r})")
+    return path
+
+
 def export_png(layout: MapLayout, path: Path, *, paths: Mapping[int, str] | None = None, title: str | None = None,
                dpi: int = 150) -> Path:
     """Write the map as a PNG scatter to ``path`` (coloured by folder when ``paths`` maps image ids to paths).
 
-    Raises ``UnavailableError`` without matplotlib (``pip install 'img-search[explore]'``), ``InvalidInputError``
-    when ``path`` is a folder or its parent folder does not exist (``files.check_output_file``), both before drawing.
+    PNG only, written to ``path`` exactly as given (a name without a suffix gets no ``.png`` added: the path the
+    caller prints is the file written). Raises ``UnavailableError`` without matplotlib
+    (``pip install 'img-search[explore]'``), ``InvalidInputError`` when ``path`` is a folder, its parent folder does
+    not exist (``files.check_output_file``) or its suffix is not ``.png`` (``check_png_path``), all before drawing.
     """
+    path = check_png_path(path)
     matplotlib = require("matplotlib", extra="explore", needed_for="--png")
-    path = check_output_file(path, "--png")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = len(layout)
@@ -78,7 +91,7 @@ def export_png(layout: MapLayout, path: Path, *, paths: Mapping[int, str] | None
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.set_title(title or f"{n} images (UMAP on a sphere, fitted on {layout.n_fitted})")
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, format="png")  # format given: no suffix appended, no other format from the suffix
     plt.close(fig)
     return path
 
