@@ -43,6 +43,27 @@ from img_search.registry import Registry
 
 logger = logging.getLogger(__name__)
 
+# runtimes whose import a Ctrl-C cut short in this process (runtime name -> the error it surfaced as): a native
+# extension left half-initialised fails a second import differently ('type "Extension" is already registered'),
+# which must not pass for a runtime that does not work on this model
+_INTERRUPTED_RUNTIMES: dict[str, str] = {}
+
+
+def interrupted_by(exc: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` in ``exc``'s chain (``__cause__`` / ``__context__``), if any: a Ctrl-C (or the
+    CLI's SIGTERM handler) that landed inside a native import surfaces as ``ImportError('initialization failed')``
+    raised from it."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        if id(current) not in seen:
+            seen.add(id(current))
+            todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
 TEXT_BATCH_SIZE = 256
 
 
@@ -303,6 +324,12 @@ class HFEncoder:
         its parity verdict (None for an explicit precision: computed on demand by ``check_parity``)."""
         failures: list[str] = []
         for choice in precision_candidates(precision, tower, device=self.device, runtime=self.runtime):
+            if choice.runtime in _INTERRUPTED_RUNTIMES:  # half-initialised: a second import fails in other ways
+                reason = (f"{choice}: its import was interrupted earlier in this process "
+                          f"({_INTERRUPTED_RUNTIMES[choice.runtime]}); restart to use it")
+                failures.append(reason)
+                logger.info("%s unavailable: %s", choice, reason)
+                continue
             try:
                 session = self.open_choice(choice, allow_export=allow_export)
                 if precision != "auto":
@@ -313,6 +340,9 @@ class HFEncoder:
                 logger.info("%s unavailable: %s", choice, exc)
                 continue
             except Exception as exc:  # auto: a candidate that breaks on this model is skipped, not fatal
+                if interrupted_by(exc) is not None:  # Ctrl-C inside the runtime's import: not a broken runtime
+                    _INTERRUPTED_RUNTIMES[choice.runtime] = f"{type(exc).__name__}: {exc}"
+                    raise KeyboardInterrupt from exc
                 if precision != "auto" or choice == TowerChoice(tower, "fp32", "torch"):
                     raise
                 failures.append(f"{choice}: {type(exc).__name__}: {exc}")

@@ -257,3 +257,36 @@ def test_auto_falls_back_to_bf16_when_openvino_int8_cannot_be_built(tiny_siglip:
     enc = load_encoder(str(tiny_siglip), device="cpu", precision="auto", cache_dir=tmp_path / "cache")
     assert encoder_choices(enc)["image"] == TowerChoice("image", "bf16", "openvino")
     assert not list((tmp_path / "cache").rglob("image-ov-int8"))
+
+
+def test_auto_reraises_a_ctrl_c_inside_a_runtime_import(tiny_siglip: Path, runtime_cache: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C landing in a native import surfaces as ImportError('initialization failed') raised from the
+    KeyboardInterrupt: that is an interruption, not a broken runtime to skip, and the runtime is not retried in
+    this process (a second import of the half-initialised extension fails another way)."""
+    from img_search.embedding import hf
+
+    monkeypatch.setattr(hf, "_INTERRUPTED_RUNTIMES", {})
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision="auto", cache_dir=runtime_cache)
+    first = enc.build("image", "auto")[0].choice
+    assert first.runtime != "torch"
+    real_open = enc.open_choice
+    calls: list[TowerChoice] = []
+
+    def interrupted_import(choice: TowerChoice, **kwargs: object) -> object:
+        calls.append(choice)
+        if choice.runtime == first.runtime:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as ctrl_c:
+                raise ImportError("initialization failed") from ctrl_c
+        return real_open(choice, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(enc, "open_choice", interrupted_import)
+    with pytest.raises(KeyboardInterrupt):
+        enc.build("image", "auto")
+    assert calls == [first]
+    calls.clear()
+    session, verdict = enc.build("image", "auto")  # the same process later (a service): that runtime is skipped
+    assert session.choice.runtime != first.runtime and verdict is not None and verdict.passed
+    assert first not in calls
