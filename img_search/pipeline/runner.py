@@ -126,7 +126,11 @@ class IndexSummary:
 @dataclass
 class Plan:
     todo: list[FileEntry] = field(default_factory=list)
-    reuse: list[ImageRecord] = field(default_factory=list)
+    reuse: list[ImageRecord] = field(default_factory=list)  # a vector of another path's content (moved, copied)
+    touched: list[ImageRecord] = field(default_factory=list)  # same path, same bytes, new mtime: counted unchanged
+    # new files with the bytes of a file in ``todo`` (cat.jpg, chelsea.jpg): (file, its hash, the path embedded);
+    # they reuse its vector once the run has computed it, so each content is encoded once
+    copies: list[tuple[FileEntry, bytes, str]] = field(default_factory=list)
     problems: list[ImageRecord] = field(default_factory=list)
     new_problems: list[Failure] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
@@ -193,7 +197,10 @@ def plan_folder(
         if _plan_entry(entry, row, plan, recompute, embedded, max_pixels):
             continue
         reused = None if (recompute or not reuse or model_id is None) else _reusable(entry, catalog, embedded, sizes)
-        if reused is not None:
+        if reused is not None and row is not None and row.status == "ok" and row.content_hash == reused.content_hash:
+            plan.touched.append(reused)  # same bytes at the same path, new mtime (`touch`): unchanged, row updated
+            plan.unchanged += 1
+        elif reused is not None:
             plan.reuse.append(reused)
         else:
             plan.todo.append(entry)
@@ -228,7 +235,57 @@ def make_plan(catalog: Catalog, folders: Sequence[str], model_id: int | None, *,
         plan_folder(catalog, folder, model_id, recompute=recompute, include_hidden=include_hidden, plan=plan,
                     embedded=embedded, sizes=sizes, excludes=excludes, default_excludes=default_excludes,
                     max_pixels=max_pixels, redo=left.image_ids, reuse=reuse)
+    if reuse and not recompute and not left.image_ids:
+        _split_copies(plan)
     return plan
+
+
+def _split_copies(plan: Plan) -> None:
+    """Keep one file of each content in ``plan.todo``; move the others to ``plan.copies``. Only files of a size
+    shared with another file to embed are hashed (a read of each; an unreadable one stays for the reader)."""
+    from collections import defaultdict
+
+    from img_search.data.images import content_hash
+
+    by_size: dict[int, list[FileEntry]] = defaultdict(list)
+    for entry in plan.todo:
+        by_size[entry.size].append(entry)
+    first: dict[bytes, str] = {}
+    copies: set[str] = set()
+    for entries in by_size.values():
+        if len(entries) < 2:
+            continue
+        for entry in entries:
+            try:
+                with open(entry.path, "rb") as fh:
+                    digest = content_hash(fh.read())
+            except OSError:
+                continue
+            if digest in first:
+                plan.copies.append((entry, digest, first[digest]))
+                copies.add(entry.path)
+            else:
+                first[digest] = entry.path
+    if copies:
+        plan.todo = [e for e in plan.todo if e.path not in copies]
+
+
+def _record_copies(catalog: Catalog, model_id: int | None, plan: Plan, summary: IndexSummary) -> None:
+    """Record ``plan.copies`` once their content has been embedded: each reuses that vector (counted reused); a copy
+    of a file that failed fails with the same reason."""
+    embedded = catalog.embedded_hashes(model_id) if model_id is not None else set()
+    reasons = {f.path: f.reason for f in summary.failed}
+    records: list[ImageRecord] = []
+    for entry, digest, original in plan.copies:
+        if digest in embedded:
+            records.append(ImageRecord(entry.path, entry.size, entry.mtime_ns, digest, *catalog.dims_for_hash(digest)))
+            summary.reused += 1
+        else:
+            reason = reasons.get(original, f"same bytes as {original}, which was not embedded")
+            records.append(ImageRecord(entry.path, entry.size, entry.mtime_ns, error=reason))
+            summary.failed.append(Failure(entry.path, reason))
+    if records:
+        catalog.record(records)
 
 
 def _check_folders(folders: Sequence[str]) -> list[str]:
@@ -293,8 +350,8 @@ def index_folders(
         summary.scanned, summary.unchanged, summary.failed_before = plan.scanned, plan.unchanged, plan.failed_before
         summary.reused = len(plan.reuse)
         summary.failed.extend(plan.new_problems)
-        if plan.reuse or plan.problems:
-            catalog.record(plan.reuse + plan.problems)
+        if plan.reuse or plan.touched or plan.problems:
+            catalog.record(plan.reuse + plan.touched + plan.problems)
         if plan.vanished:
             summary.deleted = catalog.mark_deleted(plan.vanished)
         run_id = catalog.start_run(model_row.id if model_row else None)
@@ -307,6 +364,8 @@ def index_folders(
             if plan.todo:
                 model_id = _embed(plan.todo, encoder_factory, catalog, model_name, model_id, options, summary,
                                   progress or LogProgress(), ocr, recompute)
+            if plan.copies:
+                _record_copies(catalog, model_id, plan, summary)
             if ocr is not None and summary.ocr is not None:  # pictures indexed earlier, or reused, without text
                 from img_search.pipeline.ocr import backfill_ocr
                 from img_search.pipeline.reader import FileLoader

@@ -18,6 +18,7 @@ from helpers import make_jpeg, pattern
 from img_search.catalog import Catalog
 from img_search.catalog.lock import IndexLock
 from img_search.errors import CatalogLockedError, ImgSearchError
+from img_search.info import finish_command
 from img_search.pipeline.runner import IndexOptions, index_folders
 
 
@@ -396,7 +397,8 @@ def test_an_interrupted_recompute_resumes_with_only_the_files_it_had_left(
     with caplog.at_level("WARNING", logger="img_search.pipeline.runner"):
         _interrupted_recompute(photo_dir, idx, tiny_siglip, siglip_encoder, after=2)
     assert "8 of its 12 files re-embedded" in caplog.text and "re-embeds only the 4 left" in caplog.text
-    assert f"`img-search index {photo_dir}`, with or without --recompute" in caplog.text
+    hint = finish_command(str(idx), str(tiny_siglip), [str(photo_dir)])  # names the model and the index dir
+    assert f"`{hint}` re-embeds only the 4 left" in caplog.text and "--recompute`" not in caplog.text
     partial = _vectors_by_path(idx, photo_dir, tiny_siglip)
 
     caplog.clear()
@@ -442,7 +444,8 @@ def test_a_plain_run_after_an_interrupted_recompute_continues_it(
     assert (s.embedded, s.reused, s.decode) == (len(in_a) + 1, 0, "full") and enc.images == len(in_a) + 1
     assert s.recompute_left == len(in_b)
     assert "continuing the unfinished --recompute started " in caplog.text
-    assert f"still has {len(in_b)} files to re-embed under {photo_dir}; `img-search index {photo_dir}`" in caplog.text
+    hint = finish_command(str(idx), str(tiny_siglip), [str(photo_dir)])
+    assert f"still has {len(in_b)} files to re-embed under {photo_dir}; `{hint}`" in caplog.text
 
     enc.images = 0
     s = _run(photo_dir, idx, tiny_siglip, lambda: enc)
@@ -451,6 +454,28 @@ def test_a_plain_run_after_an_interrupted_recompute_continues_it(
     assert len(final) == 13 and {mode for mode, _ in final.values()} == {"full"}  # the copy included
     with Catalog.in_dir(idx, readonly=True) as cat:
         assert cat.recompute_state(cat.get_model(str(tiny_siglip)).id) is None
+
+
+@pytest.mark.parametrize("again", ["--recompute", "plain"])
+def test_a_recompute_interrupted_before_its_first_batch_is_resumed_with_a_note(
+        photo_dir: Path, tmp_path: Path, tiny_siglip: Path, siglip_encoder,  # type: ignore[no-untyped-def]
+        caplog: pytest.LogCaptureFixture, again: str) -> None:
+    """With none of its files re-embedded yet, the next run still says it resumes (or continues) the recompute."""
+    idx = tmp_path / "idx"
+    with caplog.at_level("WARNING", logger="img_search.pipeline.runner"):
+        _interrupted_recompute(photo_dir, idx, tiny_siglip, siglip_encoder, after=0)
+    hint = finish_command(str(idx), str(tiny_siglip), [str(photo_dir)])
+    assert f"0 of its 12 files re-embedded (committed, kept); `{hint}` re-embeds only the 12 left" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="img_search.pipeline.runner"):
+        if again == "plain":
+            s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)
+        else:
+            s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder, recompute=True, full_decode=True)
+    assert (s.embedded, s.decode, s.recompute_left) == (12, "full", 0)
+    how = "continuing the unfinished" if again == "plain" else "resuming the interrupted"
+    assert f"{how} --recompute started " in caplog.text
+    assert "0 files already re-embedded are kept, 12 under these folders are re-embedded now" in caplog.text
 
 
 def test_a_recompute_decoding_another_way_starts_over(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
