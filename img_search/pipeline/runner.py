@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -338,14 +337,14 @@ def index_folders(
     t0 = time.monotonic()
     with IndexLock(index_dir), Catalog.in_dir(index_dir) as catalog:
         model_row = catalog.get_model(model_name)
-        recompute = _resolve_recompute(catalog, model_row.id if model_row else None, roots, options)
+        recompute, resumed = _resolve_recompute(catalog, model_row.id if model_row else None, roots, options)
         plan = make_plan(catalog, roots, model_row.id if model_row else None,
                          recompute=options.recompute and recompute is None, include_hidden=options.include_hidden,
                          excludes=options.excludes, default_excludes=options.default_excludes,
                          max_pixels=options.max_image_pixels,
                          left=catalog.recompute_left(recompute.model_id) if recompute is not None else None,
                          reuse=not options.recompute)
-        if recompute is not None:
+        if recompute is not None and resumed:
             _report_recompute_plan(recompute, plan, options)
         summary.scanned, summary.unchanged, summary.failed_before = plan.scanned, plan.unchanged, plan.failed_before
         summary.reused = len(plan.reuse)
@@ -374,7 +373,8 @@ def index_folders(
                                              batch_size=options.batch_size, workers=options.workers,
                                              progress=progress or LogProgress()))
             if recompute is not None:  # every file under the roots was re-embedded, failed, or is gone
-                summary.recompute_left = _finish_recompute(catalog, recompute.model_id, roots)
+                summary.recompute_left = _finish_recompute(catalog, recompute.model_id, roots,
+                                                           _Finisher(index_dir, model_name))
             for root in roots:
                 catalog.touch_root(root)
             if model_id is not None:
@@ -382,7 +382,8 @@ def index_folders(
         except KeyboardInterrupt:
             status, summary.interrupted = "interrupted", True
             if recompute is not None:
-                summary.recompute_left = _report_interrupted_recompute(catalog, recompute.model_id, roots)
+                summary.recompute_left = _report_interrupted_recompute(catalog, recompute.model_id, roots,
+                                                                       _Finisher(index_dir, model_name))
             raise
         except BaseException:
             status = "failed"
@@ -397,13 +398,24 @@ def _when(started_at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(started_at))
 
 
-def _index_command(folders: Sequence[str]) -> str:
-    return "img-search index " + " ".join(shlex.quote(f) for f in folders)
+@dataclass(frozen=True, slots=True)
+class _Finisher:
+    """Where a recompute's files are embedded: the `img-search index` command over some folders that re-embeds them
+    (``info.finish_command``: names the model and the index directory, which `index` does not default to)."""
+
+    index_dir: Path
+    model: str
+
+    def command(self, folders: Sequence[str]) -> str:
+        from img_search.info import finish_command
+
+        return finish_command(os.path.abspath(self.index_dir), self.model, list(folders))
 
 
 def _resolve_recompute(catalog: Catalog, model_id: int | None, roots: Sequence[str],
-                       options: IndexOptions) -> RecomputeState | None:
-    """The recompute this run takes part in (None: none).
+                       options: IndexOptions) -> tuple[RecomputeState | None, bool]:
+    """The recompute this run takes part in (None: none), and whether it was under way before this run (resumed or
+    continued, even with none of its files re-embedded yet) rather than started now.
 
     With ``options.recompute``: the model's unfinished recompute, extended to ``roots``, when it embeds with the decode
     mode asked now (the run resumes it: its files re-embedded are kept); else a new one over ``roots`` (an unfinished
@@ -413,32 +425,33 @@ def _resolve_recompute(catalog: Catalog, model_id: int | None, roots: Sequence[s
     from img_search.data.images import DECODE_FULL, reduced_mode
 
     if model_id is None:
-        return None
+        return None, False
     # one with nothing left is not finished either (its run was interrupted before files new since its start were
     # embedded): only a run that walked all its folders drops it (``_finish_recompute``)
     state = catalog.recompute_state(model_id)
     if not options.recompute:
-        return state
+        return state, state is not None
     wanted = DECODE_FULL if options.full_decode else reduced_mode()
     if state is not None and state.decode == wanted:
-        return catalog.extend_recompute(model_id, roots)
+        return catalog.extend_recompute(model_id, roots), True
     if state is not None:
         logger.warning("the unfinished --recompute started %s decoded images as %r; this one decodes them as %r, so it "
                        "starts over and re-embeds every file", _when(state.started_at), state.decode, wanted)
-    return catalog.start_recompute(model_id, roots, decode=wanted)
+    return catalog.start_recompute(model_id, roots, decode=wanted), False
 
 
 def _report_recompute_plan(recompute: RecomputeState, plan: Plan, options: IndexOptions) -> None:
-    """Say that the run resumes (or continues) an unfinished recompute rather than starting one."""
+    """Say that the run resumes (or continues) an unfinished recompute rather than starting one (said also when the
+    interrupted run had re-embedded none of its files yet)."""
     kept = recompute.files - recompute.left
-    if not kept or not plan.recompute_todo:
-        return  # a recompute starting now, or one with nothing left under these folders
+    if not plan.recompute_todo:
+        return  # nothing of it left under these folders
     how = "resuming the interrupted" if options.recompute else "continuing the unfinished"
     logger.warning("%s --recompute started %s: %d files already re-embedded are kept, %d under these folders are "
                    "re-embedded now", how, _when(recompute.started_at), kept, plan.recompute_todo)
 
 
-def _finish_recompute(catalog: Catalog, model_id: int, roots: Sequence[str]) -> int:
+def _finish_recompute(catalog: Catalog, model_id: int, roots: Sequence[str], finisher: _Finisher) -> int:
     """Mark the recompute done under ``roots`` (``Catalog.finish_recompute``); return how many files it has left
     elsewhere, logged with the command that re-embeds them."""
     state = catalog.finish_recompute(model_id, roots)
@@ -447,11 +460,11 @@ def _finish_recompute(catalog: Catalog, model_id: int, roots: Sequence[str]) -> 
     folders = catalog.recompute_folders_left(model_id)
     if folders:
         logger.warning("the --recompute started %s still has %d files to re-embed under %s; `%s` re-embeds them",
-                       _when(state.started_at), state.left, ", ".join(folders), _index_command(list(folders)))
+                       _when(state.started_at), state.left, ", ".join(folders), finisher.command(list(folders)))
     return state.left
 
 
-def _report_interrupted_recompute(catalog: Catalog, model_id: int, roots: Sequence[str]) -> int:
+def _report_interrupted_recompute(catalog: Catalog, model_id: int, roots: Sequence[str], finisher: _Finisher) -> int:
     """What an interrupted recompute has done and what a re-run does; returns the files it has left. Never raises
     (the interrupt is what the caller reports)."""
     try:
@@ -463,10 +476,10 @@ def _report_interrupted_recompute(catalog: Catalog, model_id: int, roots: Sequen
     if state is None or not state.left:
         return 0
     here = state.left - sum(elsewhere.values())
-    also = f"; `{_index_command(list(elsewhere))}` the {state.left - here} under other folders" if elsewhere else ""
-    logger.warning("--recompute interrupted: %d of its %d files re-embedded (committed, kept); `%s`, with or without "
-                   "--recompute, re-embeds only the %d left%s", state.files - state.left, state.files,
-                   _index_command(roots), here, also)
+    also = f"; `{finisher.command(list(elsewhere))}` the {state.left - here} under other folders" if elsewhere else ""
+    logger.warning("--recompute interrupted: %d of its %d files re-embedded (committed, kept); `%s` re-embeds only "
+                   "the %d left%s", state.files - state.left, state.files,
+                   finisher.command(roots), here, also)
     return state.left
 
 
