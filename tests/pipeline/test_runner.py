@@ -488,3 +488,33 @@ def test_a_recompute_decoding_another_way_starts_over(photo_dir: Path, tmp_path:
     s = _run(photo_dir, idx, tiny_siglip, lambda: enc, recompute=True)
     assert (s.embedded, enc.images, s.decode) == (12, 12, "reduced-1x")
     assert {mode for mode, _ in _vectors_by_path(idx, photo_dir, tiny_siglip).values()} == {"reduced-1x"}
+
+
+def test_touched_file_is_unchanged_not_reused(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                              siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """`touch` (same path, same bytes, new mtime) counts as unchanged and updates the row's mtime; nothing moved."""
+    idx = tmp_path / "idx"
+    _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)
+    path = photo_dir / "a" / "img01.jpg"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    s = _run(photo_dir, idx, tiny_siglip, _never)
+    assert (s.embedded, s.reused, s.unchanged, s.deleted) == (0, 0, 12, 0)
+    with Catalog.in_dir(idx) as cat:
+        assert cat.image(str(path)).mtime_ns == path.stat().st_mtime_ns
+    s = _run(photo_dir, idx, tiny_siglip, _never)  # the row is current now: settled without hashing
+    assert (s.embedded, s.reused, s.unchanged) == (0, 0, 12)
+
+
+def test_identical_files_in_one_run_are_encoded_once(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                                     siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Two new files with the same bytes (cat.jpg, chelsea.jpg): one encoded, the other reuses its vector."""
+    shutil.copy(photo_dir / "b" / "img00.jpg", photo_dir / "a" / "same-as-img00.jpg")
+    enc = CountingEncoder(siglip_encoder)
+    s = _run(photo_dir, tmp_path / "idx", tiny_siglip, lambda: enc)
+    assert (s.scanned, s.embedded, s.reused, s.unchanged, len(s.failed)) == (13, 12, 1, 0, 0) and enc.images == 12
+    with Catalog.in_dir(tmp_path / "idx") as cat:
+        a, b = cat.image(str(photo_dir / "b" / "img00.jpg")), cat.image(str(photo_dir / "a" / "same-as-img00.jpg"))
+        assert a.content_hash == b.content_hash and (a.status, b.status) == ("ok", "ok") and b.width == a.width
+    s = _run(photo_dir, tmp_path / "idx", tiny_siglip, _never)
+    assert (s.embedded, s.reused, s.unchanged) == (0, 0, 13)
