@@ -135,8 +135,10 @@ def collate(items: list[ReadItem[Any]]) -> ReadBatch[Any]:
 
 
 def _die_with_parent(parent: int, worker_id: int) -> None:
-    """Decode workers must not outlive a killed parent (a SIGKILLed `index` would leave them blocked forever
-    on a full result pipe): ask Linux to SIGKILL them when the parent dies.
+    """Decode workers ignore SIGINT (a Ctrl-C reaches the terminal's whole process group: the parent handles it and
+    stops them, which a worker dying of its own KeyboardInterrupt would only garble with a ``Process Process-2:``
+    traceback) and must not outlive a killed parent (a SIGKILLed `index` would leave them blocked forever on a full
+    result pipe): ask Linux to SIGKILL them when the parent dies.
 
     ``parent`` is the pid of the process that forks the workers, taken before the fork: a worker reads its own
     parent only after the fork, when a parent killed in between has already been replaced by init (or a subreaper),
@@ -147,6 +149,7 @@ def _die_with_parent(parent: int, worker_id: int) -> None:
     import signal
     import sys
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     try:
