@@ -351,8 +351,6 @@ def index_folders(
         summary.failed.extend(plan.new_problems)
         if plan.reuse or plan.touched or plan.problems:
             catalog.record(plan.reuse + plan.touched + plan.problems)
-        if plan.vanished:
-            summary.deleted = catalog.mark_deleted(plan.vanished)
         run_id = catalog.start_run(model_row.id if model_row else None)
         status = "finished"
         model_id = model_row.id if model_row else None
@@ -365,6 +363,8 @@ def index_folders(
                                   progress or LogProgress(), ocr, recompute)
             if plan.copies:
                 _record_copies(catalog, model_id, plan, summary)
+            if plan.vanished:  # once the model has loaded: a run that fails to load it has changed nothing to report
+                summary.deleted = catalog.mark_deleted(plan.vanished)
             if ocr is not None and summary.ocr is not None:  # pictures indexed earlier, or reused, without text
                 from img_search.pipeline.ocr import backfill_ocr
                 from img_search.pipeline.reader import FileLoader

@@ -518,3 +518,22 @@ def test_identical_files_in_one_run_are_encoded_once(photo_dir: Path, tmp_path: 
         assert a.content_hash == b.content_hash and (a.status, b.status) == ("ok", "ok") and b.width == a.width
     s = _run(photo_dir, tmp_path / "idx", tiny_siglip, _never)
     assert (s.embedded, s.reused, s.unchanged) == (0, 0, 13)
+
+
+def test_a_run_that_fails_to_load_its_model_marks_nothing_deleted(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                                                  siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Deletions are marked once the model has loaded, so the run that does it reports them."""
+    idx = tmp_path / "idx"
+    _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)
+    (photo_dir / "a" / "img01.jpg").unlink()
+    make_jpeg(photo_dir / "new.jpg", seed=100)
+
+    def broken():  # type: ignore[no-untyped-def]
+        raise ImgSearchError("the model cannot be loaded")
+
+    with pytest.raises(ImgSearchError, match="cannot be loaded"):
+        _run(photo_dir, idx, tiny_siglip, broken)
+    with Catalog.in_dir(idx) as cat:
+        assert cat.image(str(photo_dir / "a" / "img01.jpg")).status == "ok"
+    s = _run(photo_dir, idx, tiny_siglip, lambda: siglip_encoder)
+    assert (s.embedded, s.deleted, s.unchanged) == (1, 1, 11)
