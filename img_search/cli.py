@@ -240,6 +240,11 @@ def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    """``n`` with the noun that agrees with it: "1 group", "2 groups" (``plural``: default ``singular + "s"``)."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
 _C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r",
               "\x1b": "\\E", "\\": "\\\\", "'": "\\'"}
 
@@ -371,7 +376,8 @@ def _print_summary(summary: Any) -> None:
                                          (counts["skipped_unreadable"], "unreadable"),
                                          (summary.failed_before, "failed before, not retried")) if n]
     parts = [
-        f"{counts['image_files']} image files under {len(summary.roots)} folder(s): {summary.embedded} embedded",
+        f"{_count(counts['image_files'], 'image file')} under {_count(len(summary.roots), 'folder')}: "
+        f"{summary.embedded} embedded",
         f"{summary.reused} reused (moved/copied)",
         f"{summary.unchanged} unchanged",
         f"{counts['skipped']} skipped" + (f" ({', '.join(why)})" if why else ""),
@@ -382,10 +388,11 @@ def _print_summary(summary: Any) -> None:
         _out(f"throughput: {summary.images_per_second:.1f} images/s with {display_path(summary.model)} "
              f"({summary.precision or 'fp32 on torch'})")
     if summary.metadata_read:
-        _out(f"photo metadata: read from the headers of {summary.metadata_read} files not embedded this run")
+        _out(f"photo metadata: read from the headers of {_count(summary.metadata_read, 'file')} not embedded this "
+             "run")
     if summary.ocr is not None:
         o = summary.ocr
-        left = f", {o.skipped} files left for the next run" if o.skipped else ""
+        left = f", {_count(o.skipped, 'file')} left for the next run" if o.skipped else ""
         _out(f"text in pictures: {o.read} read ({o.with_text} with text, {o.failed} unreadable){left}"
              if o.read or o.skipped else "text in pictures: up to date")
     if summary.failed:
@@ -395,7 +402,8 @@ def _print_summary(summary: Any) -> None:
         if len(summary.failed) > 50:
             _out(f"  ... and {len(summary.failed) - 50} more (see `img-search info`)")
     if summary.failed_before:
-        _out(f"{summary.failed_before} files that failed earlier are unchanged and were not retried "
+        _out(f"{_count(summary.failed_before, 'file')} that failed earlier "
+             f"{'is' if summary.failed_before == 1 else 'are'} unchanged and not retried "
              "(`img-search info` lists them)")
 
 
@@ -623,7 +631,8 @@ def info(
     for m in data["models"]:
         calib = "no calibrated probability" if m["logit_bias"] is None else \
             f"calibration sigmoid(exp({m['logit_scale']:.4f})*cos {m['logit_bias']:+.4f})"
-        _out(f"model {display_path(m['name'])} ({m['family']}, {m['dim']} dims): {m['images']} images; {calib}")
+        _out(f"model {display_path(m['name'])} ({m['family']}, {m['dim']} dims): {_count(m['images'], 'image')}; "
+             f"{calib}")
         if m["precisions"]:
             _out("  vectors: " + ", ".join(f"{c['images']} {c['precision']} on {c['runtime']}"
                                          for c in m["precisions"]))
@@ -635,7 +644,7 @@ def info(
                  f"{check['min_cosine']:.5f} (threshold {check['threshold']}) {verdict}")
         saved = m["search_index"]
         if saved:
-            _out(f"  search index: {saved['backend']}, {saved['vectors']} vectors, "
+            _out(f"  search index: {saved['backend']}, {_count(saved['vectors'], 'vector')}, "
                  f"{_human_bytes(saved['size_on_disk_bytes'])}")
         if m.get("recompute"):
             _out(_recompute_line(m["recompute"], data["index_dir"], m["name"]))
@@ -787,12 +796,12 @@ def tag(
             changes.append("description set")
         if result.descriptions_cleared:
             changes.append("description cleared")
-        line = f"{len(result.updated)} image(s) updated" + (f": {', '.join(changes)}" if changes else "")
+        line = f"{_count(len(result.updated), 'image')} updated" + (f": {', '.join(changes)}" if changes else "")
         if result.unchanged:
             line += f"; {len(result.unchanged)} unchanged (already as asked)"
         _out(line)
     if result.unknown:
-        typer.echo(f"{len(result.unknown)} path(s) not in the catalog, left unchanged:", err=True)
+        typer.echo(f"{_count(len(result.unknown), 'path')} not in the catalog, left unchanged:", err=True)
         _report_unknown(result.unknown, None)
         raise typer.Exit(1)
 
@@ -817,13 +826,14 @@ def import_metadata_cmd(
     if as_json:
         _print_json(result.to_dict())
     else:
-        _out(f"{display_path(str(file))}: {result.entries} entries, {len(result.updated)} image(s) updated "
-             f"({result.tags_added} tags added, {result.descriptions_set} descriptions set), "
+        _out(f"{display_path(str(file))}: {_count(result.entries, 'entry', 'entries')}, "
+             f"{_count(len(result.updated), 'image')} updated "
+             f"({_count(result.tags_added, 'tag')} added, {_count(result.descriptions_set, 'description')} set), "
              f"{len(result.unchanged)} unchanged (already as the file says), {len(result.unknown)} not in the catalog")
     if result.ignored_fields:
         typer.echo(f"ignored (not path, tags or description): {', '.join(result.ignored_fields)}", err=True)
     if result.unknown:
-        typer.echo(f"{len(result.unknown)} path(s) not in the catalog, left out:", err=True)
+        typer.echo(f"{_count(len(result.unknown), 'path')} not in the catalog, left out:", err=True)
         _report_unknown(result.unknown, None if as_json else UNKNOWN_SHOWN)
         raise typer.Exit(1)
 
@@ -913,7 +923,7 @@ def export(
         _print_json(summary.to_dict())
         return
     models = ", ".join(f"{display_path(m['name'])} ({m['rows']} x {m['dim']})" for m in summary.models)
-    _out(f"wrote {summary.rows} vectors to {display_path(str(output))}: {models}")
+    _out(f"wrote {_count(summary.rows, 'vector')} to {display_path(str(output))}: {models}")
 
 
 # --------------------------------------------------------------------------------------------------------- explore
@@ -986,7 +996,7 @@ def map_cmd(
     if as_json:
         _print_json({**layout.to_dict(), "model": collection.model.name, "files": written})
         return
-    _out(f"map of {len(layout)} images ({display_path(collection.model.name)}): fitted on {layout.n_fitted}, "
+    _out(f"map of {_count(len(layout), 'image')} ({display_path(collection.model.name)}): fitted on {layout.n_fitted}, "
          f"{layout.n_transformed} placed since by transform ({layout.n_snapped} on a near-copy)")
     for kind, where in written.items():
         _out(f"{kind}: {display_path(where)}")
@@ -1035,13 +1045,14 @@ def duplicates(
     if not groups:
         _out(f"no near-duplicates at cosine >= {t:g}")
         return
-    _out(f"{len(groups)} groups of near-duplicates ({sum(g.size for g in groups)} images) at cosine >= {t:g}")
+    _out(f"{_count(len(groups), 'group')} of near-duplicates ({_count(sum(g.size for g in groups), 'image')}) at "
+         f"cosine >= {t:g}")
     for rank, g in enumerate(shown, 1):
         _out(f"#{rank}  {g.size} images, cosine {g.min_cosine:.4f}-{g.max_cosine:.4f}")
         for path in g.paths:
             _out(f"    {display_path(path)}")
     if len(shown) < len(groups):
-        _out(f"... and {len(groups) - len(shown)} more groups (--limit, or --json)")
+        _out(f"... and {_count(len(groups) - len(shown), 'more group')} (--limit, or --json)")
 
 
 def _version(value: bool) -> None:

@@ -53,7 +53,7 @@ def test_tag_add_remove_description_through_a_symlink_and_relative_paths(
     code, out, err = run(capsys, "tag", str(library["link"] / "cake.jpg"), str(photos / "beach.jpg"),
                          "--add", "birthday", "--add", " Ana  2024 ", "--description", "Ana's 7th", "--index-dir", idx)
     assert code == 0, err
-    assert "2 image(s) updated" in out
+    assert "2 images updated" in out
     assert _tags(library["idx"], photos / "cake.jpg") == ["Ana 2024", "birthday"]
     assert _ids(library["idx"], "birthday") == {"cake.jpg", "beach.jpg"}
     assert _ids(library["idx"], "ana") == {"cake.jpg", "beach.jpg"}
@@ -137,7 +137,7 @@ def test_import_csv_relative_to_the_file_with_both_separators(library: dict[str,
                       "gone.jpg,y,,\n")
     code, out, err = run(capsys, "import-metadata", str(csv_file), "--index-dir", str(library["idx"]))
     assert code == 1  # unknown paths
-    assert "5 entries, 3 image(s) updated" in out and "2 path(s) not in the catalog" in err
+    assert "5 entries, 3 images updated" in out and "2 paths not in the catalog" in err
     assert "missing.jpg (line 7)" in err and "gone.jpg (line 8)" in err  # after a two-line cell and "rating" in err
     assert _tags(library["idx"], photos / "cake.jpg") == ["Paris, France", "birthday"]
     assert _tags(library["idx"], photos / "sub" / "dog.jpg") == ["dog", "park"]
@@ -166,7 +166,7 @@ def test_import_json_list_and_mapping_and_all_unknown_with_json(library: dict[st
     keyed["../photos/sub/dog.jpg"] = {"description": "a good dog", "camera": "x"}
     mapping = _write(library["photos"].parent / "meta" / "map.json", json.dumps(keyed))
     code, out, err = run(capsys, "import-metadata", str(mapping), "--index-dir", str(library["idx"]))
-    assert code == 1 and "15 path(s) not in the catalog" in err and "... and 5 more (--json lists all)" in err
+    assert code == 1 and "15 paths not in the catalog" in err and "... and 5 more (--json lists all)" in err
     assert _ids(library["idx"], "good") == {"dog.jpg"}
     code, out, _ = run(capsys, "import-metadata", str(mapping), "--index-dir", str(library["idx"]), "--json")
     result = json.loads(out)

@@ -333,11 +333,11 @@ def test_import_metadata_counts_what_changed(catalogued: tuple[Path, str], capsy
     meta = photos / "meta.csv"
     meta.write_text("path,tags,description\na.jpg,dog;beach,at the sea\nb.jpg,cat,\nmissing.jpg,x,\n")
     code, out, err = run_main(capsys, "import-metadata", str(meta), "--index-dir", idx)
-    assert code == 1 and "1 path(s) not in the catalog" in err  # missing.jpg
-    assert out.strip() == (f"{meta}: 3 entries, 2 image(s) updated (3 tags added, 1 descriptions set), 0 unchanged "
+    assert code == 1 and "1 path not in the catalog" in err  # missing.jpg
+    assert out.strip() == (f"{meta}: 3 entries, 2 images updated (3 tags added, 1 description set), 0 unchanged "
                            "(already as the file says), 1 not in the catalog")
     code, out, _ = run_main(capsys, "import-metadata", str(meta), "--index-dir", idx)  # again: nothing changes
-    assert code == 1 and out.strip() == (f"{meta}: 3 entries, 0 image(s) updated (0 tags added, 0 descriptions set), "
+    assert code == 1 and out.strip() == (f"{meta}: 3 entries, 0 images updated (0 tags added, 0 descriptions set), "
                                          "2 unchanged (already as the file says), 1 not in the catalog")
     code, out, _ = run_main(capsys, "import-metadata", str(meta), "--index-dir", idx, "--json")
     result = json.loads(out)
@@ -361,20 +361,20 @@ def test_tag_echoes_the_tags_as_stored(catalogued: tuple[Path, str], capsys: pyt
     code, out, err = run_main(capsys, "tag", a, "--add", "  Summer   Trip ", "--add", "summer trip", "--add", "x",
                               "--index-dir", idx)
     assert code == 0, err
-    assert out.strip() == "1 image(s) updated: +Summer Trip, +x"  # cleaned, one spelling per tag
+    assert out.strip() == "1 image updated: +Summer Trip, +x"  # cleaned, one spelling per tag
     assert _tags_of(idx, photos / "a.jpg") == ["Summer Trip", "x"]
     code, out, _ = run_main(capsys, "tag", a, b, "--add", "SUMMER trip", "--description", " by the lake ",
                             "--index-dir", idx)
-    assert out.strip() == "2 image(s) updated: +SUMMER trip, description set"  # a had the tag, not the description
+    assert out.strip() == "2 images updated: +SUMMER trip, description set"  # a had the tag, not the description
     code, out, _ = run_main(capsys, "tag", a, "--add", "summer TRIP", "--index-dir", idx)
-    assert out.strip() == "0 image(s) updated; 1 unchanged (already as asked)"
+    assert out.strip() == "0 images updated; 1 unchanged (already as asked)"
     code, out, _ = run_main(capsys, "tag", a, b, "--remove", "summer trip", "--remove", "nope", "--index-dir", idx,
                             "--json")
     result = json.loads(out)
     assert result["removed_tags"] == ["Summer Trip", "SUMMER trip"] and result["tags_removed"] == 2
     assert result["added_tags"] == [] and result["updated"] == [a, b]
     code, out, _ = run_main(capsys, "tag", b, "--add", "x", "--remove", "nope", "--index-dir", idx)
-    assert out.strip() == "1 image(s) updated: +x"  # nothing to remove: not echoed
+    assert out.strip() == "1 image updated: +x"  # nothing to remove: not echoed
 
 
 def test_index_summary_counts_every_file_found_and_why_some_were_skipped(
@@ -391,7 +391,7 @@ def test_index_summary_counts_every_file_found_and_why_some_were_skipped(
     code, out, err = run_main(capsys, *args)
     assert code == 0, err
     first = out.splitlines()[0]
-    assert re.fullmatch(r"15 image files under 1 folder\(s\): 12 embedded, 0 reused \(moved/copied\), 0 unchanged, "
+    assert re.fullmatch(r"15 image files under 1 folder: 12 embedded, 0 reused \(moved/copied\), 0 unchanged, "
                         r"3 skipped \(2 unsupported format, 1 unreadable\); 0 marked deleted \(no longer found\); "
                         r"in [0-9.]+s", first), first
     assert "raw.cr2: camera RAW (.cr2) is not supported" in out
@@ -401,7 +401,7 @@ def test_index_summary_counts_every_file_found_and_why_some_were_skipped(
     assert {k: summary[k] for k in ("image_files", "skipped", "skipped_unsupported_format", "skipped_unreadable")} \
         == {"image_files": 15, "skipped": 3, "skipped_unsupported_format": 0, "skipped_unreadable": 0}
     code, out, _ = run_main(capsys, *args)
-    assert out.startswith("15 image files under 1 folder(s): 0 embedded, 0 reused (moved/copied), 12 unchanged, "
+    assert out.startswith("15 image files under 1 folder: 0 embedded, 0 reused (moved/copied), 12 unchanged, "
                           "3 skipped (3 failed before, not retried); 0 marked deleted"), out
 
 
@@ -424,3 +424,20 @@ def test_library_notes_only_with_verbose_and_nothing_but_errors_with_quiet(photo
     crossfilter = cli("crossfilter", "--input_dir", str(uuids), "--output_embeddings_db", str(tmp_path / "cf.db"),
                       "--model", str(tiny_siglip), "--quiet", env=env)
     assert crossfilter.returncode == 0 and crossfilter.stderr == "", crossfilter.stderr
+
+
+def test_counts_agree_with_their_nouns(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """'1 group of near-duplicates (2 images)', not '1 groups'; the identical copy reuses its original's vector."""
+    import shutil
+
+    from img_search.cli import _count
+
+    assert (_count(1, "group"), _count(2, "group"), _count(0, "entry", "entries")) == ("1 group", "2 groups",
+                                                                                      "0 entries")
+    shutil.copy(photo_dir / "b" / "img00.jpg", photo_dir / "copy.jpg")
+    common = ["--index-dir", str(tmp_path / "idx"), "--model", str(tiny_siglip)]
+    code, out, err = run_main(capsys, "index", str(photo_dir), *common, "--workers", "0", "-q")
+    assert code == 0 and out.startswith("13 image files under 1 folder: 12 embedded, 1 reused (moved/copied), "), out
+    code, out, err = run_main(capsys, "duplicates", *common)
+    assert code == 0 and out.startswith("1 group of near-duplicates (2 images) at cosine >= "), (out, err)
