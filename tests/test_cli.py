@@ -441,3 +441,18 @@ def test_counts_agree_with_their_nouns(photo_dir: Path, tmp_path: Path, tiny_sig
     assert code == 0 and out.startswith("13 image files under 1 folder: 12 embedded, 1 reused (moved/copied), "), out
     code, out, err = run_main(capsys, "duplicates", *common)
     assert code == 0 and out.startswith("1 group of near-duplicates (2 images) at cosine >= "), (out, err)
+
+
+def test_index_rate_says_what_it_covers(photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The embedding loop's rate is labelled as such, with the whole run's beside it; --json adds, renames nothing."""
+    common = [str(photo_dir), "--index-dir", str(tmp_path / "idx"), "--model", str(tiny_siglip), "--workers", "0"]
+    code, out, _ = run_main(capsys, "index", *common, "-q")
+    line = out.splitlines()[1]
+    assert code == 0 and line.startswith("embedding: ") and " images/s over " in line, out
+    assert "s once the model was loaded (whole run: " in line and "throughput" not in out, out
+    make_jpeg(photo_dir / "new.jpg", seed=100)
+    code, out, _ = run_main(capsys, "index", *common, "-q", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["embedded"] == 1 and {"images_per_second", "run_images_per_second"} <= set(summary)
+    assert summary["run_images_per_second"] > 0 and summary["seconds"] >= summary["embed_seconds"]

@@ -113,12 +113,21 @@ class IndexSummary:
 
     @property
     def images_per_second(self) -> float:
+        """Images embedded (or failed) per second of the embedding loop (``embed_seconds``: from the model ready to
+        the last batch written; model load, walk and index sync excluded)."""
         done = self.embedded + len(self.failed)
         return done / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    @property
+    def run_images_per_second(self) -> float:
+        """Images embedded (or failed) per second of the whole run (``seconds``: model load and all included)."""
+        done = self.embedded + len(self.failed)
+        return done / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["images_per_second"] = round(self.images_per_second, 3)
+        d["run_images_per_second"] = round(self.run_images_per_second, 3)
         return d
 
 
