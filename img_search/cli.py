@@ -199,6 +199,7 @@ def _edge() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        _outcome_decided()
         _fail("interrupted: every batch embedded so far is committed; re-run the same command to continue",
               EXIT_INTERRUPTED)
     except ImgSearchError as exc:
@@ -216,6 +217,16 @@ def _settings(index_dir: Path | None, **flags: Any) -> Settings:
 
 # set by main() when it runs as the `img-search` program (not called in-process by a test or another program)
 _PROGRAM = False
+
+
+def _outcome_decided() -> None:
+    """The run has finished, or its interruption is being reported: as the `img-search` program, ignore further
+    Ctrl-C / SIGTERM, so a late one neither turns a finished run (summary printed) into exit 130 nor adds a
+    traceback from the interpreter's teardown ('Exception ignored in: ... KeyboardInterrupt'). Not in-process (a
+    test or another program keeps its own handlers)."""
+    if _PROGRAM:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _finish(searcher: Any | None) -> None:
@@ -344,6 +355,7 @@ def index(
         summary = index_folders([str(f) for f in folders], settings.index_dir, options,
                                 encoder_factory=encoder_factory(model_name, settings), progress=progress,
                                 search=settings.search)
+        _outcome_decided()  # finished (committed, run recorded): one outcome, whatever arrives now
     if as_json:
         _print_json({**summary.to_dict(), **_file_counts(summary)})
     else:
@@ -1156,6 +1168,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
+        _outcome_decided()
         typer.echo("error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
