@@ -497,6 +497,7 @@ def search(
     precision: PrecisionOpt = None,
     server: ServerOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
     after: AfterOpt = None,
     before: BeforeOpt = None,
@@ -517,7 +518,7 @@ def search(
 
     QUERY is words, NOT-terms and example images: "beach -people", "dog +~/x.jpg -~/blurry.jpg" (docs/SEARCH.md).
     """
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         settings = _search_settings(index_dir, model, device, dtype, precision, backend, ann_threshold,
                                     server=server)
@@ -548,6 +549,7 @@ def similar(
     max_image_pixels: MaxPixelsOpt = None,
     server: ServerOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
     after: AfterOpt = None,
     before: BeforeOpt = None,
@@ -560,7 +562,7 @@ def similar(
     sort: SortOpt = "score",
 ) -> None:
     """Image -> image: the indexed images most similar to IMAGE (cosine; the file itself is left out)."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         settings = _search_settings(index_dir, model, device, dtype, precision, backend, ann_threshold,
                                     max_image_pixels, server=server)
@@ -626,12 +628,13 @@ def info(
     index_dir: IndexDirOpt = None,
     failures: Annotated[int, typer.Option("--failures", min=0, help="How many skipped files to list.")] = 20,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """What is indexed: folders, models, counts, skipped files and size on disk."""
     from img_search.info import catalog_info
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         settings = _settings(index_dir)
         data = catalog_info(settings.index_dir, failures=failures)
@@ -719,6 +722,7 @@ def serve(
     watch: Annotated[list[Path] | None, typer.Option("--watch", show_default=False,
                                                      help="Index new and changed images under this folder as they "
                                                           "appear (repeatable).")] = None,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Serve the index over HTTP (docs/SERVICE.md): search, similar, thumbnails, health, admin rollout and jobs."""
@@ -727,7 +731,7 @@ def serve(
     from img_search.service.config import load_service_settings
     from img_search.service.listen import check_listen_address
 
-    _setup_logging(verbose, info=True)
+    _setup_logging(verbose, quiet, info=True)
     with _edge():
         nested = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
         settings = load_service_settings(index_dir, device=device, dtype=dtype, precision=precision,
@@ -747,6 +751,7 @@ def worker(
     index_dir: IndexDirOpt = None,
     workers: Annotated[int, typer.Option("--workers", "-n", min=1, help="Worker processes.")] = 1,
     burst: Annotated[bool, typer.Option("--burst", help="Stop when the queue is empty.")] = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run RQ workers for re-embedding and index jobs (needs REDIS_URL / service.redis_url; docs/SERVICE.md)."""
@@ -754,7 +759,7 @@ def worker(
     from img_search.jobs.worker import run_workers
     from img_search.service.config import load_service_settings
 
-    _setup_logging(verbose, info=True)
+    _setup_logging(verbose, quiet, info=True)
     with _edge():
         settings = load_service_settings(index_dir)
         configure_pixel_limit(settings.max_image_pixels)
@@ -788,6 +793,7 @@ def tag(
     = False,
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Add or remove your tags and set your description of indexed images (searchable as text). Paths the catalog
@@ -795,7 +801,7 @@ def tag(
     from img_search.annotate import tag_images
     from img_search.settings import resolve_index_dir
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         result = tag_images(resolve_index_dir(index_dir), [str(p) for p in paths], add=add or (),
                             remove=remove or (), description=description, clear_description=clear_description)
@@ -826,6 +832,7 @@ def import_metadata_cmd(
                                               "(docs/FORMATS.md).", show_default=False)],
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Add tags and descriptions from a CSV or JSON file keyed by image path (relative paths: from the file's
@@ -834,7 +841,7 @@ def import_metadata_cmd(
     from img_search.annotate import import_metadata
     from img_search.settings import resolve_index_dir
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         result = import_metadata(resolve_index_dir(index_dir), file)
     if as_json:
@@ -870,6 +877,7 @@ def collection_create(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created; write nothing.")] = False,
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Create a model's collection (the SigLIP one by default): in the index directory, or on the Qdrant that
@@ -877,7 +885,7 @@ def collection_create(
     from img_search.service.collection_setup import create_collection
     from img_search.service.config import load_service_settings
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         result = create_collection(load_service_settings(index_dir), name, dry_run=dry_run)
     if as_json:
@@ -892,6 +900,7 @@ def collection_check(
     name: CollectionArg = None,
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Show a collection: status, points, vector size, distance, quantization, the index in use and whether it is
@@ -899,7 +908,7 @@ def collection_check(
     from img_search.service.collection_setup import check_collection, check_lines
     from img_search.service.config import load_service_settings
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         report = check_collection(load_service_settings(index_dir), name)
     if as_json:
@@ -924,12 +933,13 @@ def export(
                                                      "[default: the index directory's name].")] = None,
     index_dir: IndexDirOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Write the indexed vectors to a file, one row per image and model (id = the image's path)."""
     from img_search.export import export_catalog
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         settings = _settings(index_dir)
         summary = export_catalog(settings.index_dir, output, fmt=fmt, model=model, dataset_name=dataset_name)
@@ -968,6 +978,7 @@ def map_cmd(
     thumbnails: Annotated[int, typer.Option("--thumbnails", min=0, help="At most this many thumbnails embedded in "
                                             "the HTML page.")] = 2000,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Lay the collection out on a sphere with UMAP (latitude / longitude), incrementally; export PNG / HTML. Needs
@@ -975,7 +986,7 @@ def map_cmd(
     from img_search.explore.umap_map import check_mappable, update_map
     from img_search.search.collection import Collection
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet)
     with _edge():
         # bad output paths and a missing plotting library fail now, not after a fit of minutes
         from img_search.files import check_output_file

@@ -26,6 +26,11 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_siglip: Path) -> dict
         make_jpeg(photos / f"p{i}.jpg", seed=i)
     (root / "notes.txt").write_text("not an image")
     (root / "fake.jpg").write_text("not an image either")
+    # what a new-user trial gave `similar`: a named pipe (hung), a broken symlink (exit 2), 3 GB of zeros (read whole)
+    os.mkfifo(root / "fifo.jpg")
+    (root / "broken.jpg").symlink_to(root / "gone.jpg")
+    with open(root / "huge.jpg", "wb") as fh:
+        fh.truncate(3 * 2**30)  # sparse: no disk
     idx = root / "idx"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IMG_SEARCH_MODEL", str(tiny_siglip))
@@ -85,6 +90,15 @@ def _cases(d: dict[str, str]) -> list[tuple[list[str], int, str]]:
         (["similar", img, *common, "--max-image-pixels", "0"], 2, "--max-image-pixels"),
         (["similar", img, *common, "--limit", "-3"], 2, "--limit"),
         (["similar", img, "--index-dir", empty], 1, "run `img-search index FOLDER` first"),
+        # not a regular file: refused at once, before a byte is read (a pipe blocks, /dev/zero never ends)
+        (["similar", os.path.join(root, "fifo.jpg"), *common], 2, "fifo.jpg: not a regular file (device, socket or"),
+        (["similar", "/dev/zero", *common], 2, "/dev/zero: not a regular file (device, socket or pipe)"),
+        (["search", f"dog +{root}/fifo.jpg", *common], 2, f"query image {root}/fifo.jpg: not a regular file"),
+        # a missing file is "not found" (exit 1) whether or not a symlink names it
+        (["similar", os.path.join(root, "broken.jpg"), *common], 1, "broken.jpg: broken symlink"),
+        (["search", f"dog +{root}/broken.jpg", *common], 1, "broken.jpg: broken symlink"),
+        # 3 GB of zeros: refused from its header (tests/data/test_images.py measures the memory)
+        (["similar", os.path.join(root, "huge.jpg"), *common], 2, "huge.jpg: not an image Pillow can read"),
         # info
         (["info", *common, "--failures", "-1"], 2, "--failures"),
         (["info", "--index-dir", empty], 1, "run `img-search index FOLDER` first"),
@@ -292,3 +306,17 @@ def test_export_png_writes_the_path_it_is_given(tmp_path: Path) -> None:
         written = export_png(layout, tmp_path / name)
         assert written == tmp_path / name and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noext", "upper.PNG"]
+
+
+@pytest.mark.parametrize("command", [["index"], ["search"], ["similar"], ["info"], ["serve"], ["worker"], ["tag"],
+                                     ["import-metadata"], ["collection", "create"], ["collection", "check"],
+                                     ["export"], ["map"], ["duplicates"]])
+def test_every_command_takes_quiet_and_verbose(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """-q / -v alike on every command (debug-scores' -q is its --query; crossfilter has seed 004's options)."""
+    code, out, err = run(capsys, *command, "--help")
+    assert code == 0 and "--quiet" in out and "-q" in out and "--verbose" in out and "-v" in out, (out, err)
+
+
+def test_quiet_info_prints_only_its_output(indexed: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "info", "-q", "--index-dir", indexed["idx"])
+    assert code == 0 and out.startswith("index directory: ") and err == "", err
