@@ -59,7 +59,7 @@ class UuidImageLoader:
         self.max_image_pixels = max_image_pixels
 
     def __call__(self, source: UuidImage) -> Loaded:
-        data = read_file(source.path)
+        data = read_file(source.path, max_image_pixels=self.max_image_pixels)
         return Loaded(decode_image(data, max_image_pixels=self.max_image_pixels), content_hash(data))
 
 

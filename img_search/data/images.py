@@ -33,21 +33,25 @@ import hashlib
 import io
 import logging
 import math
+import os
 import re
+import stat
 import struct
 import warnings
 import zlib
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from img_search.data.formats import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
-from img_search.errors import ImageDecodeError, InvalidInputError
+from img_search.errors import ImageDecodeError, InvalidInputError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
 # the default pixel limit (Pillow's own bomb bound) is a setting: defined once, in settings.py
 HASH_DIGEST_SIZE = 16
+HASH_CHUNK_BYTES = 1 << 20  # content_hash_file reads this much at a time (1 MiB: memory bound, few syscalls)
 
 # Truncated files must fail, not decode half-grey. (Pillow's default; stated because a library that imports
 # us may have switched it on.)
@@ -212,6 +216,19 @@ def content_hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=HASH_DIGEST_SIZE).digest()
 
 
+def content_hash_file(path: str) -> bytes:
+    """``content_hash`` of the file at ``path`` (the same digest), read in ``HASH_CHUNK_BYTES`` chunks, so a large
+    file costs no more memory than a small one. Refuses what ``open_regular_file`` refuses (ImageDecodeError)."""
+    hasher = hashlib.blake2b(digest_size=HASH_DIGEST_SIZE)
+    with open_regular_file(path) as fh:
+        try:
+            while chunk := fh.read(HASH_CHUNK_BYTES):
+                hasher.update(chunk)
+        except OSError as exc:
+            raise _read_error(exc) from None
+    return hasher.digest()
+
+
 def _high_bit_to_l(img: Image.Image) -> Image.Image:
     arr = np.asarray(img)
     if arr.dtype.kind == "f":
@@ -278,9 +295,11 @@ def _draft(img: Image.Image, min_side: int | None) -> bool:
     return img.size != (width, height)
 
 
-def _decode(data: bytes, limit: int | None, min_side: int | None = None) -> Image.Image:
+def _open_header(stream: BinaryIO, limit: int | None) -> Image.Image:
+    """``Image.open`` on ``stream`` (Pillow reads the header only) with the pixel limit checked on the full size;
+    ImageDecodeError with the reason otherwise."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(stream)
     except _BOMB_ERRORS as exc:
         raise _bomb_reason(exc, limit) from None
     except UnidentifiedImageError:
@@ -290,6 +309,12 @@ def _decode(data: bytes, limit: int | None, min_side: int | None = None) -> Imag
     width, height = img.size
     if limit is not None and width * height > limit:
         raise _too_large(width, height, limit)
+    return img
+
+
+def _decode(data: bytes, limit: int | None, min_side: int | None = None) -> Image.Image:
+    img = _open_header(io.BytesIO(data), limit)
+    width, height = img.size
     scaled = _draft(img, min_side)
     frame: Image.Image = img
     try:
@@ -378,19 +403,101 @@ def png_without_oversized_metadata(data: bytes) -> bytes | None:
 
 
 # -- files -----------------------------------------------------------------------------------------------------
-def read_file(path: str) -> bytes:
-    """Read a whole file; OSError is turned into ImageDecodeError with the reason."""
+NOT_REGULAR = "not a regular file (device, socket or pipe)"  # the words `index`'s folder scan uses too
+
+
+def open_regular_file(path: str) -> BinaryIO:
+    """Open ``path`` for reading in binary mode, refusing at once anything but a regular file (symlinks followed).
+
+    A named pipe would block the read forever and a device such as ``/dev/zero`` never ends, so both are refused
+    before a byte is read: the path is stat-ed first, then opened non-blocking (opening a FIFO does not wait for a
+    writer) and checked again on the open descriptor (the path may have changed in between). OSError becomes
+    ImageDecodeError with the reason, as ``read_file`` words it.
+    """
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except PermissionError:
-        raise ImageDecodeError("permission denied (cannot read the file)") from None
-    except IsADirectoryError:
-        raise ImageDecodeError("is a directory") from None
+        _check_regular(os.stat(path).st_mode)
+        fh = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 - returned open, the caller closes it
     except OSError as exc:
-        raise ImageDecodeError(f"cannot read the file: {exc.strerror or exc}") from None
+        raise _read_error(exc) from None
+    try:
+        _check_regular(os.fstat(fh.fileno()).st_mode)
+        os.set_blocking(fh.fileno(), True)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise ImageDecodeError("is a directory")
+    if not stat.S_ISREG(mode):
+        raise ImageDecodeError(NOT_REGULAR)
+
+
+def _read_error(exc: OSError) -> ImageDecodeError:
+    if isinstance(exc, PermissionError):
+        return ImageDecodeError("permission denied (cannot read the file)")
+    if isinstance(exc, IsADirectoryError):
+        return ImageDecodeError("is a directory")
+    return ImageDecodeError(f"cannot read the file: {exc.strerror or exc}")
+
+
+# what Pillow's PngImagePlugin says when a text/ICC chunk (MAX_TEXT_CHUNK) or all text (MAX_TEXT_MEMORY) is too big
+_PNG_METADATA_LIMITS = ("MAX_TEXT_CHUNK", "MAX_TEXT_MEMORY")
+
+
+def _png_metadata_over_limits(stream: BinaryIO, exc: ImageDecodeError) -> bool:
+    """Whether a header refused by ``_open_header`` is a PNG whose text/ICC chunks pass Pillow's limits, which
+    ``decode_image`` rescues from the whole stream (``png_without_oversized_metadata``)."""
+    stream.seek(0)
+    if stream.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+        return False
+    return any(limit in str(exc) for limit in _PNG_METADATA_LIMITS)
+
+
+def read_file(path: str, *, max_image_pixels: int | None = None) -> bytes:
+    """Read a whole image file, once its header says it is an image within the pixel limit; ImageDecodeError with
+    the reason otherwise.
+
+    Only regular files are read (``open_regular_file``). The header is read first (``Image.open`` reads no pixel
+    data): a file that is not an image, or one above the pixel limit (``max_image_pixels``, as ``decode_image``;
+    None: the process-wide one), is refused after its header, not its whole body (a 3 GB file of zeros costs a few
+    KiB). The bytes returned are the file's, for ``content_hash`` and ``decode_image``.
+    """
+    limit = check_pixel_limit(max_image_pixels)
+    with open_regular_file(path) as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ImageDecodeError("empty file (0 bytes)")  # as decode_image words it
+        try:
+            with os.fdopen(os.dup(fh.fileno()), "rb") as probe:  # closing the Pillow image closes its file
+                _open_header(probe, limit).close()
+        except ImageDecodeError as exc:
+            if not _png_metadata_over_limits(fh, exc):
+                raise
+        fh.seek(0)
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise _read_error(exc) from None
+
+
+def check_query_file(path: str) -> str:
+    """``path`` made absolute, once it names something that exists: NotFoundError (CLI exit 1, HTTP 404) for a
+    missing file and for a symlink whose target is missing (``read_file`` then refuses what is not a readable
+    regular image file)."""
+    abspath = os.path.abspath(path)
+    if not os.path.exists(abspath):
+        broken = os.path.islink(abspath)
+        raise NotFoundError(f"{path}: {'broken symlink (its target does not exist)' if broken else 'no such file'}")
+    return abspath
 
 
 def load_image(path: str, *, max_image_pixels: int | None = None, min_side: int | None = None) -> Image.Image:
-    """Read and decode one file (see ``decode_image``)."""
-    return decode_image(read_file(path), max_image_pixels=max_image_pixels, min_side=min_side)
+    """Read and decode one file (see ``read_file`` and ``decode_image``)."""
+    data = read_file(path, max_image_pixels=max_image_pixels)
+    return decode_image(data, max_image_pixels=max_image_pixels, min_side=min_side)

@@ -548,7 +548,9 @@ def sidecar_mtimes(paths: Iterable[str]) -> dict[str, int | None]:
 
 
 def _read_sidecar(path: str, sidecar: str) -> bytes | None:
-    with open(sidecar, "rb") as fh:
+    from img_search.data.images import open_regular_file
+
+    with open_regular_file(sidecar) as fh:  # a pipe named *.xmp would block the decode worker forever
         data = fh.read(MAX_SIDECAR_BYTES + 1)
     if len(data) > MAX_SIDECAR_BYTES:
         logger.debug("%s: sidecar %s larger than %d bytes, ignored", path, sidecar, MAX_SIDECAR_BYTES)

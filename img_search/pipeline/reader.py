@@ -60,7 +60,8 @@ class ReadBatch(Generic[S]):
 
 
 class FileLoader:
-    """Loads a FileEntry: read bytes once, hash them, decode from memory, and (``read_metadata``) read the photo's
+    """Loads a FileEntry: read bytes once (``read_file``: regular files only, refused after the header when they
+    are not an image within the pixel limit), hash them, decode from memory, and (``read_metadata``) read the photo's
     metadata from the same bytes and decoded image (``data.metadata.read_metadata``: never fails the image).
 
     ``max_image_pixels``: None for the process-wide limit, or a lower one (checked here, before any worker
@@ -79,7 +80,7 @@ class FileLoader:
         self.keep_full = keep_full
 
     def __call__(self, entry: FileEntry) -> Loaded:
-        data = read_file(entry.path)
+        data = read_file(entry.path, max_image_pixels=self.max_image_pixels)
         image = decode_image(data, max_image_pixels=self.max_image_pixels, min_side=self.min_side)
         model_image = None
         if self.keep_full and full_size(image) != image.size:

@@ -25,7 +25,7 @@ from img_search.catalog.lock import IndexLock
 from img_search.catalog.recompute import RecomputeLeft, RecomputeState
 from img_search.data.excludes import check_excludes
 from img_search.data.folder import FileEntry, ScanProblem, scan_folder
-from img_search.data.images import check_pixel_limit, content_hash, too_large_pixels
+from img_search.data.images import check_pixel_limit, content_hash_file, too_large_pixels
 from img_search.data.paths import canonical_folder
 from img_search.embedding.base import Encoder
 from img_search.embedding.precision import TowerChoice
@@ -153,9 +153,8 @@ def _reusable(entry: FileEntry, catalog: Catalog, embedded: set[bytes], sizes: s
     if entry.size not in sizes:
         return None
     try:
-        with open(entry.path, "rb") as fh:
-            digest = content_hash(fh.read())
-    except OSError:
+        digest = content_hash_file(entry.path)  # in chunks: a large file costs no more memory than a small one
+    except ImgSearchError:
         return None  # the reader will record the failure properly
     if digest not in embedded:
         return None
@@ -253,8 +252,6 @@ def _split_copies(plan: Plan) -> None:
     shared with another file to embed are hashed (a read of each; an unreadable one stays for the reader)."""
     from collections import defaultdict
 
-    from img_search.data.images import content_hash
-
     by_size: dict[int, list[FileEntry]] = defaultdict(list)
     for entry in plan.todo:
         by_size[entry.size].append(entry)
@@ -265,9 +262,8 @@ def _split_copies(plan: Plan) -> None:
             continue
         for entry in entries:
             try:
-                with open(entry.path, "rb") as fh:
-                    digest = content_hash(fh.read())
-            except OSError:
+                digest = content_hash_file(entry.path)  # in chunks: bounded memory whatever the file's size
+            except ImgSearchError:
                 continue
             if digest in first:
                 plan.copies.append((entry, digest, first[digest]))

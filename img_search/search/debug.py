@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from img_search.errors import EmptyCollectionError, InvalidInputError, NotFoundError
+from img_search.errors import EmptyCollectionError, InvalidInputError
 from img_search.search.calibration import SEED_TEMPERATURES, Calibration, calibrate_siglip_score, check_temperature
 
 if TYPE_CHECKING:
@@ -148,13 +148,11 @@ def image_vector(searcher: Searcher, image_path: str | os.PathLike[str], *,
     decoded and embedded with the searcher's encoder. Raises ``NotFoundError`` (no such file) and ``ImageDecodeError``
     (an ``InvalidInputError``: unreadable, not an image, too large).
     """
-    from img_search.data.images import content_hash, decode_image, read_file
+    from img_search.data.images import check_query_file, content_hash, decode_image, read_file
     from img_search.data.paths import canonical_folder
 
-    abspath = os.path.abspath(os.fspath(image_path))
-    if not os.path.lexists(abspath):
-        raise NotFoundError(f"{image_path}: no such file")
-    data = read_file(abspath)
+    abspath = check_query_file(os.fspath(image_path))
+    data = read_file(abspath, max_image_pixels=max_image_pixels)
     collection = searcher.collection
     catalog = collection.catalog()
     # the catalog names files under their folder's canonical path (symlinks and bind mounts resolved)

@@ -413,13 +413,11 @@ class Searcher:
 
     def _image_vector(self, path: str, max_image_pixels: int | None) -> tuple[NDArray[np.float32], int | None]:
         """The query image's vector: the stored one when its bytes are indexed, else embedded now."""
-        from img_search.data.images import content_hash, decode_image, read_file
+        from img_search.data.images import check_query_file, content_hash, decode_image, read_file
         from img_search.data.paths import canonical_folder
 
-        abspath = os.path.abspath(path)
-        if not os.path.lexists(abspath):
-            raise NotFoundError(f"{path}: no such file")
-        data = read_file(abspath)
+        abspath = check_query_file(path)
+        data = read_file(abspath, max_image_pixels=max_image_pixels)
         catalog = self.collection.catalog()
         # the catalog names files under their folder's canonical path (symlinks and bind mounts resolved)
         folder, name = os.path.split(abspath)

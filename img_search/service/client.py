@@ -170,18 +170,14 @@ def search_image(url: str, path: str | os.PathLike[str], *, limit: int = DEFAULT
                  options: Any = None) -> list[dict[str, Any]]:
     """``img-search similar IMAGE`` through the server: uploads the file (``POST /api/v1/search/image``) and, as the
     CLI does, leaves the file itself out of the hits (found by its path, as the catalog names it)."""
+    from img_search.data.images import check_query_file, read_file
     from img_search.data.paths import canonical_folder
 
     if index_dir is not None or model is not None:
         check_server(url, index_dir=index_dir, model=model, timeout=timeout)
-    abspath = os.path.abspath(os.fspath(path))
-    try:
-        with open(abspath, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    # as a local `similar` reads it: a regular file only, refused after its header when it is not an image
+    abspath = check_query_file(os.fspath(path))
+    data = read_file(abspath)
     folder, name = os.path.split(abspath)
     own = {abspath, os.path.join(canonical_folder(folder), name)}
     boundary = uuid.uuid4().hex

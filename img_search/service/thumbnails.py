@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,12 @@ class Thumbnails:
 
         from img_search.data.images import content_hash, decode_image
 
+        changed = ConflictError(f"image {row.id}: the file changed since it was indexed; re-run `img-search index`")
         try:
+            # the path may now name a pipe (a read would block), a device or a bigger file: read only what was indexed
+            st = os.stat(row.path)
+            if not stat.S_ISREG(st.st_mode) or (row.size is not None and st.st_size != row.size):
+                raise changed
             with open(row.path, "rb") as fh:
                 raw = fh.read()
         except FileNotFoundError:
@@ -114,7 +120,7 @@ class Thumbnails:
         except OSError as exc:
             raise UnavailableError(f"image {row.id}: its file cannot be read ({exc.strerror or exc})") from None
         if content_hash(raw) != row.content_hash:
-            raise ConflictError(f"image {row.id}: the file changed since it was indexed; re-run `img-search index`")
+            raise changed
         image = decode_image(raw)
         image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
         out = io.BytesIO()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -410,3 +414,97 @@ def test_decode_mode_names() -> None:
             decode_factor(bad)
     with pytest.raises(InvalidInputError):
         decode_image(b"x", min_side=0)
+
+
+# -- files: regular files only, and no more read than needed (new-user trial: /dev/zero, a FIFO, a 3 GB sparse file) --
+HUGE = 3 * 2**30  # a sparse file of this many zero bytes costs no disk
+# peak resident memory (MiB) a process may reach when refusing the huge file: interpreter + numpy + Pillow are ~60 MiB;
+# reading the file whole took 3 GiB
+PEAK_MIB = 400
+
+
+def _sparse(path: Path, size: int = HUGE) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("make", ["fifo", "dev-zero"])
+def test_a_pipe_or_a_device_is_refused_before_any_read(tmp_path: Path, make: str) -> None:
+    """A FIFO would block the read forever and /dev/zero never ends: both are refused at once, as `index`'s scan
+    refuses them, by every reader of image files (the hash too)."""
+    from img_search.data.images import content_hash_file, open_regular_file
+
+    if make == "fifo":
+        path = str(tmp_path / "pipe.jpg")
+        os.mkfifo(path)
+    else:
+        path = "/dev/zero"
+    for read in (read_file, load_image, content_hash_file, open_regular_file):
+        with pytest.raises(ImageDecodeError, match=r"^not a regular file \(device, socket or pipe\)$"):
+            read(path)
+
+
+def test_a_symlink_to_a_regular_file_is_read(tmp_path: Path) -> None:
+    data = _encode(pattern(3, (20, 10)), "PNG")
+    (tmp_path / "a.png").write_bytes(data)
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    assert read_file(str(tmp_path / "link.png")) == data
+
+
+def test_a_huge_file_that_is_no_image_is_refused_after_its_header(tmp_path: Path) -> None:
+    """3 GB of zeros: refused from its header; a child process measures its own peak memory (ru_maxrss)."""
+    path = _sparse(tmp_path / "huge.jpg")
+    code = (
+        "import resource, sys\n"
+        "from img_search.data.images import read_file\n"
+        "from img_search.errors import ImageDecodeError\n"
+        "try:\n"
+        "    read_file(sys.argv[1])\n"
+        "except ImageDecodeError as exc:\n"
+        "    print(exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"  # KiB on Linux
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    reason, peak_mib = out.splitlines()
+    assert reason == "not an image Pillow can read (unknown format or damaged header)"
+    assert int(peak_mib) < PEAK_MIB
+
+
+def test_content_hash_file_is_content_hash_in_bounded_memory(tmp_path: Path) -> None:
+    """The catalog keys vectors by the hash: streaming must give the digest of the whole bytes, for files below,
+    at and above the chunk size, and hold no more than a chunk or two of Python memory."""
+    from img_search.data.images import HASH_CHUNK_BYTES, content_hash, content_hash_file
+
+    rng = np.random.default_rng(0)
+    for size in (1, HASH_CHUNK_BYTES - 1, HASH_CHUNK_BYTES, 3 * HASH_CHUNK_BYTES + 17):
+        path = tmp_path / f"f{size}.bin"
+        path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        assert content_hash_file(str(path)) == content_hash(path.read_bytes())
+    big = _sparse(tmp_path / "big.bin", 64 * HASH_CHUNK_BYTES)
+    tracemalloc.start()
+    try:
+        digest = content_hash_file(str(big))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest == content_hash(bytes(64 * HASH_CHUNK_BYTES))
+    assert peak < 4 * HASH_CHUNK_BYTES
+
+
+@pytest.mark.parametrize("name", ["ztxt", "itxt", "icc", "plain"])
+def test_a_png_file_whose_header_pillow_refuses_for_its_metadata_keeps_its_pixels(tmp_path: Path, name: str) -> None:
+    """read_file checks the header first; a PNG whose metadata passes Pillow's limits is still read whole, for
+    decode_image's fallback."""
+    data, src = _big_metadata_pngs()[name]
+    (tmp_path / "a.png").write_bytes(data)
+    assert read_file(str(tmp_path / "a.png")) == data
+    np.testing.assert_array_equal(np.asarray(load_image(str(tmp_path / "a.png"))), np.asarray(src))
+
+
+def test_a_file_above_the_pixel_limit_is_refused_from_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(_encode(pattern(4, (40, 30)), "PNG"))
+    with pytest.raises(ImageDecodeError, match=r"^too large: 40x30 = 1,200 pixels exceeds the limit of 1,000"):
+        read_file(str(path), max_image_pixels=1000)
+    assert read_file(str(path), max_image_pixels=1200) == path.read_bytes()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,28 @@ def deny_reading(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
     monkeypatch.setattr(images_module, "open", guarded_open, raising=False)
 
 
+HUGE = 3 * 2**30
+PEAK_MIB = 400  # peak RSS allowed while the loader refuses HUGE zero bytes (the interpreter with Pillow: ~60 MiB)
+
+
+def test_file_loader_refuses_a_huge_file_in_bounded_memory(tmp_path: Path) -> None:
+    """`index` held a 3 GB file whole (3.46 GB peak) before skipping it: the child process's own peak is measured."""
+    path = tmp_path / "huge.jpg"
+    _now_huge(path)
+    code = (
+        "import resource, sys\n"
+        "from img_search.data.folder import FileEntry\n"
+        "from img_search.pipeline.reader import FileLoader, read_one\n"
+        "item = read_one(FileEntry(sys.argv[1], 0, 0), FileLoader(read_metadata=True), None)\n"
+        "print(item.error)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"  # KiB on Linux
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    error, peak_mib = out.splitlines()
+    assert error.startswith("not an image Pillow can read")
+    assert int(peak_mib) < PEAK_MIB
+
+
 # -- the loader ----------------------------------------------------------------------------------------------------
 def test_file_loader_hashes_the_bytes_it_decoded(tmp_path: Path) -> None:
     path = make_jpeg(tmp_path / "a.jpg", seed=1)
@@ -86,6 +110,16 @@ def _vanished(path: Path) -> None:
     path.unlink()
 
 
+def _now_a_fifo(path: Path) -> None:  # a read would block forever
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _now_huge(path: Path) -> None:  # sparse: no disk; refused from its header, never read whole
+    with open(path, "wb") as fh:
+        fh.truncate(HUGE)
+
+
 def _now_a_directory(path: Path) -> None:
     path.unlink()
     path.mkdir()
@@ -98,6 +132,8 @@ FAILURES = {
     "not an image": (lambda p: p.write_text("hello"), r"^not an image Pillow can read"),
     "vanished after the scan": (_vanished, r"^cannot read the file: No such file or directory$"),
     "replaced by a directory": (_now_a_directory, r"^is a directory$"),
+    "replaced by a named pipe": (_now_a_fifo, r"^not a regular file \(device, socket or pipe\)$"),
+    "replaced by 3 GB of zeros": (_now_huge, r"^not an image Pillow can read"),
 }
 
 
