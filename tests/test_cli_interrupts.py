@@ -38,12 +38,23 @@ cli._print_summary = print_summary
 """
 
 
+# Ctrl-C from the terminal during embedding: it reaches the whole process group, decode workers included
+_CTRL_C_WHILE_EMBEDDING = """
+from img_search.embedding.hf import HFEncoder
+real_encode = HFEncoder.encode_batch
+def encode_batch(self, batch):
+    os.killpg(os.getpgid(0), signal.SIGINT)
+    return real_encode(self, batch)
+HFEncoder.encode_batch = encode_batch
+"""
+
+
 def _index(patch: str, photo_dir: Path, tmp_path: Path, tiny_siglip: Path,
            *extra: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, IMG_SEARCH_INDEX_DIR=str(tmp_path / "idx"), IMG_SEARCH_MODEL=str(tiny_siglip),
                HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "-c", _PROGRAM.format(patch=patch), "index", str(photo_dir), *extra],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=300, env=env, start_new_session=True)
 
 
 def test_ctrl_c_inside_a_runtime_import_is_an_interruption_not_a_fallback(photo_dir: Path, tmp_path: Path,
@@ -60,3 +71,13 @@ def test_ctrl_c_after_the_run_finished_leaves_it_finished(photo_dir: Path, tmp_p
     assert ": 12 embedded, " in proc.stdout  # the summary
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
     assert "interrupted" not in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_to_the_process_group_while_embedding_prints_one_line(photo_dir: Path, tmp_path: Path,
+                                                                     tiny_siglip: Path) -> None:
+    """The decode workers get the Ctrl-C too: they ignore it (no 'Process Process-2: ... KeyboardInterrupt')."""
+    proc = _index(_CTRL_C_WHILE_EMBEDDING, photo_dir, tmp_path, tiny_siglip, "--precision", "fp32", "--workers", "2",
+                  "--batch-size", "2")
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr
+    assert proc.stderr.startswith("error: interrupted") and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stdout == ""
