@@ -7,10 +7,12 @@ Every model is written with ``save_pretrained`` and loaded back through the user
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,20 @@ from helpers import make_jpeg
 _CACHE = tempfile.mkdtemp(prefix="img-search-test-cache-")
 os.environ["XDG_CACHE_HOME"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A command run in-process (CliRunner, ``main(argv)``) sets the root handlers, the ``img_search`` logger's level
+    (-q: errors only) and the warnings capture for the rest of its process, as a real command may; a later test's
+    own command must not inherit them (one ran after ``index -q`` and lost its warnings)."""
+    root, ours = logging.getLogger(), logging.getLogger("img_search")
+    saved = root.handlers[:], root.level, ours.level
+    yield
+    root.handlers[:], ours_level = saved[0], saved[2]
+    root.setLevel(saved[1])
+    ours.setLevel(ours_level)
+    logging.captureWarnings(False)
 
 
 @pytest.fixture(scope="session")

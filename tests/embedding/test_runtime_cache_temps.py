@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from img_search.embedding.onnx_export import RuntimeCache
+from img_search.embedding.onnx_export import FORMAT_VERSION, RuntimeCache
 
 
 def _checkpoint(tmp_path: Path) -> Path:
@@ -85,7 +85,7 @@ def test_the_next_export_removes_the_temporaries_of_killed_writers_only(tmp_path
         assert (cache.dir / live[0] / "model.onnx").read_bytes() == b"in progress"
         (cache.dir / ".tokenizer.zz11.tmp").mkdir()  # another killed writer; a JSON write cleans up as well
         cache.write_manifest({"model": "x"})
-        assert _temps(cache) == live and cache.manifest() == {"model": "x", "format": 1}
+        assert _temps(cache) == live and cache.manifest() == {"model": "x", "format": FORMAT_VERSION}
     finally:
         alive.kill()
         alive.wait(timeout=30)
@@ -124,5 +124,5 @@ def test_a_temporary_removed_before_it_was_locked_is_replaced(tmp_path: Path,
     cache.publish("text-onnx-fp32", lambda tmp: (tmp / "model.onnx").write_bytes(b"graph"))
     assert len(calls) == 2 and cache.graph_path("text", "onnx-fp32").read_bytes() == b"graph"
     cache.write_manifest({"model": "y"})
-    assert len(calls) == 4 and cache.manifest() == {"model": "y", "format": 1}
+    assert len(calls) == 4 and cache.manifest() == {"model": "y", "format": FORMAT_VERSION}
     assert _temps(cache) == []
