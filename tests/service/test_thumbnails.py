@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ def test_only_indexed_pictures_are_ever_read(fresh_index: Callable[..., tuple[Pa
     swapped.unlink()
     swapped.symlink_to(secret)  # a catalog path now pointing elsewhere
     make_jpeg(photos / "a" / "img03.jpg", seed=303)  # another picture under an indexed name
+    (photos / "a" / "img07.jpg").unlink()
+    os.mkfifo(photos / "a" / "img07.jpg")  # a read would block the server thread forever
+    with open(photos / "b" / "img08.jpg", "wb") as fh:
+        fh.truncate(3 * 2**30)  # 3 GB of zeros (sparse): refused by its size, never read
 
     opened: list[str] = []
 
@@ -91,6 +96,8 @@ def test_only_indexed_pictures_are_ever_read(fresh_index: Callable[..., tuple[Pa
         f"/api/v1/images/{ids['img06.jpg']}/thumbnail": (404, "not_found"),
         f"/api/v1/images/{ids['img01.jpg']}/thumbnail": (409, "conflict"),
         f"/api/v1/images/{ids['img03.jpg']}/thumbnail": (409, "conflict"),
+        f"/api/v1/images/{ids['img07.jpg']}/thumbnail": (409, "conflict"),
+        f"/api/v1/images/{ids['img08.jpg']}/thumbnail": (409, "conflict"),
         "/api/v1/images/..%2F..%2Foutside%2Fsecret.jpg/thumbnail": (404, "not_found"),  # decoded: no route
         f"/api/v1/images/{secret}/thumbnail": (404, "not_found"),  # an absolute path: no such route
         "/api/v1/images/%2e%2e/thumbnail": (422, "invalid_input"),
@@ -102,4 +109,5 @@ def test_only_indexed_pictures_are_ever_read(fresh_index: Callable[..., tuple[Pa
     ok = client.get(f"/api/v1/images/{ids['img05.jpg']}/thumbnail")
     assert ok.status_code == 200
     assert opened and set(opened) <= catalog_paths, opened
+    assert not {str(photos / "a" / "img07.jpg"), str(photos / "b" / "img08.jpg")} & set(opened)
     assert str(secret) not in opened and not list((index_dir / "thumbnails").rglob("*.jpg"))[1:]
