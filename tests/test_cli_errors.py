@@ -93,6 +93,9 @@ def _cases(d: dict[str, str]) -> list[tuple[list[str], int, str]]:
         # not a regular file: refused at once, before a byte is read (a pipe blocks, /dev/zero never ends)
         (["similar", os.path.join(root, "fifo.jpg"), *common], 2, "fifo.jpg: not a regular file (device, socket or"),
         (["similar", "/dev/zero", *common], 2, "/dev/zero: not a regular file (device, socket or pipe)"),
+        # through a server the file is read to be uploaded: refused the same way (port 9: nothing is sent)
+        (["similar", os.path.join(root, "fifo.jpg"), "--server", "http://127.0.0.1:9"], 2, "fifo.jpg: not a regular"),
+        (["similar", os.path.join(root, "huge.jpg"), "--server", "http://127.0.0.1:9"], 2, "huge.jpg: not an image"),
         (["search", f"dog +{root}/fifo.jpg", *common], 2, f"query image {root}/fifo.jpg: not a regular file"),
         # a missing file is "not found" (exit 1) whether or not a symlink names it
         (["similar", os.path.join(root, "broken.jpg"), *common], 1, "broken.jpg: broken symlink"),
