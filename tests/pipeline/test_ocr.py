@@ -101,7 +101,8 @@ def test_ocr_is_incremental_backfills_without_reembedding_and_survives_failures(
     make_jpeg(photo_dir / "crash.jpg", seed=99, size=(77, 50))  # the engine fails on this one: 14 files, 13 contents
     enc = CountingEncoder(siglip_encoder)
     first = _index(photo_dir, idx, tiny_siglip, lambda: enc)  # an existing collection, indexed without --ocr
-    assert first.embedded == 14 and first.ocr is None and _calls(log) == 0
+    # the copy's bytes are img01's: encoded once, its vector reused
+    assert (first.embedded, first.reused) == (13, 1) and first.ocr is None and _calls(log) == 0
 
     ocr = dict(ocr=True, ocr_engine=CountingOcr.key)
     later = _index(photo_dir, idx, tiny_siglip, _never, **ocr)  # --ocr later: read, never re-embedded
