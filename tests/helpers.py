@@ -121,3 +121,14 @@ def tmpfs(target: Path, size_bytes: int) -> Iterator[Path]:
         yield target
     finally:
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def run_measuring_peak(code: str, *args: str) -> tuple[str, int]:
+    """Run ``code`` (Python source) in a fresh interpreter with ``args``; returns (its stdout, its own peak resident
+    memory in MiB). The peak is the child's VmHWM, read after ``code`` ran: ``ru_maxrss`` keeps the forking pytest
+    process's peak across exec, which made every child of a big test process look big."""
+    peak = "\nprint(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) // 1024)\n"
+    out = subprocess.run([sys.executable, "-c", code + peak, *args], capture_output=True, text=True,
+                         check=True).stdout
+    body, _, last = out.rstrip("\n").rpartition("\n")
+    return body, int(last)

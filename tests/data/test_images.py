@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import pattern
+from helpers import pattern, run_measuring_peak
 from PIL import Image
 
 from img_search.data.images import decode_image, load_image, read_file, to_rgb
@@ -306,7 +305,6 @@ def test_bomb_warning_raised_as_error_becomes_a_reason(pixel_state) -> None:  # 
 
 
 def test_decoding_in_threads_never_touches_the_global(pixel_state) -> None:  # type: ignore[no-untyped-def]
-    import sys
     import types
     from concurrent.futures import ThreadPoolExecutor
 
@@ -456,21 +454,17 @@ def test_a_huge_file_that_is_no_image_is_refused_after_its_header(tmp_path: Path
     """3 GB of zeros: refused from its header; a child process measures its own peak memory (VmHWM)."""
     path = _sparse(tmp_path / "huge.jpg")
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from img_search.data.images import read_file\n"
         "from img_search.errors import ImageDecodeError\n"
         "try:\n"
         "    read_file(sys.argv[1])\n"
         "except ImageDecodeError as exc:\n"
         "    print(exc)\n"
-        # VmHWM: this process image's own peak (ru_maxrss keeps the forking parent's peak across exec: a big pytest
-        # process made every child look big)
-        "print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:')) // 1024)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
-    reason, peak_mib = out.splitlines()
+    reason, peak_mib = run_measuring_peak(code, str(path))
     assert reason == "not an image Pillow can read (unknown format or damaged header)"
-    assert int(peak_mib) < PEAK_MIB
+    assert peak_mib < PEAK_MIB
 
 
 def test_content_hash_file_is_content_hash_in_bounded_memory(tmp_path: Path) -> None:

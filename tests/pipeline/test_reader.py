@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import make_jpeg
+from helpers import make_jpeg, run_measuring_peak
 from numpy.typing import NDArray
 
 import img_search.data.images as images_module
@@ -63,19 +61,15 @@ def test_file_loader_refuses_a_huge_file_in_bounded_memory(tmp_path: Path) -> No
     path = tmp_path / "huge.jpg"
     _now_huge(path)
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from img_search.data.folder import FileEntry\n"
         "from img_search.pipeline.reader import FileLoader, read_one\n"
         "item = read_one(FileEntry(sys.argv[1], 0, 0), FileLoader(read_metadata=True), None)\n"
         "print(item.error)\n"
-        # VmHWM: this process image's own peak (ru_maxrss keeps the forking parent's peak across exec: a big pytest
-        # process made every child look big)
-        "print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:')) // 1024)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
-    error, peak_mib = out.splitlines()
+    error, peak_mib = run_measuring_peak(code, str(path))
     assert error.startswith("not an image Pillow can read")
-    assert int(peak_mib) < PEAK_MIB
+    assert peak_mib < PEAK_MIB
 
 
 # -- the loader ----------------------------------------------------------------------------------------------------
