@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from img_search.data.excludes import ExcludeRules, compile_excludes
 from img_search.data.formats import UnsupportedFormat, unsupported_formats
-from img_search.data.images import HEIF_AVAILABLE, IMAGE_EXTENSIONS
+from img_search.data.images import HEIF_AVAILABLE, IMAGE_EXTENSIONS, NOT_REGULAR
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,6 @@ def _scan_entry(
         logger.debug("not following symlinked folder %s", entry.path)
         return
     if not stat.S_ISREG(st.st_mode):
-        result.problems.append(ScanProblem(entry.path, "not a regular file (device, socket or pipe)"))
+        result.problems.append(ScanProblem(entry.path, NOT_REGULAR))
         return
     result.files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))

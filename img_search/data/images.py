@@ -403,7 +403,7 @@ def png_without_oversized_metadata(data: bytes) -> bytes | None:
 
 
 # -- files -----------------------------------------------------------------------------------------------------
-NOT_REGULAR = "not a regular file (device, socket or pipe)"  # the words `index`'s folder scan uses too
+NOT_REGULAR = "not a regular file (device, socket or pipe)"  # also the reason `index`'s folder scan gives
 
 
 def open_regular_file(path: str) -> BinaryIO:
