@@ -47,6 +47,7 @@ bench/results/embed_throughput_precision.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -174,9 +175,25 @@ RUNTIME_CACHE = CACHE / "runtime-cache"
 
 
 def parse_variant(spec: str) -> tuple[str, str]:
-    """``PRECISION`` or ``PRECISION@RUNTIME`` -> (precision, runtime or "auto")."""
-    precision, _, runtime = spec.partition("@")
+    """``PRECISION`` or ``PRECISION@RUNTIME`` (optionally ``/OPTION...``, see ``variant_options``) -> (precision,
+    runtime or "auto")."""
+    precision, _, runtime = spec.split("/")[0].partition("@")
     return precision, runtime or "auto"
+
+
+def variant_options(spec: str, workers: int) -> tuple[int, bool]:
+    """A spec's ``/`` options -> (decode workers, decode gate on). ``/wN``: N decode workers instead of the run's;
+    ``/ungated``: the decode workers run beside the model as before issue 8's gate (``reader.DecodeGate``), for an
+    A/B of the gate in one run."""
+    gated = True
+    for option in spec.split("/")[1:]:
+        if option == "ungated":
+            gated = False
+        elif option.startswith("w") and option[1:].isdigit():
+            workers = int(option[1:])
+        else:
+            raise SystemExit(f"{spec}: unknown variant option {option!r} (wN | ungated)")
+    return workers, gated
 
 
 def _cpu_seconds() -> float:
@@ -244,6 +261,15 @@ def precision_worker(spec: str, model_dir: Path, folder: Path, batch_size: int, 
 
     logging.basicConfig(level=logging.WARNING)
     precision, runtime = parse_variant(spec)
+    workers, gated = variant_options(spec, workers)
+    if not gated:
+        from img_search.pipeline import loop
+
+        class Ungated(loop.DecodeGate):
+            def model_turn(self):  # type: ignore[no-untyped-def,override]
+                return contextlib.nullcontext()
+
+        loop.DecodeGate = Ungated  # type: ignore[misc]
     t0 = time.perf_counter()
     enc = load_encoder(str(model_dir), device="cpu", precision=precision, runtime=runtime, cache_dir=RUNTIME_CACHE)
     prepare_runtime(enc)  # exports, parity checks, text assets: what `index` does before embedding (cached after)

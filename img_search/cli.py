@@ -296,7 +296,7 @@ def index(
                                                    help=f"Images per model forward [default: "
                                                         f"{DEFAULTS.batch_size}].")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, show_default=False,
-                                                help="Decode processes [default: half the cores, 1-4; 0: decode in "
+                                                help="Decode processes [default: one per core, 1-4; 0: decode in "
                                                      "the main process].")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

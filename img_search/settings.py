@@ -215,7 +215,7 @@ class Settings(BaseSettings):
     # deprecated spelling of precision (auto | float32 | float16 | bfloat16); used only when precision is not set
     dtype: str | None = None
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
-    # None: half the cores, 1 to 4 (pipeline/runner.default_workers)
+    # None: one per core, 1 to 4 (pipeline/runner.default_workers)
     workers: int | None = Field(None, ge=0)
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     # `index` decodes JPEGs in full instead of at a reduced libjpeg scale (data/images.py "decode modes"; a

@@ -46,7 +46,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="Fit UMAP on all stored embeddings and store the model and the projections [default: yes].")
     p.add_argument("--model", default=None, help="Checkpoint (Hub id or local directory) to use instead of the "
                    "embedding type's default; loaded with the type's model family.")
-    p.add_argument("--workers", type=int, default=None, help="Decode processes [default: half the cores, 1-4; 0: "
+    p.add_argument("--workers", type=int, default=None, help="Decode processes [default: one per core, 1-4; 0: "
                    "decode in the main process].")
     p.add_argument("--json", action="store_true", help="Print the run's summary as JSON on stdout.")
     p.add_argument("--quiet", "-q", action="store_true", help="Only errors on stderr.")

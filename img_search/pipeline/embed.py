@@ -114,7 +114,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class TaskConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
-    workers: int | None = None  # decode processes per rank; None: half the cores, 1-4
+    workers: int | None = None  # decode processes per rank; None: one per core, 1-4
     build_attempts: int = DEFAULT_BUILD_ATTEMPTS
     retry_backoff_seconds: float = DEFAULT_RETRY_BACKOFF_SECONDS
     distributed: str = AUTO  # auto | local | accelerate

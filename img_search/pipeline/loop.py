@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -20,7 +21,15 @@ from numpy.typing import NDArray
 
 from img_search.embedding.base import Encoder, ImagePreprocessor
 from img_search.pipeline.progress import Progress
-from img_search.pipeline.reader import Batches, Loaded, ReadBatch, ReadItem, SourceDataset, read_batches
+from img_search.pipeline.reader import (
+    Batches,
+    DecodeGate,
+    Loaded,
+    ReadBatch,
+    ReadItem,
+    SourceDataset,
+    read_batches,
+)
 
 S = TypeVar("S")
 
@@ -100,32 +109,49 @@ def run_loop(
     ``encoder`` None: a pass that embeds nothing (the loader does the work, e.g. reading the text in pictures,
     ``pipeline.ocr``): no pixels are prepared and the sink gets ``vectors`` None; ``LoopStats.embedded`` then counts
     the sources loaded. ``start``: fork the decode workers first, then load the encoder (``EarlyStart``; ``load``
-    and ``encoder`` are then not used); ``LoopStats.seconds`` starts once the encoder is ready."""
+    and ``encoder`` are then not used); ``LoopStats.seconds`` starts once the encoder is ready. With decode workers
+    and an encoder on the CPU, the workers decode only while the model is not computing (``reader.DecodeGate``)."""
     stats = LoopStats()
     if not sources:
         return stats
     batch_size, workers = fit_to_work(len(sources), batch_size, workers)
-    if start is not None:
-        batches, encoder = _start_early(sources, start, batch_size, workers)
-    else:
-        dataset = SourceDataset(sources, load, encoder.image_preprocessor() if encoder is not None else None)
-        batches = read_batches(dataset, batch_size=batch_size, workers=workers)  # forks before any sink thread
+    gate = DecodeGate() if workers > 0 and (encoder is not None or start is not None) else None
+    try:
+        if start is not None:
+            batches, encoder = _start_early(sources, start, batch_size, workers, gate)
+        else:
+            dataset = SourceDataset(sources, load, encoder.image_preprocessor() if encoder is not None else None,
+                                    gate)
+            batches = read_batches(dataset, batch_size=batch_size, workers=workers)  # forks before any sink thread
+    except BaseException:
+        if gate is not None:
+            gate.close()
+        raise
+    on_cpu = str(getattr(encoder, "device", "")).split(":")[0] == "cpu"
+    turn = gate.model_turn if gate is not None and on_cpu else nullcontext
     try:
         sink = make_sink()
     except BaseException:
         batches.close()
+        if gate is not None:
+            gate.close()
         raise
     progress.start(len(sources), description)
     t0 = time.monotonic()
     try:
         for batch in batches:
-            vectors = encoder.encode_batch(batch.pixels) if batch.ok and encoder is not None else None
+            vectors = None
+            if batch.ok and encoder is not None:
+                with turn():
+                    vectors = encoder.encode_batch(batch.pixels)
             sink.put(batch, vectors)
             stats.embedded += len(batch.ok)
             stats.failed.extend(batch.failed)
             progress.advance(len(batch))
     finally:
         batches.close()  # stop the decode workers now, not when the traceback is freed
+        if gate is not None:
+            gate.close()
         # commit everything already encoded, even when interrupted: a re-run then starts after it
         sink.close()
         stats.seconds = time.monotonic() - t0
@@ -133,11 +159,11 @@ def run_loop(
     return stats
 
 
-def _start_early(sources: Sequence[S], start: EarlyStart, batch_size: int, workers: int
+def _start_early(sources: Sequence[S], start: EarlyStart, batch_size: int, workers: int, gate: DecodeGate | None
                  ) -> tuple[Batches, Encoder]:
     """Fork the decode workers with ``start.preprocess``, then load the encoder; restart the workers with the
     encoder's own preprocessor if it differs. Returns (batches, encoder); the workers are stopped on any error."""
-    batches = read_batches(SourceDataset(sources, start.loader_for(start.preprocess), start.preprocess),
+    batches = read_batches(SourceDataset(sources, start.loader_for(start.preprocess), start.preprocess, gate),
                            batch_size=batch_size, workers=workers)
     try:
         encoder = start.encoder()
@@ -148,6 +174,6 @@ def _start_early(sources: Sequence[S], start: EarlyStart, batch_size: int, worke
     if own != start.preprocess:
         logger.info("the encoder's image preprocessor is not the one loaded ahead: decoding again with its own")
         batches.close()
-        batches = read_batches(SourceDataset(sources, start.loader_for(own), own), batch_size=batch_size,
+        batches = read_batches(SourceDataset(sources, start.loader_for(own), own, gate), batch_size=batch_size,
                                workers=workers)
     return batches, encoder

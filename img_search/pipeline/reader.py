@@ -109,19 +109,79 @@ def read_one(source: S, load: Callable[[S], Loaded], preprocess: ImagePreprocess
     return ReadItem(source, loaded.content_hash, width, height, pixels, metadata=loaded.metadata, ocr=loaded.ocr)
 
 
+class DecodeGate:
+    """Decode workers take turns with a CPU model: they start an image only while the model is not computing.
+
+    Why (issue 8, docs/PERFORMANCE.md "Decode workers take turns with the model"): a CPU runtime splits each operator
+    of the forward pass evenly over its threads, one per core, and each operator ends at a barrier. A decode process
+    running beside it takes a core from one of those threads for a scheduler slice, and the other threads wait for
+    it at the barrier: the model loses about twice the CPU share the decoder takes. With the gate, decoding happens
+    while the main process waits for a batch, on every core (one worker per core), and the model's passes run
+    undisturbed.
+
+    The gate is a pipe made before the workers fork (they inherit it): open while it holds one byte, so a worker
+    waits with ``select`` until it is readable and never reads it; only the process that made it writes or takes
+    the byte. No lock is shared, so a worker killed at any point cannot block the model's process. It starts open, so
+    the first batches decode while the model loads. ``model_turn()`` closes it around one forward pass; a worker
+    already inside an image finishes that image. ``close()`` releases the pipe (the workers must be stopped first).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self._owner = os.getpid()
+        self._open = False
+        self._set_open(True)
+
+    def _set_open(self, open_: bool) -> None:
+        if open_ and not self._open:
+            os.write(self._write, b"1")
+        elif not open_ and self._open:
+            os.read(self._read, 1)
+        self._open = open_
+
+    def wait(self) -> None:
+        """Block until the model is not computing (called by a worker before each image)."""
+        import select
+
+        while not select.select([self._read], [], [])[0]:
+            pass
+
+    @contextmanager
+    def model_turn(self) -> Iterator[None]:
+        """Close the gate for the block (one forward pass); it opens again however the block ends."""
+        self._set_open(False)
+        try:
+            yield
+        finally:
+            self._set_open(True)
+
+    def close(self) -> None:
+        """Release the pipe (in the process that made the gate; a no-op elsewhere and when already closed)."""
+        if os.getpid() == self._owner and self._read >= 0:
+            os.close(self._read)
+            os.close(self._write)
+            self._read = self._write = -1
+
+
 class SourceDataset(Generic[S]):
-    """Map-style dataset (torch's protocol: ``__len__`` / ``__getitem__``) over the sources to embed."""
+    """Map-style dataset (torch's protocol: ``__len__`` / ``__getitem__``) over the sources to embed.
+
+    ``gate``: when given, each item waits for it before loading (``DecodeGate``: decode workers yield the cores to a
+    CPU model)."""
 
     def __init__(self, sources: Sequence[S], load: Callable[[S], Loaded],
-                 preprocess: ImagePreprocessor | None) -> None:
+                 preprocess: ImagePreprocessor | None, gate: DecodeGate | None = None) -> None:
         self.sources = sources
         self.load = load
         self.preprocess = preprocess
+        self.gate = gate
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, index: int) -> ReadItem[S]:
+        if self.gate is not None:
+            self.gate.wait()
         return read_one(self.sources[index], self.load, self.preprocess)
 
 

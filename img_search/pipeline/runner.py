@@ -39,9 +39,13 @@ logger = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
-    # decoding a 1024x768 JPEG and resizing it costs ~5% of a base ViT forward: one worker per two
-    # cores keeps the model fed without stealing its cores
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    """Decode processes for ``index``: one per core, at most 4. On a CPU model they decode only while the model
+    waits for a batch (``pipeline.reader.DecodeGate``), so every core decodes then and none competes with the model
+    (issue 8: with one worker per two cores running beside an int8 model, the model lost 14-21 % of its speed); on
+    an accelerator they overlap with the forward pass. Beyond 4 a worker adds memory (a decoded batch in flight)
+    more than speed: a 1024x768 JPEG costs ~7.5 ms of CPU to decode and prepare, a base ViT forward ~35 ms on 2
+    cores (docs/PERFORMANCE.md)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)

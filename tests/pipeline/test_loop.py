@@ -302,3 +302,83 @@ def test_early_start_forks_before_the_encoder_and_checks_its_preprocessor(ahead:
     assert [s for batch in encoder.seen for s in batch] == list(range(10))  # pixels made by the encoder's own
     np.testing.assert_allclose(np.concatenate([v for _, _, v in sink[0].puts if v is not None]),
                                expected_vectors(list(range(10))))
+
+
+class TimedLoader(ColourLoader):
+    """A ColourLoader that takes ``seconds`` per source and appends the monotonic time (system-wide on Linux, so
+    comparable across the decode worker processes) at which each source starts loading to ``log`` (O_APPEND)."""
+
+    def __init__(self, log: Path, seconds: float) -> None:
+        super().__init__()
+        self.log, self.seconds = log, seconds
+
+    def __call__(self, source: int) -> Loaded:
+        with self.log.open("a") as f:
+            f.write(f"{time.monotonic()}\n")
+        time.sleep(self.seconds)
+        return super().__call__(source)
+
+
+class SlowEncoder(FakeEncoder):
+    """A FakeEncoder whose forward pass takes ``seconds`` and records its (start, end) monotonic interval."""
+
+    def __init__(self, device: str, seconds: float) -> None:
+        super().__init__()
+        self.device, self.seconds = device, seconds
+        self.intervals: list[tuple[float, float]] = []
+
+    def encode_batch(self, batch: PixelBatch) -> NDArray[np.float32]:
+        start = time.monotonic()
+        time.sleep(self.seconds)
+        out = super().encode_batch(batch)
+        self.intervals.append((start, time.monotonic()))
+        return out
+
+
+def loads_started_during_encoding(device: str, tmp_path: Path) -> list[int]:
+    """Run 12 sources (0.1 s each to load) in batches of 2 with 2 decode workers through a 0.4 s forward pass on
+    ``device``; per pass, how many sources started loading more than 0.05 s after it began.
+
+    A worker that passed the gate just before it closed records its start within microseconds, hence the 0.05 s
+    margin; without the gate, the worker asked for a new batch as the pass begins starts its second source 0.1 s
+    later, inside the pass."""
+    log = tmp_path / f"loads-{device}.txt"
+    encoder = SlowEncoder(device, seconds=0.4)
+    sink_log: list[str] = []
+    stats = run_loop(list(range(12)), TimedLoader(log, 0.1), encoder, lambda: RecordingSink(sink_log),
+                     batch_size=2, workers=2, progress=RecordingProgress(sink_log))
+    assert stats.embedded == 12 and [s for batch in encoder.seen for s in batch] == list(range(12))
+    starts = [float(line) for line in log.read_text().split()]
+    assert len(starts) == 12
+    return [sum(a + 0.05 < t < b for t in starts) for a, b in encoder.intervals]
+
+
+def test_decode_workers_wait_while_a_cpu_model_computes(tmp_path: Path) -> None:
+    """Issue 8: on CPU the decode workers take turns with the model (reader.DecodeGate): no source starts loading
+    during a forward pass."""
+    assert sum(loads_started_during_encoding("cpu", tmp_path)) == 0
+
+
+def test_decode_workers_overlap_with_a_model_on_an_accelerator(tmp_path: Path) -> None:
+    """On an accelerator the forward pass does not use the CPU's cores: the workers keep decoding during it."""
+    during = loads_started_during_encoding("cuda", tmp_path)
+    assert sum(during) >= 3, during
+
+
+def test_runs_leave_no_file_descriptors_behind(tmp_path: Path) -> None:
+    """The gate's pipe is released with the run (a service runs many re-embedding jobs in one process), also when
+    the run fails."""
+    import os
+
+    def open_fds() -> int:
+        gc.collect()  # what earlier tests left for the collector (their loaders' pipes) closes now, not mid-test
+        return len(os.listdir("/proc/self/fd"))
+
+    run = Run()
+    run(list(range(6)), batch_size=2, workers=2)
+    before = open_fds()
+    for _ in range(3):
+        Run()(list(range(6)), batch_size=2, workers=2)
+        with pytest.raises(KeyboardInterrupt):
+            Run(interrupt_at=1)(list(range(6)), batch_size=2, workers=2)
+    assert open_fds() == before
