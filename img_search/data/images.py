@@ -22,6 +22,12 @@ that keeps both sides >= ``n``; the indexing pipeline asks for ``REDUCED_DECODE_
 orientation is applied after the scaled decode; other formats (PNG, HEIC, MPO, ...) decode in full whatever
 ``min_side`` says. The full-resolution size (oriented) stays readable through ``full_size``.
 
+Large files: ``read_file`` returns the bytes of a file up to ``READ_WHOLE_MAX_BYTES``, read once for the decoder, the
+content hash and the metadata reader; a larger file comes back as a ``LargeFile`` (its path and identity, no bytes),
+which ``decode_image`` decodes from the open file (Pillow reads what the decoder needs: data after the picture is never
+read) and ``content_hash`` hashes by streaming (the same digest). A 4x4 PNG followed by 3 GB of zeros costs a few
+MiB, not 3 GB; a 1 GB TIFF scan costs its decoded pixels, not its bytes as well.
+
 PNG metadata never costs the picture: a PNG whose compressed text (zTXt, compressed iTXt) or ICC profile
 (iCCP) inflates past Pillow's ``MAX_TEXT_CHUNK`` (or whose text passes ``MAX_TEXT_MEMORY``) is decoded again
 from its stream with those chunks dropped; Pillow's limits themselves are kept, since they protect memory.
@@ -52,6 +58,12 @@ logger = logging.getLogger(__name__)
 # the default pixel limit (Pillow's own bomb bound) is a setting: defined once, in settings.py
 HASH_DIGEST_SIZE = 16
 HASH_CHUNK_BYTES = 1 << 20  # content_hash_file reads this much at a time (1 MiB: memory bound, few syscalls)
+# read_file reads a file up to this size whole (one read serves decoding, hashing and metadata); above it, it returns a
+# LargeFile, decoded from the file and hashed by streaming (the file is read twice, its bytes are never held). 64 MiB
+# is above any camera JPEG/HEIC or screenshot PNG (a 100 MP JPEG is ~40 MB), so photos keep the single read, and it
+# bounds what each decode worker (one per core) holds besides the decoded pixels, which are larger for a real picture
+# of that size (a 64 MB JPEG is > 100 MP: > 300 MB as RGB). Files above it are scans, TIFF stacks or padded files.
+READ_WHOLE_MAX_BYTES = 64 << 20
 
 # Truncated files must fail, not decode half-grey. (Pillow's default; stated because a library that imports
 # us may have switched it on.)
@@ -211,21 +223,34 @@ def _bomb_reason(exc: Exception, limit: int | None) -> ImageDecodeError:
 
 
 # -- decoding --------------------------------------------------------------------------------------------------
-def content_hash(data: bytes) -> bytes:
-    """Identity of a file's content; moved or copied files reuse vectors by it."""
+def content_hash(data: bytes | LargeFile) -> bytes:
+    """Identity of a file's content (BLAKE2b, ``HASH_DIGEST_SIZE`` bytes); moved or copied files reuse vectors by it.
+
+    ``data``: the file's bytes, or the ``LargeFile`` ``read_file`` gave for a large file (streamed in
+    ``HASH_CHUNK_BYTES`` chunks: the same digest as of its bytes). Raises ImageDecodeError when a LargeFile cannot be
+    read or changed since ``read_file`` looked at it."""
+    if isinstance(data, LargeFile):
+        with data.open() as fh:
+            digest = _hash_stream(fh)
+            data.check_unchanged(fh)
+        return digest
     return hashlib.blake2b(data, digest_size=HASH_DIGEST_SIZE).digest()
 
 
 def content_hash_file(path: str) -> bytes:
     """``content_hash`` of the file at ``path`` (the same digest), read in ``HASH_CHUNK_BYTES`` chunks, so a large
     file costs no more memory than a small one. Refuses what ``open_regular_file`` refuses (ImageDecodeError)."""
-    hasher = hashlib.blake2b(digest_size=HASH_DIGEST_SIZE)
     with open_regular_file(path) as fh:
-        try:
-            while chunk := fh.read(HASH_CHUNK_BYTES):
-                hasher.update(chunk)
-        except OSError as exc:
-            raise _read_error(exc) from None
+        return _hash_stream(fh)
+
+
+def _hash_stream(fh: BinaryIO) -> bytes:
+    hasher = hashlib.blake2b(digest_size=HASH_DIGEST_SIZE)
+    try:
+        while chunk := fh.read(HASH_CHUNK_BYTES):
+            hasher.update(chunk)
+    except OSError as exc:
+        raise _read_error(exc) from None
     return hasher.digest()
 
 
@@ -259,9 +284,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_image_pixels: int | None = None, min_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes | LargeFile, *, max_image_pixels: int | None = None,
+                 min_side: int | None = None) -> Image.Image:
     """Bytes -> RGB image with EXIF orientation applied, or ImageDecodeError with a reason a user can act on.
 
+    ``data``: the file's bytes, or the ``LargeFile`` ``read_file`` gave for a large file (decoded from the open file:
+    Pillow reads what the decoder needs; ImageDecodeError also when it changed since ``read_file`` looked at it).
     ``max_image_pixels``: this call's limit (None: the process-wide one, see ``configure_pixel_limit``); it may
     only be lower than the process-wide limit, else InvalidInputError. Images above it fail with a "too large"
     reason before any pixel is decoded (the full size counts, even when ``min_side`` decodes fewer pixels).
@@ -272,16 +300,30 @@ def decode_image(data: bytes, *, max_image_pixels: int | None = None, min_side: 
     limit = check_pixel_limit(max_image_pixels)
     if min_side is not None:
         _check_positive_int(min_side, "min_side")
+    if isinstance(data, LargeFile):
+        with data.open() as fh:
+            return _decode_or_rescue(fh, limit, min_side, large=True)
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    return _decode_or_rescue(io.BytesIO(data), limit, min_side)
+
+
+def _decode_or_rescue(stream: BinaryIO, limit: int | None, min_side: int | None, *, large: bool = False
+                      ) -> Image.Image:
+    """``_decode``, and again without the PNG metadata chunks over Pillow's limits when that is why it failed
+    (``large``: a file's stream, walked only when Pillow named one of those limits, so a damaged large file is not
+    read chunk by chunk)."""
     try:
-        return _decode(data, limit, min_side)
-    except ImageDecodeError:
-        stripped = png_without_oversized_metadata(data)
+        return _decode(stream, limit, min_side)
+    except ImageDecodeError as exc:
+        if large and not any(name in str(exc) for name in _PNG_METADATA_LIMITS):
+            raise
+        stream.seek(0)
+        stripped = png_without_oversized_metadata(stream)
         if stripped is None:
             raise
         logger.debug("PNG metadata chunks over Pillow's limits dropped; decoding the pixels again")
-        return _decode(stripped, limit, None)
+        return _decode(io.BytesIO(stripped), limit, None)
 
 
 def _draft(img: Image.Image, min_side: int | None) -> bool:
@@ -312,8 +354,8 @@ def _open_header(stream: BinaryIO, limit: int | None) -> Image.Image:
     return img
 
 
-def _decode(data: bytes, limit: int | None, min_side: int | None = None) -> Image.Image:
-    img = _open_header(io.BytesIO(data), limit)
+def _decode(stream: BinaryIO, limit: int | None, min_side: int | None = None) -> Image.Image:
+    img = _open_header(stream, limit)
     width, height = img.size
     scaled = _draft(img, min_side)
     frame: Image.Image = img
@@ -370,33 +412,33 @@ def _metadata_size(tag: bytes, body: bytes, cap: int) -> int | None:
     return _inflated_size(text[2], cap) if compressed else len(text[2])
 
 
-def png_without_oversized_metadata(data: bytes) -> bytes | None:
+def png_without_oversized_metadata(data: bytes | BinaryIO) -> bytes | None:
     """The PNG stream without the text/ICC chunks Pillow's limits would refuse, or None when it has none.
 
-    Chunks are copied byte for byte (CRCs stay valid); a zTXt/iTXt/iCCP chunk is dropped when it inflates past
-    ``PngImagePlugin.MAX_TEXT_CHUNK``, and text chunks are dropped once their total passes
+    ``data``: the PNG's bytes, or a binary file positioned at its start (read chunk by chunk, up to IEND: data after
+    it is never read). Chunks are copied byte for byte (CRCs stay valid); a zTXt/iTXt/iCCP chunk is dropped when it
+    inflates past ``PngImagePlugin.MAX_TEXT_CHUNK``, and text chunks are dropped once their total passes
     ``PngImagePlugin.MAX_TEXT_MEMORY`` (both read at call time). Nothing is inflated past those caps. Returns
     None for non-PNG data, a damaged chunk layout, or a PNG with nothing to drop.
     """
-    if not data.startswith(_PNG_SIGNATURE):
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    if stream.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
         return None
     cap, memory_cap = PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
-    kept, dropped, text_memory, pos = [data[:8]], 0, 0, 8
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, end = data[pos + 4:pos + 8], pos + 12 + length
-        if end > len(data):
+    kept, dropped, text_memory = [_PNG_SIGNATURE], 0, 0
+    while len(head := stream.read(8)) == 8:
+        (length,) = struct.unpack(">I", head[:4])
+        tag, rest = head[4:8], stream.read(length + 4)  # the body and its CRC
+        if len(rest) < length + 4:
             return None
         if tag in _PNG_TEXT_CHUNKS or tag == b"iCCP":
-            size = _metadata_size(tag, data[pos + 8:pos + 8 + length], cap)
+            size = _metadata_size(tag, rest[:length], cap)
             if tag != b"iCCP" and size is not None:
                 text_memory += size
             if size is None or (tag != b"iCCP" and text_memory > memory_cap):
                 dropped += 1
-                pos = end
                 continue
-        kept.append(data[pos:end])
-        pos = end
+        kept.append(head + rest)
         if tag == b"IEND":
             break
     return b"".join(kept) if dropped else None
@@ -460,18 +502,71 @@ def _png_metadata_over_limits(stream: BinaryIO, exc: ImageDecodeError) -> bool:
     return any(limit in str(exc) for limit in _PNG_METADATA_LIMITS)
 
 
-def read_file(path: str, *, max_image_pixels: int | None = None) -> bytes:
-    """Read a whole image file, once its header says it is an image within the pixel limit; ImageDecodeError with
-    the reason otherwise.
+class LargeFile:
+    """A regular file above ``READ_WHOLE_MAX_BYTES``, as ``read_file`` gives it instead of its bytes: ``decode_image``
+    decodes it from the file and ``content_hash`` streams it, so its bytes are never held in memory.
+
+    ``path`` (absolute), ``size`` (bytes) and the file's identity (device, inode, size, mtime in ns) as ``read_file``
+    saw it: ``open()`` refuses a file that has changed since (replaced, rewritten, truncated), so the pixels decoded and
+    the hash recorded come from the same content, as they do from one read of a small file. Holds no open file, and
+    pickles as a path does.
+    """
+
+    __slots__ = ("_identity", "path", "size")
+
+    def __init__(self, path: str, st: os.stat_result) -> None:
+        self.path = os.path.abspath(path)
+        self.size = st.st_size
+        self._identity = _identity(st)
+
+    def __repr__(self) -> str:
+        return f"LargeFile({self.path!r}, {self.size:,} bytes)"
+
+    def __getstate__(self) -> tuple[str, int, tuple[int, ...]]:
+        return self.path, self.size, self._identity
+
+    def __setstate__(self, state: tuple[str, int, tuple[int, ...]]) -> None:
+        self.path, self.size, self._identity = state
+
+    def open(self) -> BinaryIO:
+        """The file, open for reading in binary mode (the caller closes it). Raises ImageDecodeError when it cannot be
+        read (``open_regular_file``'s reasons) or has changed since ``read_file``."""
+        fh = open_regular_file(self.path)
+        try:
+            self.check_unchanged(fh)
+        except BaseException:
+            fh.close()
+            raise
+        return fh
+
+    def check_unchanged(self, fh: BinaryIO) -> None:
+        """ImageDecodeError when the open file ``fh`` is no longer the one ``read_file`` looked at."""
+        if _identity(os.fstat(fh.fileno())) != self._identity:
+            raise ImageDecodeError(_CHANGED)
+
+
+_CHANGED = "the file changed while it was being read (try again once it is written)"
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_file(path: str, *, max_image_pixels: int | None = None) -> bytes | LargeFile:
+    """Read an image file, once its header says it is an image within the pixel limit; ImageDecodeError with the
+    reason otherwise.
 
     Only regular files are read (``open_regular_file``). The header is read first (``Image.open`` reads no pixel
     data): a file that is not an image, or one above the pixel limit (``max_image_pixels``, as ``decode_image``;
     None: the process-wide one), is refused after its header, not its whole body (a 3 GB file of zeros costs a few
-    KiB). The bytes returned are the file's, for ``content_hash`` and ``decode_image``.
+    KiB). Returns the file's bytes, for ``content_hash`` and ``decode_image``, when it holds at most
+    ``READ_WHOLE_MAX_BYTES``; a larger file is not read here: a ``LargeFile``, which both accept, is returned instead
+    (a 4x4 PNG followed by 3 GB of zeros costs a few MiB, not 3 GB).
     """
     limit = check_pixel_limit(max_image_pixels)
     with open_regular_file(path) as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
+        st = os.fstat(fh.fileno())
+        if st.st_size == 0:
             raise ImageDecodeError("empty file (0 bytes)")  # as decode_image words it
         try:
             with os.fdopen(os.dup(fh.fileno()), "rb") as probe:  # closing the Pillow image closes its file
@@ -479,6 +574,8 @@ def read_file(path: str, *, max_image_pixels: int | None = None) -> bytes:
         except ImageDecodeError as exc:
             if not _png_metadata_over_limits(fh, exc):
                 raise
+        if st.st_size > READ_WHOLE_MAX_BYTES:
+            return LargeFile(path, st)
         fh.seek(0)
         try:
             return fh.read()

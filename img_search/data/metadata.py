@@ -53,13 +53,16 @@ import re
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import ExifTags, Image
 
 from img_search.catalog.metadata import PhotoMetadata
+
+if TYPE_CHECKING:
+    from img_search.data.images import LargeFile
 
 logger = logging.getLogger(__name__)
 
@@ -657,19 +660,21 @@ def _merge(first: _Fields, *rest: _Fields) -> _Fields:
     return out
 
 
-def read_metadata(path: str, data: bytes | None = None, image: Image.Image | None = None, *,
+def read_metadata(path: str, data: bytes | LargeFile | None = None, image: Image.Image | None = None, *,
                   colors: bool = True) -> PhotoMetadata:
     """Read what the photo at ``path`` says about itself (see the module docstring for the fields, their sources,
     units and checks).
 
-    ``data``: the file's bytes when the caller has read them (decode workers); None opens ``path`` lazily (headers
-    only, plus a reduced decode for the colours). ``image``: the decoded image when the caller has it (its colours
+    ``data``: the file's bytes when the caller has read them (decode workers); None, or the ``LargeFile``
+    ``data.images.read_file`` gives for a file too large to hold, opens ``path`` lazily (headers only, plus a reduced
+    decode for the colours). ``image``: the decoded image when the caller has it (its colours
     are taken from it, nothing is decoded again). ``colors=False`` skips the colours. Never raises: what cannot be
     read is left empty (logged at DEBUG).
     """
     img: Image.Image | None = None
     try:
-        img = _guard(path, "image header", lambda: Image.open(io.BytesIO(data) if data is not None else path), None)
+        file = io.BytesIO(data) if isinstance(data, bytes) else path  # a LargeFile is read from its path
+        img = _guard(path, "image header", lambda: Image.open(file), None)
         exif = _exif_fields(path, img) if img is not None else _Fields()
         packet = _guard(path, "embedded XMP", lambda: _embedded_xmp(img), None) if img is not None else None
         embedded = _xmp_fields(path, packet, "embedded XMP") if packet else _Fields()
@@ -698,5 +703,5 @@ def read_metadata(path: str, data: bytes | None = None, image: Image.Image | Non
         logger.debug("%s: metadata not readable (%s: %s)", path, type(exc).__name__, exc)
         return PhotoMetadata()
     finally:
-        if img is not None and data is None:
+        if img is not None and not isinstance(data, bytes):
             img.close()

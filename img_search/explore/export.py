@@ -112,13 +112,15 @@ def thumbnail_data_url(path: str, thumb_px: int = DEFAULT_THUMB_PX) -> str | Non
         logger.debug("no thumbnail for %s: %s", path, exc)
         return None
     image: Image.Image | None = None
-    if data[:2] == b"\xff\xd8":
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.draft("RGB", (thumb_px, thumb_px))
-                image = ImageOps.exif_transpose(im).convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            logger.debug("fast JPEG decode of %s failed (%s); decoding in full", path, exc)
+    try:  # a large file is read from disk (data.images.LargeFile), as much as the decoder needs
+        with io.BytesIO(data) if isinstance(data, bytes) else data.open() as stream:
+            if stream.read(2) == b"\xff\xd8":
+                stream.seek(0)
+                with Image.open(stream) as im:
+                    im.draft("RGB", (thumb_px, thumb_px))
+                    image = ImageOps.exif_transpose(im).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # ImageDecodeError is a ValueError
+        logger.debug("fast JPEG decode of %s failed (%s); decoding in full", path, exc)
     if image is None:
         try:
             image = decode_image(data)

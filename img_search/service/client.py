@@ -19,7 +19,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from img_search.errors import (
     ConflictError,
@@ -30,6 +31,9 @@ from img_search.errors import (
 )
 from img_search.search.collection import DEFAULT_LIMIT, Hit
 from img_search.service.schemas import MAX_LIMIT
+
+if TYPE_CHECKING:
+    from img_search.data.images import LargeFile
 
 DEFAULT_TIMEOUT_S = 60.0  # a first text query on a cold CPU model can take seconds; searches take milliseconds
 _ERRORS: dict[str, type[ImgSearchError]] = {
@@ -44,12 +48,16 @@ def _url(base: str, path: str, query: dict[str, Any] | None = None) -> str:
     return url + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
 
 
-def _call(base: str, method: str, path: str, *, query: dict[str, Any] | None = None, body: bytes | None = None,
-          content_type: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+def _call(base: str, method: str, path: str, *, query: dict[str, Any] | None = None,
+          body: bytes | Iterable[bytes] | None = None, content_type: str | None = None,
+          timeout: float = DEFAULT_TIMEOUT_S, content_length: int | None = None) -> Any:
+    """One API call; ``body`` as bytes, or as chunks whose total is ``content_length`` (sent as they come)."""
     request = urllib.request.Request(_url(base, path, query), data=body, method=method)
     request.add_header("Accept", "application/json")
     if content_type is not None:
         request.add_header("Content-Type", content_type)
+    if content_length is not None:
+        request.add_header("Content-Length", str(content_length))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -181,14 +189,37 @@ def search_image(url: str, path: str | os.PathLike[str], *, limit: int = DEFAULT
     folder, name = os.path.split(abspath)
     own = {abspath, os.path.join(canonical_folder(folder), name)}
     boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body, length = _upload_body(data, boundary)
     # one more than asked, for the file itself (the API's ceiling of MAX_LIMIT applies through a server)
     query = {"limit": min(limit + 1, MAX_LIMIT), "threshold": threshold, "model": _model_param(model),
              **_image_params(options)}
     payload = _call(url, "POST", "/api/v1/search/image", query=query, body=body,
-                    content_type=f"multipart/form-data; boundary={boundary}", timeout=timeout)
+                    content_type=f"multipart/form-data; boundary={boundary}", timeout=timeout, content_length=length)
     return [h for h in _hits(payload) if h["path"] not in own][:limit]
+
+
+def _upload_body(data: bytes | LargeFile, boundary: str) -> tuple[bytes | Iterator[bytes], int]:
+    """The multipart body of an image upload and its length in bytes: one bytes object for a file ``read_file`` read
+    whole, else chunks of ``HASH_CHUNK_BYTES`` read from the file as they are sent (a large file is never held in
+    memory; ImageDecodeError when it changed since ``read_file`` looked at it)."""
+    from img_search.data.images import HASH_CHUNK_BYTES
+
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    if isinstance(data, bytes):
+        return head + data + tail, len(head) + len(data) + len(tail)
+    large = data
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        with large.open() as fh:
+            while chunk := fh.read(HASH_CHUNK_BYTES):
+                yield chunk
+            large.check_unchanged(fh)
+        yield tail
+
+    return chunks(), len(head) + large.size + len(tail)
 
 
 def similar_to_id(url: str, image_id: int, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,

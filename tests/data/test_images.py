@@ -504,3 +504,101 @@ def test_a_file_above_the_pixel_limit_is_refused_from_its_header(tmp_path: Path)
     with pytest.raises(ImageDecodeError, match=r"^too large: 40x30 = 1,200 pixels exceeds the limit of 1,000"):
         read_file(str(path), max_image_pixels=1000)
     assert read_file(str(path), max_image_pixels=1200) == path.read_bytes()
+
+
+# -- files larger than READ_WHOLE_MAX_BYTES: decoded from the file, hashed by streaming -------------------------------
+TRAILING = 2**30  # zero bytes after a tiny picture: far above READ_WHOLE_MAX_BYTES, sparse (no disk)
+
+
+def _tiny_with_exif(path: Path, fmt: str) -> bytes:
+    from metadata_photos import exif_for
+
+    exif = exif_for(taken="2021:06:05 14:30:00", make="Fujifilm", model="X-T4")
+    img = pattern(11, (4, 4))
+    data = _encode(img, fmt, exif=exif)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_tiny_image_followed_by_a_gigabyte_is_decoded_hashed_and_read_in_bounded_memory(tmp_path: Path,
+                                                                                          fmt: str) -> None:
+    """A 4x4 picture then 1 GiB of zeros: read_file held all of it (1.1 GiB peak). A child process reads, decodes,
+    hashes and reads the metadata as `index`'s decode workers and `similar` do; its own peak memory (VmHWM) is
+    measured. The digest is the whole file's, the pixels and metadata are the tiny picture's."""
+    from img_search.data.images import content_hash, content_hash_file
+    from img_search.data.metadata import read_metadata
+
+    head = _tiny_with_exif(tmp_path / f"alone.{fmt.lower()}", fmt)
+    path = tmp_path / f"padded.{fmt.lower()}"
+    path.write_bytes(head)
+    with open(path, "r+b") as fh:
+        fh.truncate(len(head) + TRAILING)
+    code = (
+        "import sys\n"
+        "from img_search.data.images import content_hash, decode_image, read_file\n"
+        "from img_search.data.metadata import read_metadata\n"
+        "data = read_file(sys.argv[1])\n"
+        "image = decode_image(data)\n"
+        "meta = read_metadata(sys.argv[1], data, image)\n"
+        "print(content_hash(data).hex())\n"
+        "print(image.tobytes().hex())\n"
+        "print(repr(meta))\n"
+    )
+    out, peak_mib = run_measuring_peak(code, str(path))
+    digest, pixels, meta = out.split("\n")
+    assert digest == content_hash_file(str(path)).hex() != content_hash(head).hex()
+    assert pixels == decode_image(head).tobytes().hex()
+    alone = read_metadata(str(tmp_path / f"alone.{fmt.lower()}"), head, decode_image(head))
+    assert alone.camera_model == "X-T4" and meta == repr(alone)
+    assert peak_mib < PEAK_MIB
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "GIF", "WEBP", "ztxt-PNG"])
+def test_a_large_file_decodes_hashes_and_reads_as_its_bytes_do(tmp_path: Path, fmt: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above READ_WHOLE_MAX_BYTES (lowered here: every file is large) the same pixels, reduced JPEG decode, digest
+    and metadata come from the file as from its bytes, PNG metadata over Pillow's limits included."""
+    from img_search.data import images
+    from img_search.data.images import LargeFile, content_hash, full_size
+    from img_search.data.metadata import read_metadata
+
+    if fmt == "ztxt-PNG":
+        data, _ = _big_metadata_pngs()["ztxt"]
+    else:
+        data = _tiny_with_exif(tmp_path / "x", fmt) if fmt in ("JPEG", "PNG") else _encode(pattern(12, (300, 200)), fmt)
+    path = tmp_path / "photo"
+    path.write_bytes(data)
+    monkeypatch.setattr(images, "READ_WHOLE_MAX_BYTES", 16)
+    large = read_file(str(path))
+    assert isinstance(large, LargeFile) and large.size == len(data)
+    for min_side in (None, 64):
+        got, want = decode_image(large, min_side=min_side), decode_image(data, min_side=min_side)
+        assert got.tobytes() == want.tobytes() and full_size(got) == full_size(want)
+    assert content_hash(large) == content_hash(data)
+    assert read_metadata(str(path), large, decode_image(large)) == read_metadata(str(path), data, decode_image(data))
+    monkeypatch.setattr(images, "READ_WHOLE_MAX_BYTES", len(data))
+    assert read_file(str(path)) == data  # at the threshold: read whole, once
+
+
+def test_a_large_file_that_changes_after_read_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded and hashed in two reads: a file replaced or rewritten in between must not pair one content's pixels
+    with another's digest."""
+    from img_search.data import images
+    from img_search.data.images import content_hash
+
+    monkeypatch.setattr(images, "READ_WHOLE_MAX_BYTES", 16)
+    path = tmp_path / "a.png"
+    path.write_bytes(_encode(pattern(13), "PNG"))
+    large = read_file(str(path))
+    replacement = tmp_path / "b.png"
+    replacement.write_bytes(_encode(pattern(14), "PNG"))
+    os.replace(replacement, path)
+    for use in (decode_image, content_hash):
+        with pytest.raises(ImageDecodeError, match="^the file changed while it was being read"):
+            use(large)
+    large = read_file(str(path))
+    with open(path, "ab") as fh:
+        fh.write(b"more")
+    with pytest.raises(ImageDecodeError, match="^the file changed while it was being read"):
+        content_hash(large)

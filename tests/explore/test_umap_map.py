@@ -243,3 +243,18 @@ def test_one_writer_per_map(tmp_path: Path) -> None:
         holder.wait()
     assert len(update_map(tmp_path / "idx", collection)) == 3  # free again once the other writer is gone
     collection.close()
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_thumbnail_of_a_large_file_is_the_thumbnail_of_its_bytes(tmp_path: Path, fmt: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file above READ_WHOLE_MAX_BYTES (lowered here) is read from disk (data.images.LargeFile), JPEGs still at a
+    reduced scale: the same thumbnail as from its bytes."""
+    from img_search.data import images
+    from img_search.explore.export import thumbnail_data_url
+
+    path = tmp_path / f"a.{fmt}"
+    helpers.pattern(5, (300, 200)).save(path)
+    small = thumbnail_data_url(str(path))
+    monkeypatch.setattr(images, "READ_WHOLE_MAX_BYTES", 16)
+    assert small is not None and thumbnail_data_url(str(path)) == small

@@ -72,6 +72,25 @@ def test_file_loader_refuses_a_huge_file_in_bounded_memory(tmp_path: Path) -> No
     assert peak_mib < PEAK_MIB
 
 
+def test_file_loader_reads_a_valid_picture_followed_by_a_gigabyte_in_bounded_memory(tmp_path: Path) -> None:
+    """A 96x64 JPEG then 1 GiB of zeros: `index` read it whole (1.1 GiB peak); now it is decoded from the file and
+    hashed by streaming, in the child process's own bounded peak, with the whole file's digest."""
+    path = make_jpeg(tmp_path / "padded.jpg", seed=3)
+    head = path.read_bytes()
+    with open(path, "r+b") as fh:
+        fh.truncate(len(head) + 2**30)
+    code = (
+        "import sys\n"
+        "from img_search.data.folder import FileEntry\n"
+        "from img_search.pipeline.reader import FileLoader, read_one\n"
+        "item = read_one(FileEntry(sys.argv[1], 0, 0), FileLoader(read_metadata=True), None)\n"
+        "print(item.error, item.width, item.height, item.content_hash.hex())\n"
+    )
+    out, peak_mib = run_measuring_peak(code, str(path))
+    assert out == f"None {SIZE[0]} {SIZE[1]} {images_module.content_hash_file(str(path)).hex()}"
+    assert peak_mib < PEAK_MIB
+
+
 # -- the loader ----------------------------------------------------------------------------------------------------
 def test_file_loader_hashes_the_bytes_it_decoded(tmp_path: Path) -> None:
     path = make_jpeg(tmp_path / "a.jpg", seed=1)

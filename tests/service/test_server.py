@@ -99,6 +99,20 @@ def test_end_to_end_search_through_the_client(server: str, indexed: tuple[Path, 
     assert len(by_id) == 3 and similar[0]["image_id"] not in [h["image_id"] for h in by_id]
 
 
+def test_a_large_query_file_is_uploaded_from_disk(server: str, indexed: tuple[Path, Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file above READ_WHOLE_MAX_BYTES (lowered here) is a LargeFile, not bytes: the client sends it in chunks
+    read from the file, with its length declared, and the server finds the same neighbours."""
+    from img_search.data import images
+
+    photos, _ = indexed
+    query = photos / "a" / "img05.jpg"
+    whole = client.search_image(server, query, limit=5, model="image_assets")
+    monkeypatch.setattr(images, "READ_WHOLE_MAX_BYTES", 16)
+    assert isinstance(images.read_file(str(query)), images.LargeFile)
+    assert client.search_image(server, query, limit=5, model="image_assets") == whole
+
+
 def test_client_errors_are_the_library_kinds(server: str, indexed: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(ConflictError, match="serves the index directory"):
         client.search_text(server, "x", index_dir=tmp_path)
