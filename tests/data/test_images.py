@@ -595,10 +595,10 @@ def test_a_large_file_that_changes_after_read_file_is_refused(tmp_path: Path, mo
     replacement.write_bytes(_encode(pattern(14), "PNG"))
     os.replace(replacement, path)
     for use in (decode_image, content_hash):
-        with pytest.raises(ImageDecodeError, match="^the file changed while it was being read"):
+        with pytest.raises(ImageDecodeError, match=r"^the file changed while it was being read"):
             use(large)
     large = read_file(str(path))
     with open(path, "ab") as fh:
         fh.write(b"more")
-    with pytest.raises(ImageDecodeError, match="^the file changed while it was being read"):
+    with pytest.raises(ImageDecodeError, match=r"^the file changed while it was being read"):
         content_hash(large)
