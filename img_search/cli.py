@@ -40,6 +40,7 @@ from img_search.errors import (
     exit_code,
 )
 from img_search.settings import DEFAULT_MODEL, DEFAULTS, DEVICES_HELP, DTYPES, PRECISIONS, Settings, load_settings
+from img_search.wording import count as _count
 
 logger = logging.getLogger("img_search")
 
@@ -249,11 +250,6 @@ def _print_json(payload: Any) -> None:
 
 def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
-
-
-def _count(n: int, singular: str, plural: str | None = None) -> str:
-    """``n`` with the noun that agrees with it: "1 group", "2 groups" (``plural``: default ``singular + "s"``)."""
-    return f"{n} {singular if n == 1 else plural or singular + 's'}"
 
 
 _C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r",

@@ -24,6 +24,7 @@ from img_search.errors import CatalogNotFoundError, HubPushError
 from img_search.files import check_output_file
 from img_search.optional import require
 from img_search.registry import Registry
+from img_search.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ def convert_inquire_release(metadata_dir: Path, embeddings_dir: Path, output_dir
     output_dir = Path(output_dir)
     existing = sorted(output_dir.glob("*.parquet")) if output_dir.is_dir() else []
     if existing and not overwrite:
-        raise OutputError(f"{output_dir} already holds {len(existing)} Parquet file(s); pass --overwrite to replace")
+        raise OutputError(f"{output_dir} already holds {count(len(existing), 'Parquet file')}; "
+                          "pass --overwrite to replace")
     for path in existing:
         path.unlink()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -207,10 +209,10 @@ def push_to_hub(folder: Path, repo_id: str, *, token: str | None = None, path_in
                         repo_type="dataset", commit_message=f"Declare the {config_name} configuration")
     except Exception as exc:  # network, auth, quota, bad repo id: every failure of the remote side ends here
         raise HubPushError(
-            f"pushing {len(files)} file(s) from {folder} to the Hub dataset {repo_id} failed "
+            f"pushing {count(len(files), 'Parquet file')} from {folder} to the Hub dataset {repo_id} failed "
             f"({type(exc).__name__}: {exc}). The local files are intact; fix the cause (network access, token, "
             "repo id) and push again"
         ) from exc
     url = f"https://huggingface.co/datasets/{repo_id}"
-    logger.info("pushed %d file(s) to %s (config %s)", len(files), url, config_name)
+    logger.info("pushed %s to %s (config %s)", count(len(files), "Parquet file"), url, config_name)
     return url

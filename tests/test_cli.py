@@ -431,7 +431,7 @@ def test_counts_agree_with_their_nouns(photo_dir: Path, tmp_path: Path, tiny_sig
     """'1 group of near-duplicates (2 images)', not '1 groups'; the identical copy reuses its original's vector."""
     import shutil
 
-    from img_search.cli import _count
+    from img_search.wording import count as _count
 
     assert (_count(1, "group"), _count(2, "group"), _count(0, "entry", "entries")) == ("1 group", "2 groups",
                                                                                       "0 entries")

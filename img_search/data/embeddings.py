@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from img_search.errors import ImgSearchError
+from img_search.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def _open_parquet(spec: EmbeddingDatasetSpec, columns: list[str]) -> tuple[int, 
         handles.append(handle)
     model_column = _present_model_column(spec, handles[0].schema_arrow.names if handles else [])
     read = columns + ([model_column] if model_column else [])
-    logger.info("reading %d Parquet file(s) for %s", len(files), spec.describe())
+    logger.info("reading %s for %s", count(len(files), "Parquet file"), spec.describe())
 
     def batches() -> Iterator[pa.Table]:
         for handle in handles:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,16 @@ def test_parquet_shards_fp16_in_batches(gallery_dir: tuple[Path, np.ndarray]) ->
     # a directory stands for every Parquet file below it; path="parquet" is the datasets builder name
     again = load_gallery(EmbeddingDatasetSpec(path="parquet", data_files=str(folder)))
     assert again.ids == table.ids
+
+
+def test_the_files_read_are_counted_in_words(gallery_dir: tuple[Path, np.ndarray],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    folder, _ = gallery_dir
+    with caplog.at_level(logging.INFO, logger="img_search.data.embeddings"):
+        load_gallery(EmbeddingDatasetSpec(data_files=str(folder / "part-0.parquet")))
+        load_gallery(EmbeddingDatasetSpec(data_files=str(folder / "*.parquet")))
+    reading = [r.getMessage().split(" for ")[0] for r in caplog.records if r.getMessage().startswith("reading ")]
+    assert reading == ["reading 1 Parquet file", "reading 2 Parquet files"]
 
 
 def test_memmap_extraction(gallery_dir: tuple[Path, np.ndarray], tmp_path: Path) -> None:

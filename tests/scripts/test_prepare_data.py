@@ -201,7 +201,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path, release: Release, capsy
     args = release.args(out, "--model-name", "m", "--dataset-name", "d")
     assert convert.main(args) == 0
     assert convert.main(args) == 1
-    assert "already holds 3 Parquet file(s); pass --overwrite" in capsys.readouterr().err
+    assert "already holds 3 Parquet files; pass --overwrite" in capsys.readouterr().err
     assert convert.main([*args, "--overwrite"]) == 0
 
 
@@ -239,7 +239,7 @@ def test_push_network_error_after_repo_creation(tmp_path: Path, release: Release
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     convert = load_script("convert_inquire_to_hf")
     assert convert.main(release.args(tmp_path / "hf", "--model-name", "m", "--dataset-name", "d")) == 0
-    with pytest.raises(HubPushError, match=r"Connection reset by peer.*local files are intact"):
+    with pytest.raises(HubPushError, match=r"^pushing 3 Parquet files from .*Connection reset by peer.*local files"):
         push_to_hub(tmp_path / "hf", "someone/inquire-tiny", token="hf_x")
     assert calls == ["create_repo", "upload_folder"]
     assert len(list((tmp_path / "hf").glob("*.parquet"))) == 3
