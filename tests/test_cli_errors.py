@@ -93,6 +93,7 @@ def _cases(d: dict[str, str]) -> list[tuple[list[str], int, str]]:
         # not a regular file: refused at once, before a byte is read (a pipe blocks, /dev/zero never ends)
         (["similar", os.path.join(root, "fifo.jpg"), *common], 2, "fifo.jpg: not a regular file (device, socket or"),
         (["similar", "/dev/zero", *common], 2, "/dev/zero: not a regular file (device, socket or pipe)"),
+        (["similar", photos, *common], 2, f"{photos}: is a directory"),
         # through a server the file is read to be uploaded: refused the same way (port 9: nothing is sent)
         (["similar", os.path.join(root, "fifo.jpg"), "--server", "http://127.0.0.1:9"], 2, "fifo.jpg: not a regular"),
         (["similar", os.path.join(root, "huge.jpg"), "--server", "http://127.0.0.1:9"], 2, "huge.jpg: not an image"),
