@@ -278,9 +278,12 @@ def _split_copies(plan: Plan) -> None:
         plan.todo = [e for e in plan.todo if e.path not in copies]
 
 
-def _record_copies(catalog: Catalog, model_id: int | None, plan: Plan, summary: IndexSummary) -> None:
+def _record_copies(catalog: Catalog, model_id: int | None, plan: Plan, summary: IndexSummary, *,
+                   read_metadata: bool = False, progress: Progress | None = None) -> None:
     """Record ``plan.copies`` once their content has been embedded: each reuses that vector (counted reused); a copy
-    of a file that failed fails with the same reason."""
+    of a file that failed fails with the same reason. With ``read_metadata`` the reused copies' photo metadata is read
+    now, from each copy's own headers and XMP sidecar (metadata is per path: a copy may carry another sidecar), and
+    counted in ``summary.metadata_read``; a run interrupted before that leaves it to the next run's back-fill."""
     embedded = catalog.embedded_hashes(model_id) if model_id is not None else set()
     reasons = {f.path: f.reason for f in summary.failed}
     records: list[ImageRecord] = []
@@ -294,6 +297,11 @@ def _record_copies(catalog: Catalog, model_id: int | None, plan: Plan, summary: 
             summary.failed.append(Failure(entry.path, reason))
     if records:
         catalog.record(records)
+    reused = [r.path for r in records if r.error is None]
+    if read_metadata and reused:
+        from img_search.pipeline.metadata import backfill_metadata
+
+        summary.metadata_read += backfill_metadata(catalog, reused, progress=progress or LogProgress())
 
 
 def _check_folders(folders: Sequence[str]) -> list[str]:
@@ -371,7 +379,8 @@ def index_folders(
                 model_id = _embed(plan.todo, encoder_factory, catalog, model_name, model_id, options, summary,
                                   progress or LogProgress(), ocr, recompute)
             if plan.copies:
-                _record_copies(catalog, model_id, plan, summary)
+                _record_copies(catalog, model_id, plan, summary, read_metadata=options.read_metadata,
+                               progress=progress)
             if plan.vanished:  # once the model has loaded: a run that fails to load it has changed nothing to report
                 summary.deleted = catalog.mark_deleted(plan.vanished)
             if ocr is not None and summary.ocr is not None:  # pictures indexed earlier, or reused, without text

@@ -151,6 +151,29 @@ def test_reused_vectors_get_their_files_metadata(tmp_path: Path, tiny_siglip: Pa
         assert _ids(cat, "eiffel") == {"copy_of_paris.jpg"}
 
 
+def test_identical_copies_in_one_run_get_their_metadata_in_that_run(tmp_path: Path, tiny_siglip: Path,
+                                                                       siglip_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Two new files with the same bytes: one is embedded, the other reuses its vector in the same run
+    (``runner._split_copies``). Metadata is per path, not per content: the copy's own row, with its own XMP sidecar,
+    must be there right after that first run, not only after the next `index`."""
+    album = tmp_path / "album"
+    paris = photo(album / "paris.jpg", (220, 30, 30), exif=exif_for(taken="2023:06:01 10:00:00", make="Google",
+                                                                     model="Pixel 7", lat=48.8566, lon=2.3522))
+    copy = album / "copy_of_paris.jpg"
+    copy.write_bytes(paris.read_bytes())
+    (album / "copy_of_paris.xmp").write_bytes(xmp_packet(keywords=("eiffel",)))
+    idx = tmp_path / "idx"
+    s = _run(album, idx, tiny_siglip, lambda: siglip_encoder)
+    assert (s.embedded, s.reused) == (1, 1)
+    with Catalog.in_dir(idx) as cat:
+        original, copied = (cat.photo_metadata(cat.image(str(p)).id) for p in (paris, copy))
+        assert original is not None and copied is not None
+        assert original.camera == copied.camera == "Google Pixel 7" and original.taken_at == copied.taken_at
+        assert (original.keywords, copied.keywords) == ((), ("eiffel",))
+        assert _ids(cat, "eiffel") == {"copy_of_paris.jpg"}
+    assert _run(album, idx, tiny_siglip, _never).metadata_read == 0  # nothing left for the next run
+
+
 def test_backfill_reads_every_file_in_the_calling_process(tmp_path: Path, tiny_siglip: Path, siglip_encoder,  # type: ignore[no-untyped-def]
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A back-fill of more files than the old pool's threshold (64), with decode workers asked for, reads each file
