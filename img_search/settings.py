@@ -82,7 +82,43 @@ class SearchSettings(BaseModel):
         unknown = [n for n in names if n not in BACKENDS]
         if unknown:
             raise ValueError(f"unknown index backend {unknown[0]!r}; valid: {', '.join(sorted(BACKENDS))}")
+        if isinstance(value, dict):
+            for name, params in value.items():
+                _check_backend_params(name, params)
         return value
+
+
+# set by the collection, never by [search.params.<backend>]
+_RESERVED_PARAMS = ("dim", "metric")
+
+
+def _check_backend_params(backend: str, params: Any) -> None:
+    """Refuse a ``[search.params.<backend>]`` key the backend's constructor does not take (``ValueError`` naming it and
+    the valid ones), so a typo fails when the settings load, not on the first search or index past
+    ``ann_threshold``. The backend's module (and library) is imported only when the table names parameters; a
+    backend that is not installed is not checked here (using it says what to install). Values are checked when the
+    index is built (``search.store``)."""
+    import inspect
+
+    from img_search.index import BackendUnavailableError, resolve_backend
+
+    if not isinstance(params, dict) or not params:
+        return
+    reserved = [k for k in params if k in _RESERVED_PARAMS]
+    if reserved:
+        raise ValueError(f"{backend}.{reserved[0]}: set by the collection, not a parameter to configure")
+    try:
+        cls = resolve_backend(backend)
+    except BackendUnavailableError:
+        return
+    accepted = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return
+    valid = sorted(n for n, p in accepted.items()
+                   if n not in ("self", *_RESERVED_PARAMS) and p.kind is not inspect.Parameter.VAR_POSITIONAL)
+    unknown = [k for k in params if k not in accepted]
+    if unknown:
+        raise ValueError(f"{backend}.{unknown[0]}: not a parameter of the {backend} index; valid: {', '.join(valid)}")
 
 
 class ExploreSettings(BaseModel):

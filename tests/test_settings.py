@@ -70,6 +70,8 @@ def test_empty_environment_values_mean_unset(tmp_path: Path, monkeypatch: pytest
     ({"search": {"ann_backend": "annoy"}}, "unknown index backend 'annoy'"),
     ({"search": {"ann_threshold": -1}}, "ann_threshold"),
     ({"search": {"params": {"annoy": {}}}}, "unknown index backend 'annoy'"),
+    ({"search": {"params": {"exact": {"ef": 64}}}}, r"exact\.ef: not a parameter of the exact index"),
+    ({"search": {"params": {"hnswlib": {"dim": 3}}}}, r"hnswlib\.dim: set by the collection"),
     ({"bogus": 1}, "bogus: unknown setting"),
 ])
 def test_invalid_values_name_the_setting(tmp_path: Path, given: dict, message: str) -> None:
@@ -83,6 +85,9 @@ def test_invalid_values_name_the_setting(tmp_path: Path, given: dict, message: s
     ('[search]\nthreshold = 5\n', r"search\.threshold: unknown setting"),
     ('batch_size = "many"\n', "batch_size"),
     ('[search]\nann_backend = "annoy"\n', "unknown index backend 'annoy'"),
+    # a typo in a backend's table fails when the settings load, naming the valid parameters
+    ('[search.params.hnswlib]\nef_search = 64\n', r"hnswlib\.ef_search: not a parameter of the hnswlib index; "
+                                                   r"valid: M, capacity, ef, ef_construction, num_threads, seed"),
 ])
 def test_bad_config_file(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "config.toml").write_text(text)

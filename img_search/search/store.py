@@ -49,7 +49,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.catalog import Catalog, ModelRow
-from img_search.errors import CatalogError, StorageFullError
+from img_search.errors import CatalogError, ConfigError, ImgSearchError, StorageFullError
 from img_search.files import copy_tree_sparse, fsync_tree, is_no_space, storage_full, write_atomic
 from img_search.index import BackendUnavailableError, create_index, load_index, open_reader, resolve_backend
 from img_search.index.base import VectorIndex, empty_results, merge_topk, normalize, pad_results, score_rows, topk
@@ -353,8 +353,22 @@ class VectorStore:
                 and gen.dim == self.dim)
 
     def _build(self, backend: str, ids: NDArray[np.int64], **extra: Any) -> tuple[VectorIndex, NDArray[np.float32]]:
-        """A new index of ``ids``' vectors, and those vectors ((n, dim) float32, rows in ``ids`` order)."""
-        index = create_index(backend, dim=self.dim, metric="cosine", **backend_params(self.search, backend), **extra)
+        """A new index of ``ids``' vectors, and those vectors ((n, dim) float32, rows in ``ids`` order).
+
+        Raises ``ConfigError`` when the backend refuses a value the user set in ``[search.params.<backend>]`` (its
+        keys are checked when the settings load; its values only here, by the backend itself)."""
+        params = backend_params(self.search, backend)
+        given = self.search.params.get(backend, {})
+        try:
+            index = create_index(backend, dim=self.dim, metric="cosine", **params, **extra)
+        except ImgSearchError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            if not given:  # the defaults alone: not the user's doing
+                raise
+            detail = " ".join(str(exc).split())[:200]
+            raise ConfigError(f"search.params.{backend}: the {backend} index refused the configured parameters "
+                              f"{given} ({type(exc).__name__}: {detail}); fix [search.params.{backend}]") from exc
         vectors = self.catalog.vectors_for_ids(self.model.id, self.dim, ids.tolist())
         if len(ids):
             index.add(ids, vectors)

@@ -252,3 +252,18 @@ def _exact_top_dim(cat: Catalog, mid: int, q: np.ndarray, k: int, dim: int) -> l
     ids, vecs = cat.load_vectors(mid, dim)
     vecs = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     return ids[np.argsort(-(vecs @ q))[:k]].tolist()
+
+
+@pytest.mark.parametrize("params", [{"ef": -5}, {"ef": "many"}, {"M": float("inf")}])
+def test_a_configured_backend_value_it_refuses_is_a_config_error(tmp_path: Path, params: dict) -> None:
+    """[search.params.hnswlib] values the backend cannot take: one ConfigError naming the table (exit 2), no
+    TypeError / ValueError traceback, and no generation written."""
+    from img_search.errors import ConfigError
+
+    cat = Catalog.in_dir(tmp_path)
+    mid = cat.ensure_model("m", family="siglip", dim=DIM, logit_scale=1.0, logit_bias=0.0)
+    _add(cat, mid, 0, 20, np.random.default_rng(0))
+    search = SearchSettings(ann_backend="hnswlib", ann_threshold=0, params={"hnswlib": params})
+    with pytest.raises(ConfigError, match=r"search\.params\.hnswlib: .*refused"):
+        _store(tmp_path, cat, search).sync()
+    assert read_current(tmp_path / "vectors" / f"model-{mid}") is None
