@@ -424,12 +424,13 @@ def precision_table(rows: dict, base: str) -> str:
     return "\n".join(lines)
 
 
-def jpeg_folder(n: int) -> Path:
-    """A folder holding exactly ``n`` of the benchmark JPEGs (hard links into the shared pool)."""
-    folder = make_jpegs(CACHE / "jpegs_1024x768", n)
+def jpeg_folder(n: int, size: tuple[int, int] = (1024, 768)) -> Path:
+    """A folder holding exactly ``n`` of the benchmark JPEGs of ``size`` pixels (hard links into the shared pool)."""
+    tag = f"{size[0]}x{size[1]}"
+    folder = make_jpegs(CACHE / f"jpegs_{tag}", n, size)
     files = sorted(folder.glob("*.jpg"))[:n]
     if len(files) < len(list(folder.glob("*.jpg"))):
-        sub = CACHE / f"jpegs_{n}"
+        sub = CACHE / (f"jpegs_{n}" if size == (1024, 768) else f"jpegs_{tag}_{n}")
         sub.mkdir(exist_ok=True)
         for f in files:
             if not (sub / f.name).exists():
@@ -530,6 +531,8 @@ def main() -> None:
                          "auto")
     ap.add_argument("--rounds", type=int, default=3, help="with --precision: rounds over the variants")
     ap.add_argument("--workers", type=int, default=None, help="decode workers [default: the pipeline's default]")
+    ap.add_argument("--size", default="1024x768", help="with --precision: the JPEGs' WIDTHxHEIGHT in pixels "
+                    "[default: 1024x768; 4032x3024 is a phone camera's 12 MP]")
     ap.add_argument("--decode-parity", action="store_true",
                     help="reduced-scale JPEG decoding vs full: CPU, pixel difference, embedding cosine (--images "
                          "JPEGs of each size, default 64)")
@@ -546,17 +549,21 @@ def main() -> None:
 
         specs = [s for s in args.precision.split(",") if s]
         workers = default_workers() if args.workers is None else args.workers
-        folder = jpeg_folder(args.images or 96)
+        width, _, height = args.size.partition("x")
+        size = (int(width), int(height))
+        folder = jpeg_folder(args.images or 96, size)
         model_dir = build_model(CACHE / "siglip-base-random")
         load_before, t0 = os.getloadavg(), time.time()
         rows = compare_precisions(specs, folder, model_dir, args.batch_size, args.model_batches, args.rounds, workers)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        result = {"specs": specs, "images": args.images or 96, "batch_size": args.batch_size, "workers": workers,
+        result = {"specs": specs, "images": args.images or 96, "size": list(size), "batch_size": args.batch_size,
+                  "workers": workers,
                   "model_batches": args.model_batches, "rounds": args.rounds, "cores": os.cpu_count(),
                   "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "seconds": time.time() - t0,
                   "date": time.strftime("%Y-%m-%d %H:%M"), "variants": rows}
-        (RESULTS / "embed_throughput_precision.json").write_text(json.dumps(result, indent=1))
-        print(f"\n## end to end vs model only per precision ({args.images or 96} JPEGs 1024x768 per end-to-end run, "
+        name = "embed_throughput_precision" + ("" if size == (1024, 768) else f"_{args.size}")
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+        print(f"\n## end to end vs model only per precision ({args.images or 96} JPEGs {args.size} per end-to-end run, "
               f"batch {args.batch_size}, {workers} decode worker(s), {args.rounds} rounds; load average "
               f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}; {time.time() - t0:.0f} s)\n")
         print(precision_table(rows, specs[0]))
