@@ -5,9 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
-from img_search.errors import InvalidInputError, StorageFullError
+from img_search.errors import InvalidInputError, StorageFullError, UnavailableError
 
 # errnos of a full device or quota (write(2), fallocate(2), rename(2) on Linux)
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -29,13 +30,16 @@ def storage_full(where: Path, detail: str) -> StorageFullError:
 
 
 def check_output_file(path: Path | str, what: str = "output file", *, create_parent: bool = False) -> Path:
-    """``path`` as a ``Path`` once it can name a file this run writes; ``InvalidInputError`` otherwise.
+    """``path`` as a ``Path`` once it can name a file this run writes; ``InvalidInputError`` (or ``UnavailableError``
+    for a folder that cannot be written) otherwise.
 
     Refused (checked before any work, so a bad path fails in a second rather than after the computation): a path
     that is an existing folder, and one whose parent folder does not exist or is not a folder (the user creates
     it; nothing is created here unless ``create_parent``: crossfilter's CLI, seed 004, creates missing parent
     folders, and so does ours there). ``what`` names the option in the message (e.g. "--png"). An existing file is
-    accepted (it is replaced). Permissions are left to the write itself.
+    accepted (it is replaced). A folder this process cannot create a file in (read-only media, no permission, a
+    pseudo file system such as ``/sys``) raises ``UnavailableError`` (exit 1): an empty probe file is created in it
+    and removed at once, as the writers create their temporary file there before renaming it over ``path``.
     """
     path = Path(path)
     if path.is_dir():
@@ -50,6 +54,13 @@ def check_output_file(path: Path | str, what: str = "output file", *, create_par
     if not parent.is_dir():
         reason = "is not a folder" if parent.exists() else "does not exist"
         raise InvalidInputError(f"{what} {str(path)!r}: the folder {str(parent)!r} {reason}; create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise UnavailableError(f"{what} {str(path)!r}: cannot write in the folder {str(parent)!r} "
+                               f"({exc.strerror or exc}); choose another folder") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 

@@ -67,6 +67,45 @@ def test_check_output_file(tmp_path: Path) -> None:
     assert not (tmp_path / "missing").exists()
 
 
+def test_check_output_file_refuses_a_folder_it_cannot_write(tmp_path: Path, read_only_mount) -> None:  # type: ignore[no-untyped-def]
+    """Read-only media (EROFS even for root) are refused before any work, and the probe leaves nothing behind."""
+    (tmp_path / "media").mkdir()
+    ro = read_only_mount(tmp_path / "media")
+    with pytest.raises(UnavailableError, match=r"--png '.*/x\.png': cannot write in the folder .*Read-only file"):
+        check_output_file(ro / "x.png", "--png")
+    assert check_output_file(tmp_path / "media" / "x.png") == tmp_path / "media" / "x.png"
+    assert listing(tmp_path / "media") == set()  # the probe was removed
+
+
+def test_unwritable_output_folders_one_line_before_any_work(
+        indexed: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_siglip: Path, uuid_photos: Path,
+        monkeypatch: pytest.MonkeyPatch, read_only_mount) -> None:  # type: ignore[no-untyped-def]
+    """export -o, map --png / --html and crossfilter's database in a read-only folder: exit 1 with one line naming
+    the option, no traceback (were pyarrow's / Pillow's / sqlite3's OSError after the work), nothing fitted or
+    embedded."""
+    import img_search.crossfilter.compute as compute
+    import img_search.explore.umap_map as umap_map
+
+    def no_work(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("an unwritable output folder must be refused before the work")
+
+    monkeypatch.setattr(umap_map, "update_map", no_work)
+    monkeypatch.setattr(compute, "_default_encoder", no_work)
+    (tmp_path / "out").mkdir()
+    ro = read_only_mount(tmp_path / "out")
+    common = ("--index-dir", str(indexed), "--model", str(tiny_siglip))
+    for args in (("export", "-o", str(ro / "v.parquet"), "--index-dir", str(indexed)),
+                 ("map", "--png", str(ro / "m.png"), *common),
+                 ("map", "--html", str(ro / "m.html"), *common),
+                 ("crossfilter", "--input_dir", str(uuid_photos), "--output_embeddings_db", str(ro / "e.db"),
+                  "--model", str(tiny_siglip), "--workers", "0")):
+        code, _, err = run_main(capsys, *args)
+        line = one_error_line(err)
+        written = next(a for a in args if a.startswith(str(ro)))
+        assert code == 1 and "cannot write in the folder" in line and written in line, (args, err)
+    assert listing(tmp_path / "out") == set()
+
+
 # -- export -----------------------------------------------------------------------------------------------------------
 def test_export_without_pyarrow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                 tmp_path: Path) -> None:
