@@ -234,3 +234,22 @@ def test_crossfilter_removes_the_database_it_created_when_nothing_was_stored(
     with pytest.raises(KeyboardInterrupt):
         compute.compute_embeddings(uuid_photos, db, reproject=False, encoder_factory=lambda c, n: object())  # type: ignore[arg-type,return-value]
     assert not db.exists() and not Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists()
+
+
+def test_crossfilter_database_that_is_not_sqlite_is_refused_and_kept(
+        uuid_photos: Path, tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--output_embeddings_db naming a file that is not SQLite (a script, a photo): exit 2, one line, no
+    sqlite3.DatabaseError traceback, the file byte-for-byte as it was, no -wal / -shm beside it, no model loaded."""
+    import img_search.crossfilter.compute as compute
+
+    loaded: list[str] = []
+    monkeypatch.setattr(compute, "_default_encoder", lambda checkpoint, name: loaded.append(checkpoint))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a database\n" * 40)
+    before = listing(tmp_path)
+    code, _, err = crossfilter(capsys, uuid_photos, notes, tiny_models["siglip2"])
+    line = one_error_line(err)
+    assert code == 2 and "not an SQLite database" in line and str(notes) in line, err
+    assert notes.read_text() == "my notes, not a database\n" * 40
+    assert listing(tmp_path) == before and loaded == []

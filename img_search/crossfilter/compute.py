@@ -31,7 +31,7 @@ from img_search.crossfilter import db as cfdb
 from img_search.crossfilter.types import get_embedding_type
 from img_search.data.images import content_hash, decode_image, read_file
 from img_search.embedding.base import Encoder
-from img_search.errors import InvalidInputError, NotFoundError
+from img_search.errors import InvalidInputError, NotFoundError, UnavailableError
 from img_search.explore.sphere import require_umap
 from img_search.files import check_output_file
 from img_search.pipeline.progress import LogProgress, Progress
@@ -199,12 +199,27 @@ def compute_embeddings(input_dir: Path, output_db: Path, *, embedding_type: str 
 
 
 def _open(path: Path, tables: cfdb.Tables) -> Any:
-    """The database at ``path`` (created when missing) with the embedding type's tables."""
-    conn = cfdb.connect(path)
+    """The database at ``path`` (created when missing) with the embedding type's tables.
+
+    Raises ``InvalidInputError`` when ``path`` is a file that is not an SQLite database (it is left as it was) and
+    ``UnavailableError`` when SQLite cannot open or write it (a read-only file, a damaged database)."""
+    import sqlite3
+
+    conn = None
     try:
+        conn = cfdb.connect(path)
         tables.create(conn)
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        where = f"--output_embeddings_db {str(path)!r}"
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            raise InvalidInputError(f"{where}: the file is not an SQLite database; give crossfilter's database or "
+                                    "a new file name") from None
+        raise UnavailableError(f"{where}: SQLite cannot open or write it ({exc})") from None
     except BaseException:
-        conn.close()
+        if conn is not None:
+            conn.close()
         raise
     return conn
 
