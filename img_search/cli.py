@@ -194,15 +194,19 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+# what an interrupted `index` keeps; other commands embed nothing and say only "interrupted"
+INDEX_INTERRUPTED = "interrupted: every batch embedded so far is committed; re-run the same command to continue"
+
+
 @contextmanager
-def _edge() -> Iterator[None]:
-    """Translate the library's typed errors (and Ctrl-C / SIGTERM) into one line on stderr and an exit code."""
+def _edge(interrupted: str = "interrupted") -> Iterator[None]:
+    """Translate the library's typed errors (and Ctrl-C / SIGTERM) into one line on stderr and an exit code;
+    ``interrupted``: the line after ``error: `` for a Ctrl-C (exit 130)."""
     try:
         yield
     except KeyboardInterrupt:
         _outcome_decided()
-        _fail("interrupted: every batch embedded so far is committed; re-run the same command to continue",
-              EXIT_INTERRUPTED)
+        _fail(interrupted, EXIT_INTERRUPTED)
     except ImgSearchError as exc:
         _fail(str(exc), exit_code(exc))
 
@@ -334,7 +338,7 @@ def index(
 
     _setup_logging(verbose, quiet)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    with _edge():
+    with _edge(INDEX_INTERRUPTED):
         settings = _settings(index_dir, model=model, batch_size=batch_size, workers=workers, device=device,
                              dtype=dtype, precision=precision, max_image_pixels=max_image_pixels,
                              include_hidden=include_hidden, default_excludes=default_excludes, ocr=ocr,

@@ -81,3 +81,27 @@ def test_ctrl_c_to_the_process_group_while_embedding_prints_one_line(photo_dir: 
     assert proc.returncode == EXIT_INTERRUPTED, proc.stderr
     assert proc.stderr.startswith("error: interrupted") and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stdout == ""
+
+
+_CTRL_C_OPENING_THE_COLLECTION = """
+from img_search.search.collection import Collection
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+Collection.open = interrupted
+"""
+
+
+def test_ctrl_c_in_a_command_that_embeds_nothing_says_only_interrupted(photo_dir: Path, tmp_path: Path,
+                                                                       tiny_siglip: Path) -> None:
+    """`duplicates` (like search, map, export, tag...) embeds nothing: its Ctrl-C line must not claim that 'every batch
+    embedded so far is committed' nor tell to re-run to continue; index's line still does."""
+    assert _index("", photo_dir, tmp_path, tiny_siglip, "--precision", "fp32").returncode == 0
+    env = dict(os.environ, IMG_SEARCH_INDEX_DIR=str(tmp_path / "idx"), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", _PROGRAM.format(patch=_CTRL_C_OPENING_THE_COLLECTION), "duplicates"],
+                          capture_output=True, text=True, timeout=300, env=env, start_new_session=True)
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr
+    assert proc.stderr == "error: interrupted\n" and proc.stdout == ""
+    proc = _index(_CTRL_C_WHILE_EMBEDDING, photo_dir, tmp_path, tiny_siglip, "--precision", "fp32", "--recompute",
+                  "--workers", "0")
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr
+    assert "every batch embedded so far is committed" in proc.stderr, proc.stderr
