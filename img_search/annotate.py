@@ -364,6 +364,10 @@ def read_metadata_file(file: Path) -> tuple[list[MetadataEntry], list[str]]:
     keys that are ignored. Raises ``InvalidInputError`` naming the line or entry of the first problem."""
     file = Path(file)
     suffix = file.suffix.lower()
+    if file.is_dir():  # what is wrong first: a folder, or a missing file, whatever its name ends with
+        raise InvalidInputError(f"{file} is a folder; give a .csv or .json file")
+    if not file.exists():
+        raise NotFoundError(f"{file}: no such file")
     if suffix not in IMPORT_SUFFIXES:
         raise InvalidInputError(f"{file}: unknown format {suffix or '(no suffix)'!r}; import takes .csv or .json files")
     text = _decode(file)

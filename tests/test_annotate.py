@@ -15,6 +15,7 @@ from helpers import run_main as run
 from img_search.annotate import read_metadata_file, split_tags
 from img_search.catalog import Catalog, ImageRecord
 from img_search.catalog.lock import IndexLock
+from img_search.errors import InvalidInputError, NotFoundError
 
 
 @pytest.fixture()
@@ -214,3 +215,15 @@ def test_a_missing_metadata_file_is_not_found_exit_1(library: dict[str, Path], t
     code, out, err = run(capsys, "import-metadata", str(tmp_path / "nonexist.csv"), "--index-dir",
                          str(library["idx"]))
     assert code == 1 and out == "" and err.strip() == f"error: {tmp_path / 'nonexist.csv'}: no such file", err
+
+
+def test_a_folder_or_missing_file_is_named_before_its_suffix(tmp_path: Path) -> None:
+    """`import-metadata ~/Pictures` (a folder) and a missing `tags` (no suffix) say what is wrong, not 'unknown format
+    (no suffix)'; a file that exists with another suffix still names the formats."""
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(InvalidInputError, match=r"photos is a folder; give a \.csv or \.json file"):
+        read_metadata_file(tmp_path / "photos")
+    with pytest.raises(NotFoundError, match=r"tags: no such file"):
+        read_metadata_file(tmp_path / "tags")
+    with pytest.raises(InvalidInputError, match=r"unknown format '\.txt'"):
+        read_metadata_file(_write(tmp_path / "tags.txt", "path,tags\n"))
