@@ -24,6 +24,7 @@ from img_search.data.images import configure_pixel_limit
 from img_search.errors import EXIT_INTERRUPTED, ImgSearchError, exit_code
 from img_search.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MODEL
 from img_search.training.finetune import EpochResult, FinetuneOptions, FinetuneReport, Recall, finetune
+from img_search.wording import count
 
 DEFAULTS = FinetuneOptions()
 DEFAULT_OUTPUT_DIR = "siglip-finetuned"
@@ -41,7 +42,7 @@ def _loss(loss: float | None) -> str:
 
 
 def _print_baseline(report: FinetuneReport) -> None:
-    skipped = f", {len(report.problems)} line(s) skipped (see the warnings above)" if report.problems else ""
+    skipped = f", {count(len(report.problems), 'line')} skipped (see the warnings above)" if report.problems else ""
     print(f"pairs: {report.n_train} to train on, {report.n_held_out} held out{skipped}")
     print(f"model: {report.model} ({report.family}) on {report.device}")
     print(f"before: {_loss(report.before_loss)}{_recall(report.before)}", flush=True)

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from img_search.errors import ImgSearchError
 from img_search.index import BACKENDS, available_backends
 from img_search.search.evaluate import compose_config, evaluate_from_config, publish
+from img_search.wording import count
 
 FAISS_BACKEND = "faiss"
 FALLBACK_FAISS_METHOD: dict[str, Any] = {"backend": FAISS_BACKEND, "method": "flat", "name": "faiss-flat (smoke)"}
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     faiss_rows = [r for r in report.rows if r.backend == FAISS_BACKEND]
     print(
         f"smoke test passed: {report.n_gallery} gallery and {report.n_queries} query vectors of {report.dim} dims, "
-        f"{len(faiss_rows)} FAISS configuration(s) run",
+        f"{count(len(faiss_rows), 'FAISS configuration')} run",
         file=sys.stderr,
     )
     return 0

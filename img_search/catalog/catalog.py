@@ -42,6 +42,7 @@ from img_search.errors import (
     StorageFullError,
 )
 from img_search.files import storage_full
+from img_search.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -584,8 +585,8 @@ class Catalog(MetadataMixin, RecomputeMixin):
             )
             run_id = int(cur.lastrowid or 0)
         if stale:
-            logger.warning("%d earlier run(s) of %s never finished (the process was killed); marked interrupted",
-                           stale, self.path)
+            logger.warning("%s of %s never finished (the process was killed); marked interrupted",
+                           count(stale, "earlier run"), self.path)
         return run_id
 
     def finish_run(self, run_id: int, *, status: str, stats: dict[str, Any], model_id: int | None = None) -> None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from img_search.errors import DatasetError, UnknownNameError
 from img_search.registry import Registry
+from img_search.wording import noun
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,9 @@ def _instantiate(cls: type[D], params: Mapping[str, Any], what: str) -> D:
                 if p.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise UnknownNameError(f"{what} takes no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
+        raise UnknownNameError(
+            f"{what} takes no {noun(len(unknown), 'parameter')} {', '.join(unknown)}; valid: {', '.join(accepted)}"
+        )
     return cls(**params)
 
 

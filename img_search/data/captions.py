@@ -15,6 +15,7 @@ from typing import Any
 
 from img_search.data import CaptionRecord, TextDataset
 from img_search.errors import DatasetError
+from img_search.wording import noun
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ class CaptionsJsonlDataset(TextDataset):
             raise DatasetError(f"{where} is not a JSON object")
         missing = [f for f in (self.caption_field, self.image_field) if f not in row]
         if missing:
-            raise DatasetError(f"{where} lacks field(s) {', '.join(missing)} (it has: {', '.join(row)})")
+            raise DatasetError(
+                f"{where} lacks {noun(len(missing), 'field')} {', '.join(missing)} (it has: {', '.join(row)})"
+            )
         image = row[self.image_field]
         if not isinstance(image, str | int) or str(image) == "":
             raise DatasetError(f"{where}: `{self.image_field}` must be a non-empty string")

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from img_search.errors import ImgSearchError
-from img_search.wording import count
+from img_search.wording import count, noun
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class EmbeddingDatasetSpec:
         unknown = sorted(set(config) - valid)
         if unknown:
             raise EmbeddingDatasetError(
-                f"unknown embedding dataset key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
+                f"unknown embedding dataset {noun(len(unknown), 'key')} {', '.join(unknown)}; "
+                f"valid keys: {', '.join(sorted(valid))}"
             )
         values = dict(config)
         if isinstance(values.get("data_files"), Sequence) and not isinstance(values["data_files"], str):
@@ -304,7 +305,7 @@ def _check_columns(available: Sequence[str], wanted: Sequence[str], where: str, 
     missing = [c for c in wanted if c not in available]
     if missing:
         raise EmbeddingDatasetError(
-            f"{where} lacks column(s) {', '.join(missing)} (it has: {', '.join(available)}); "
+            f"{where} lacks {noun(len(missing), 'column')} {', '.join(missing)} (it has: {', '.join(available)}); "
             "set id_column / embedding_column / relevance_column / text_column to the right names"
         )
 
@@ -343,7 +344,8 @@ class _TableReader:
         ids = table.column(spec.id_column)
         if ids.null_count:
             raise EmbeddingDatasetError(
-                f"{spec.describe()}: {ids.null_count} row(s) near row {first_row} have no id in `{spec.id_column}`"
+                f"{spec.describe()}: {count(ids.null_count, 'row')} near row {first_row} "
+                f"{'has' if ids.null_count == 1 else 'have'} no id in `{spec.id_column}`"
             )
         batch_ids = [str(v) for v in ids.to_pylist()]
         if "" in batch_ids:
@@ -437,7 +439,9 @@ def _list_column_to_matrix(
     where = f"{spec.describe()}, column `{spec.embedding_column}`"
     if array.null_count:
         bad = [ids[i] for i in np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[:5]]
-        raise EmbeddingDatasetError(f"{where}: {array.null_count} row(s) have no embedding (ids {', '.join(bad)})")
+        raise EmbeddingDatasetError(f"{where}: {count(array.null_count, 'row')} "
+                                    f"{'has' if array.null_count == 1 else 'have'} no embedding "
+                                    f"({noun(len(bad), 'id')} {', '.join(bad)})")
     if pa.types.is_fixed_size_list(array.type):
         dim = array.type.list_size
     elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type):

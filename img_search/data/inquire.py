@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from img_search.data.images import IMAGE_EXTENSIONS
 from img_search.data.parquet_images import DataFiles, ParquetImageDataset
 from img_search.errors import DatasetError
+from img_search.wording import noun
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ def release_shards(metadata_dir: Path, embeddings_dir: Path) -> list[ReleaseShar
     unpaired = sorted(set(metadata) ^ set(embeddings))
     if unpaired:
         raise DatasetError(
-            f"shard number(s) {', '.join(map(str, unpaired))} have a metadata file or an embedding file but not both "
+            f"{noun(len(unpaired), 'shard number')} {', '.join(map(str, unpaired))} "
+            f"{'has' if len(unpaired) == 1 else 'have'} a metadata file or an embedding file but not both "
             f"(metadata: {metadata_dir}, embeddings: {embeddings_dir})"
         )
     shards = []
@@ -185,7 +187,9 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         reader = csv.DictReader(fh)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise DatasetError(f"{path} lacks column(s) {', '.join(missing)} (header: {reader.fieldnames})")
+            raise DatasetError(
+                f"{path} lacks {noun(len(missing), 'column')} {', '.join(missing)} (header: {reader.fieldnames})"
+            )
         return list(reader)
 
 

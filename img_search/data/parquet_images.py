@@ -18,6 +18,7 @@ from typing import Any
 from img_search.data import ImageDataset
 from img_search.data.images import decode_image, load_image, to_rgb
 from img_search.errors import DatasetError, ImageDecodeError
+from img_search.wording import noun
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class ParquetImageDataset(ImageDataset):
         missing = [c for c in wanted if c not in part.column_names]
         if missing:
             raise DatasetError(
-                f"split {split!r} of {self.describe()} lacks column(s) {', '.join(missing)} "
+                f"split {split!r} of {self.describe()} lacks {noun(len(missing), 'column')} {', '.join(missing)} "
                 f"(it has: {', '.join(part.column_names)}); set image_column / id_column"
             )
 

@@ -58,6 +58,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from img_search.errors import UnavailableError
+from img_search.wording import noun
 
 Metric = Literal["cosine", "ip"]
 METRICS: tuple[Metric, ...] = ("cosine", "ip")
@@ -120,7 +121,9 @@ def check_search_params(backend: str, allowed: tuple[str, ...], params: dict[str
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         valid = ", ".join(allowed) if allowed else "none"
-        raise ValueError(f"{backend}: cannot set search parameter(s) {', '.join(unknown)}; valid: {valid}")
+        raise ValueError(
+            f"{backend}: cannot set search {noun(len(unknown), 'parameter')} {', '.join(unknown)}; valid: {valid}"
+        )
 
 
 def as_vectors(vectors: Any, dim: int) -> FloatArray:

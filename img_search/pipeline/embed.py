@@ -54,6 +54,7 @@ from img_search.pipeline.parquet_writer import (
 from img_search.pipeline.progress import LogProgress, Progress
 from img_search.pipeline.reader import Loaded
 from img_search.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_IMAGE_PIXELS
+from img_search.wording import noun
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def _from_mapping(cls: type[Any], raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - valid)
     if unknown:
         raise EmbedConfigError(
-            f"unknown key(s) {', '.join(unknown)} in `{where}`; valid keys: {', '.join(sorted(valid))}"
+            f"unknown {noun(len(unknown), 'key')} {', '.join(unknown)} in `{where}`; "
+            f"valid keys: {', '.join(sorted(valid))}"
         )
     try:
         return cls(**dict(raw))

@@ -48,6 +48,7 @@ from img_search.pipeline.parquet_writer import (
 )
 from img_search.pipeline.progress import LogProgress, Progress
 from img_search.pipeline.reader import Loaded
+from img_search.wording import count
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,9 @@ def prepare_query_dirs(output_dir: Path, splits: Sequence[str], *, overwrite: bo
         folder = Path(output_dir) / split
         existing = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
         if existing and not overwrite:
-            raise OutputError(f"{folder} already holds {len(existing)} shard(s); pass --overwrite to replace them")
+            raise OutputError(
+                f"{folder} already holds {count(len(existing), 'shard')}; pass --overwrite to replace them"
+            )
         for path in existing:
             path.unlink()
 
@@ -187,8 +190,8 @@ def embed_queries(
         run_sharded(split_queries, load_query, text_encoder, make_sink, ctx, batch_size=batch_size, workers=0,
                     progress=progress, description=f"{split} queries")
         written[split] = writer.paths
-        logger.info("%s: %d queries in %d shard(s) under %s", split, sum(s.written for s in sinks), len(writer.paths),
-                    Path(output_dir) / split)
+        logger.info("%s: %s in %s under %s", split, count(sum(s.written for s in sinks), "query", "queries"),
+                    count(len(writer.paths), "shard"), Path(output_dir) / split)
     return written
 
 

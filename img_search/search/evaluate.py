@@ -44,6 +44,7 @@ from img_search.search.metrics import (
     normalize_id,
     retrieval_scores,
 )
+from img_search.wording import count, noun
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,9 @@ class SweepConfig:
         raw = dict(raw or {})
         unknown = sorted(set(raw) - {"enabled", "values", "plot_path"})
         if unknown:
-            raise EvaluationConfigError(f"unknown sweep key(s) {', '.join(unknown)}; valid: enabled, values, plot_path")
+            raise EvaluationConfigError(
+                f"unknown sweep {noun(len(unknown), 'key')} {', '.join(unknown)}; valid: enabled, values, plot_path"
+            )
         values = raw.get("values") or {}
         return cls(
             enabled=bool(raw.get("enabled", False)),
@@ -199,7 +202,8 @@ class EvaluationConfig:
         unknown = sorted(set(raw) - valid)
         if unknown:
             raise EvaluationConfigError(
-                f"unknown evaluation key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
+                f"unknown evaluation {noun(len(unknown), 'key')} {', '.join(unknown)}; "
+                f"valid keys: {', '.join(sorted(valid))}"
             )
         metric = str(raw.pop("metric", "cosine"))
         methods = [MethodSpec.from_config(m, default_metric=metric) for m in _as_method_list(raw.pop("methods", None))]
@@ -338,7 +342,7 @@ def thread_limits(threads: int | None) -> Iterator[None]:
     except ImportError as exc:
         raise EvaluationConfigError("evaluation.threads needs threadpoolctl: pip install threadpoolctl") from exc
     with threadpool_limits(limits=threads):
-        logger.info("BLAS / OpenMP thread pools limited to %d thread(s)", threads)
+        logger.info("BLAS / OpenMP thread pools limited to %s", count(threads, "thread"))
         yield
 
 
@@ -388,7 +392,8 @@ def validate_methods(config: EvaluationConfig) -> None:
     unknown = sorted({m.backend for m in config.methods} - set(BACKENDS))
     if unknown:
         raise EvaluationConfigError(
-            f"unknown index backend(s) {', '.join(unknown)} in evaluation.methods; registered backends: "
+            f"unknown index {noun(len(unknown), 'backend')} {', '.join(unknown)} in evaluation.methods; "
+            "registered backends: "
             f"{', '.join(sorted(BACKENDS))}"
         )
     for method in config.methods:
@@ -404,7 +409,8 @@ def validate_methods(config: EvaluationConfig) -> None:
         extra = sorted(set(constructor_params(method)) - accepted)
         if extra:
             raise EvaluationConfigError(
-                f"method {method.label}: backend {method.backend} takes no parameter(s) {', '.join(extra)} "
+                f"method {method.label}: backend {method.backend} takes no {noun(len(extra), 'parameter')} "
+                f"{', '.join(extra)} "
                 f"(it takes: {', '.join(sorted(accepted - {'dim', 'metric'}))}). If the method came from "
                 "`+evaluation.methods.N=...`, Hydra merged it into entry N and that entry's other keys survived: "
                 "append with `+evaluation.extra_methods.NAME=...` instead (docs/EVALUATION.md)"

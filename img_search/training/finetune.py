@@ -46,6 +46,7 @@ from img_search.data.images import check_pixel_limit, load_image
 from img_search.embedding.base import collate_pixels
 from img_search.errors import ConflictError, ImageDecodeError, InvalidInputError, NotFoundError
 from img_search.settings import DEFAULT_MODEL
+from img_search.wording import count
 
 if TYPE_CHECKING:
     import torch
@@ -191,7 +192,8 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tuple[
     k = 0 if val_fraction == 0 else max(1, round(n * val_fraction))
     if n - k < 2:
         raise TrainingDataError(
-            f"{n} usable pair(s) leave {n - k} to train on after holding out {k} (--val-fraction {val_fraction}); "
+            f"{count(n, 'usable pair')} leave{'s' if n == 1 else ''} {n - k} to train on after holding out {k} "
+            f"(--val-fraction {val_fraction}); "
             "the sigmoid loss needs at least 2 pairs a batch"
         )
     order = list(range(n))
@@ -520,8 +522,9 @@ def finetune(
     )
     train_set = pair_dataset(encoder, train, limit)
     held_set = pair_dataset(encoder, held_out, limit) if held_out else None
-    logger.info("fine-tuning %s (%s) on %s: %d training pairs, %d held out, batch %d, lr %g, %d epoch(s)",
-                report.model, family, device, len(train), len(held_out), opts.batch_size, opts.lr, opts.num_epochs)
+    logger.info("fine-tuning %s (%s) on %s: %s, %d held out, batch %d, lr %g, %s",
+                report.model, family, device, count(len(train), "training pair"), len(held_out), opts.batch_size,
+                opts.lr, count(opts.num_epochs, "epoch"))
     if held_set is not None:
         report.before_loss, report.before = evaluate(model, held_set, batch_size=opts.batch_size, device=device)
         logger.info("before: held-out loss %.4f, recall@1 text->image %.3f, image->text %.3f (n=%d)",

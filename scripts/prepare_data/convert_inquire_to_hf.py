@@ -21,6 +21,7 @@ from pathlib import Path
 
 from img_search.errors import ImgSearchError
 from img_search.export import GALLERY_SPLIT, convert_inquire_release, push_to_hub
+from img_search.wording import count
 
 logger = logging.getLogger("convert_inquire_to_hf")
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = convert_inquire_release(args.metadata_dir, args.embeddings_dir, args.output_dir,
                                           model_name=args.model_name, dataset_name=args.dataset_name,
                                           overwrite=args.overwrite)
-        print(f"wrote {summary.rows} vectors of {summary.dim} dims in {len(summary.files)} shard(s) to "
+        print(f"wrote {summary.rows} vectors of {summary.dim} dims in {count(len(summary.files), 'shard')} to "
               f"{args.output_dir}")
         if args.push_to_hub:
             url = push_to_hub(args.output_dir, args.hf_repo_id, token=args.hf_token, path_in_repo=args.hf_path_in_repo,

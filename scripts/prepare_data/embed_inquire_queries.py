@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from img_search.embedding.hf import canonical_model_id
     from img_search.export import push_to_hub
     from img_search.pipeline.embed_text import embed_queries, prepare_query_dirs
+    from img_search.wording import count
 
     splits = list(dict.fromkeys(args.splits))
     try:
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         written = embed_queries(queries, encoder, args.output_dir, model_name=canonical_model_id(args.model_name),
                                 dataset_name=args.dataset_name, batch_size=args.batch_size, chunk_size=args.chunk_size)
         for split, paths in written.items():
-            print(f"{split}: {len(queries[split])} queries in {len(paths)} shard(s) under {args.output_dir / split}")
+            print(f"{split}: {count(len(queries[split]), 'query', 'queries')} in {count(len(paths), 'shard')} "
+                  f"under {args.output_dir / split}")
         if args.push_to_hub:
             hub_splits = {HUB_SPLIT_NAMES[s]: f"{s}/*.parquet" for s in splits}
             url = push_to_hub(args.output_dir, args.hf_repo_id, token=args.hf_token,

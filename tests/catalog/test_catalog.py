@@ -205,3 +205,18 @@ def test_v3_catalog_upgrades_to_v4_with_every_vector_decoded_in_full(tmp_path: P
     with Catalog.in_dir(side) as cat:
         assert cat.decode_counts(1) == {"reduced-1x": 2, "full": 1}
         assert cat.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'embedding_decode'").fetchone() is None
+
+
+
+def test_the_warning_for_runs_that_never_finished_counts_them_in_words(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """'1 earlier run of ... never finished' / '2 earlier runs of ...', not 'run(s)'."""
+    with Catalog.in_dir(tmp_path) as cat, caplog.at_level("WARNING", logger="img_search.catalog.catalog"):
+        cat.start_run(None)
+        cat.start_run(None)  # the first was never finished
+        assert f"1 earlier run of {cat.path} never finished (the process was killed)" in caplog.text
+        with cat.transaction() as db:  # both left 'running', as two killed writers would leave them
+            db.execute("UPDATE runs SET status = 'running', finished_at = NULL")
+        caplog.clear()
+        cat.start_run(None)
+        assert f"2 earlier runs of {cat.path} never finished" in caplog.text

@@ -179,7 +179,7 @@ def test_missing_files_columns_and_splits(gallery_dir: tuple[Path, np.ndarray], 
     folder, _ = gallery_dir
     with pytest.raises(EmbeddingDatasetError, match="no Parquet files match"):
         load_gallery(EmbeddingDatasetSpec(data_files=str(tmp_path / "nothing" / "*.parquet")))
-    with pytest.raises(EmbeddingDatasetError, match=r"lacks column\(s\) vec .*it has: id, model_name"):
+    with pytest.raises(EmbeddingDatasetError, match=r"lacks column vec .*it has: id, model_name"):
         load_gallery(EmbeddingDatasetSpec(data_files=str(folder / "*.parquet"), embedding_column="vec"))
     with pytest.raises(EmbeddingDatasetError, match="not among the data_files splits"):
         resolve_data_files({"test": str(folder / "*.parquet")}, "train")
@@ -188,9 +188,10 @@ def test_missing_files_columns_and_splits(gallery_dir: tuple[Path, np.ndarray], 
 def test_null_empty_and_ragged_rows_are_refused(tmp_path: Path) -> None:
     good = [[0.1] * DIM, [0.2] * DIM]
     cases = {
-        "null_vector": ({"id": ["a", "b"], "embedding": [good[0], None]}, "have no embedding"),
+        "null_vector": ({"id": ["a", "b"], "embedding": [good[0], None]}, r": 1 row has no embedding \(id b\)"),
+        "null_vectors": ({"id": ["a", "b"], "embedding": [None, None]}, r": 2 rows have no embedding \(ids a, b\)"),
         "ragged": ({"id": ["a", "b"], "embedding": [good[0], [0.1] * (DIM - 1)]}, "ragged vectors"),
-        "null_id": ({"id": ["a", None], "embedding": good}, "have no id"),
+        "null_id": ({"id": ["a", None], "embedding": good}, ": 1 row near row 0 has no id in `id`"),
         "empty_id": ({"id": ["a", ""], "embedding": good}, "empty id"),
         "nan": ({"id": ["a", "b"], "embedding": [good[0], [float("nan")] * DIM]}, "non-finite values in .* b"),
     }

@@ -123,7 +123,7 @@ def test_convert_embed_queries_evaluate(tmp_path: Path, release: Release, tiny_s
     assert pq.ParquetFile(shards[0]).metadata.row_group(0).column(3).compression == "ZSTD"
     assert table.column("id").to_pylist() == release.ids[:10]
     assert set(table.column("model_name").to_pylist()) == {model}
-    assert "wrote 24 vectors of 32 dims in 3 shard(s)" in capsys.readouterr().out
+    assert "wrote 24 vectors of 32 dims in 3 shards" in capsys.readouterr().out
 
     queries_src = tmp_path / "inquire_csv"
     relevant = write_query_files(queries_src, release, siglip_encoder)

@@ -372,7 +372,7 @@ def test_script_prints_recall_and_losses(planted: Planted, tiny_siglip: Path, tm
             "--model", str(tiny_siglip), "--output-dir", str(out), "--val-fraction", "0.25", "--device", "cpu", "-q"]
     assert script.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "pairs: 30 to train on, 10 held out, 5 line(s) skipped" in printed
+    assert "pairs: 30 to train on, 10 held out, 5 lines skipped" in printed
     assert "before: held-out loss" in printed and "recall@1 text->image" in printed
     assert "epoch 1/2: train loss" in printed and "epoch 2/2: train loss" in printed
     assert "after: held-out loss" in printed and f"--model {out}" in printed
