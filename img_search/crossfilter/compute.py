@@ -135,7 +135,7 @@ def compute_embeddings(input_dir: Path, output_db: Path, *, embedding_type: str 
     ``model``: a checkpoint (Hub id or local directory) replacing the type's default, loaded with the type's encoder
     family. ``encoder_factory(checkpoint, encoder_name)`` builds the encoder (default: ``embedding.load_encoder`` on
     CPU/GPU at fp32); it is called only when some image needs embedding.
-    Checked before any work: ``NotFoundError`` (no input folder), ``InvalidInputError`` (batch size, unknown
+    Checked before any work: ``NotFoundError`` (no input folder), ``InvalidInputError`` (batch size, workers, unknown
     embedding type: the message lists the valid ones; ``output_db`` a folder or in a folder that does not exist),
     ``UnavailableError`` (umap-learn missing with ``reproject``; msgpack missing when there is something to embed).
     Then the encoder's errors (raised before a new database file is created; a database this run created is removed
@@ -145,6 +145,8 @@ def compute_embeddings(input_dir: Path, output_db: Path, *, embedding_type: str 
     etype = get_embedding_type(embedding_type)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"--batch_size must be a whole number >= 1, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InvalidInputError(f"--workers must be a whole number >= 0 (0: decode in this process), got {workers!r}")
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise NotFoundError(f"input folder {str(input_dir)!r} does not exist or is not a folder")
@@ -159,8 +161,8 @@ def compute_embeddings(input_dir: Path, output_db: Path, *, embedding_type: str 
     summary.invalid_names, summary.invalid_examples = len(scan.invalid_names), scan.invalid_names[:MAX_EXAMPLES]
     summary.duplicate_uuids = len(scan.duplicate_uuids)
     if scan.invalid_names:
-        logger.warning("skipped %d .jpg files whose name is not a UUID (e.g. %s)", len(scan.invalid_names),
-                       scan.invalid_names[0])
+        logger.warning("skipped %d .jpg %s whose name is not a UUID (e.g. %s)", len(scan.invalid_names),
+                       "file" if len(scan.invalid_names) == 1 else "files", scan.invalid_names[0])
     created = not output_db.exists()
     conn = None if created else _open(output_db, tables)
     try:

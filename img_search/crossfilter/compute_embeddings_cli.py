@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
             args.input_dir, args.output_embeddings_db, embedding_type=args.embedding_type, model=args.model,
             batch_size=args.batch_size, recompute=args.recompute_existing_embeddings,
             reproject=args.reproject_umap_embeddings,
-            workers=default_workers() if args.workers is None else max(0, args.workers))
+            workers=default_workers() if args.workers is None else args.workers)
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted: every batch embedded so far is committed; re-run to continue\n")
         return EXIT_INTERRUPTED

@@ -225,6 +225,25 @@ def test_entry_points_and_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--output_embeddings_db" in done.stderr
 
 
+def test_negative_workers_refused_and_one_skipped_name_in_the_singular(
+        uuid_photos: Path, tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """--workers -1 is a usage error naming the option (it ran silently with 0), before any database is made; the
+    scan's warning counts one skipped name as '1 .jpg file' (was '1 .jpg files')."""
+    db = tmp_path / "emb.db"
+    code = main(["--embedding_type", T, "--input_dir", str(uuid_photos), "--output_embeddings_db", str(db),
+                 "--model", str(tiny_models["siglip2"]), "--workers", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "error: --workers must be a whole number >= 0 (0: decode in this process), got -1\n"
+    assert not db.exists()
+    photos = tmp_path / "one-bad-name"
+    make_jpeg(photos / f"{uid(0)}.jpg", seed=0)
+    make_jpeg(photos / "holiday.jpg", seed=1)
+    code = main(["--embedding_type", T, "--input_dir", str(photos), "--output_embeddings_db", str(db),
+                 "--model", str(tiny_models["siglip2"]), "--workers", "0", "--no-reproject_umap_embeddings"])
+    err = capsys.readouterr().err
+    assert code == 0 and "skipped 1 .jpg file whose name is not a UUID (e.g. " in err, err
+
+
 def test_interoperates_with_crossfilters_msgpack_numpy_codec(uuid_photos: Path, tmp_path: Path,
                                                             tiny_models: dict[str, Path],
                                                             capsys: pytest.CaptureFixture[str]) -> None:
