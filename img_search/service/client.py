@@ -4,7 +4,9 @@ Every search function returns the hits as the CLI's ``--json`` prints them (``se
 ``path``, ``cosine``, ``probability``, ``image_id``, ``width``, ``height``), so a command prints the same with or
 without a server. Errors come back as the library's typed errors (the service's ``error`` kind -> ``NotFoundError``,
 ``InvalidInputError``, ``ConflictError``, ``UnavailableError``), so the CLI's exit codes stay the same; no server
-at the URL is an ``UnavailableError``.
+at the URL is an ``UnavailableError``. An upload over the server's ``service.max_upload_bytes`` is an
+``InvalidInputError`` naming that limit (read from ``GET /api/v1/health``), however the server's 413 reached the
+client: as an answer, or as a connection broken while the body was still being sent.
 
 ``index_dir`` / ``model``: what the command asks for. When given, ``check_server`` first compares them with what
 the server serves (``GET /api/v1/health``) and refuses a mismatch with a ``ConflictError`` naming both. Standard
@@ -36,8 +38,18 @@ if TYPE_CHECKING:
     from img_search.data.images import LargeFile
 
 DEFAULT_TIMEOUT_S = 60.0  # a first text query on a cold CPU model can take seconds; searches take milliseconds
+
+
+class _NoAnswer(UnavailableError):
+    """No HTTP answer: nothing listens at the URL, or the connection broke (refused, reset, broken pipe, timeout)."""
+
+
+class _TooLarge(InvalidInputError):
+    """The server's 413: the request body is over its route's limit."""
+
+
 _ERRORS: dict[str, type[ImgSearchError]] = {
-    "invalid_input": InvalidInputError, "too_large": InvalidInputError, "bad_request": InvalidInputError,
+    "invalid_input": InvalidInputError, "too_large": _TooLarge, "bad_request": InvalidInputError,
     "not_found": NotFoundError, "conflict": ConflictError, "unavailable": UnavailableError,
 }
 
@@ -65,7 +77,7 @@ def _call(base: str, method: str, path: str, *, query: dict[str, Any] | None = N
         raise _translate(base, exc) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UnavailableError(f"no img-search service answers at {base} ({reason}); start one with "
+        raise _NoAnswer(f"no img-search service answers at {base} ({reason}); start one with "
                                "`img-search serve`, or search without --server / IMG_SEARCH_SERVER") from None
 
 
@@ -75,7 +87,7 @@ def _translate(base: str, exc: urllib.error.HTTPError) -> ImgSearchError:
         kind, message = str(payload["error"]), str(payload["message"])
     except (ValueError, KeyError, TypeError):
         kind, message = "", f"HTTP {exc.code} {exc.reason}"
-    error = _ERRORS.get(kind, UnavailableError if exc.code >= 500 else ImgSearchError)
+    error = _TooLarge if exc.code == 413 else _ERRORS.get(kind, UnavailableError if exc.code >= 500 else ImgSearchError)
     return error(f"{message} (server {base})")
 
 
@@ -177,12 +189,20 @@ def search_image(url: str, path: str | os.PathLike[str], *, limit: int = DEFAULT
                  index_dir: str | os.PathLike[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S,
                  options: Any = None) -> list[dict[str, Any]]:
     """``img-search similar IMAGE`` through the server: uploads the file (``POST /api/v1/search/image``) and, as the
-    CLI does, leaves the file itself out of the hits (found by its path, as the catalog names it)."""
+    CLI does, leaves the file itself out of the hits (found by its path, as the catalog names it).
+
+    A file whose upload (file plus multipart framing) is over the server's ``service.max_upload_bytes`` raises
+    ``InvalidInputError`` naming the limit: before sending when the server's health was read anyway (``index_dir``
+    or ``model`` given), else once the server refused it. The server answers 413 and closes as soon as it has the
+    headers, so a client still sending the body may see only a broken pipe or a reset connection: after such a
+    failure the limit is read from ``GET /api/v1/health``, and the error is the connection's (``UnavailableError``)
+    only when the upload was within it or the server does not answer."""
     from img_search.data.images import check_query_file, read_file
     from img_search.data.paths import canonical_folder
 
+    status = None
     if index_dir is not None or model is not None:
-        check_server(url, index_dir=index_dir, model=model, timeout=timeout)
+        status = check_server(url, index_dir=index_dir, model=model, timeout=timeout)
     # as a local `similar` reads it: a regular file only, refused after its header when it is not an image
     abspath = check_query_file(os.fspath(path))
     data = read_file(abspath)
@@ -193,9 +213,35 @@ def search_image(url: str, path: str | os.PathLike[str], *, limit: int = DEFAULT
     # one more than asked, for the file itself (the API's ceiling of MAX_LIMIT applies through a server)
     query = {"limit": min(limit + 1, MAX_LIMIT), "threshold": threshold, "model": _model_param(model),
              **_image_params(options)}
-    payload = _call(url, "POST", "/api/v1/search/image", query=query, body=body,
-                    content_type=f"multipart/form-data; boundary={boundary}", timeout=timeout, content_length=length)
+    if status is not None:
+        _check_upload_size(url, abspath, length, status.get("max_upload_bytes"))
+    try:
+        payload = _call(url, "POST", "/api/v1/search/image", query=query, body=body,
+                        content_type=f"multipart/form-data; boundary={boundary}", timeout=timeout,
+                        content_length=length)
+    except (_TooLarge, _NoAnswer):
+        _check_upload_size(url, abspath, length, _upload_limit(url, timeout))
+        raise
     return [h for h in _hits(payload) if h["path"] not in own][:limit]
+
+
+def _upload_limit(url: str, timeout: float) -> int | None:
+    """The server's ``service.max_upload_bytes`` from its health, or None when it does not answer or say."""
+    try:
+        limit = health(url, timeout=timeout).get("max_upload_bytes")
+    except ImgSearchError:
+        return None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
+def _check_upload_size(url: str, path: str, length: int, limit: Any) -> None:
+    """Raise ``InvalidInputError`` naming the server's upload limit when ``length`` bytes are over it."""
+    if isinstance(limit, int) and not isinstance(limit, bool) and length > limit:
+        raise InvalidInputError(
+            f"{path} is too large for the server at {url}: its upload is {length:,} bytes (the file and its "
+            f"multipart framing), over the server's upload limit of {limit:,} bytes (service.max_upload_bytes); "
+            "search without --server, or raise that limit where the server runs"
+        ) from None
 
 
 def _upload_body(data: bytes | LargeFile, boundary: str) -> tuple[bytes | Iterator[bytes], int]:

@@ -264,6 +264,8 @@ class HealthResponse(BaseModel):
     models: list[str]
     collections: list[CollectionStatus]
     rollout: RolloutStatus
+    max_upload_bytes: int = Field(description="Largest body of POST /api/v1/search/image, bytes (the file and its "
+                                              "multipart framing; service.max_upload_bytes): a larger one is a 413.")
 
 
 class RolloutRequest(BaseModel):

@@ -175,3 +175,35 @@ def test_loopback_load_has_zero_errors(server: str) -> None:
     print(f"\nloopback load: {LOAD_REQUESTS} requests, {LOAD_CONCURRENCY} concurrent, {elapsed:.1f} s, "
           f"{LOAD_REQUESTS / elapsed:.0f} req/s, p50 {statistics.median(latencies) * 1000:.1f} ms, "
           f"p99 {p99 * 1000:.1f} ms")
+
+
+UPLOAD_LIMIT = 256 * 1024  # the server fixture's IMG_SEARCH_SERVICE__MAX_UPLOAD_BYTES
+
+
+@pytest.mark.parametrize("size, chunked", [(UPLOAD_LIMIT + 1, False), (8 * 2**20, False), (8 * 2**20, True)],
+                         ids=["just-over", "8MiB", "8MiB-chunked"])
+def test_similar_with_a_file_over_the_servers_upload_limit_names_the_limit(
+        server: str, indexed: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, size: int, chunked: bool) -> None:
+    """The server answers 413 and closes once it has the headers, while the client may still be sending the body:
+    `similar FILE --server URL` says the file is over the server's limit (exit 2, one line), never "no img-search
+    service answers" (the connection error of a body cut off)."""
+    from helpers import run_main
+
+    from img_search.data import images
+
+    photos, _ = indexed
+    big = tmp_path / "big.jpg"
+    head = (photos / "a" / "img05.jpg").read_bytes()  # a JPEG header (the client checks it), then padding
+    big.write_bytes(head + b"\0" * (size - len(head)))
+    if chunked:  # a LargeFile: sent in chunks read from the file, as a file over 64 MiB is
+        monkeypatch.setattr(images, "READ_WHOLE_MAX_BYTES", 16)
+    for args in ([], ["--model", "image_assets"]):  # without and with the server check that reads its health
+        code, out, err = run_main(capsys, "similar", str(big), "--server", server, *args)
+        assert code == 2, (code, out, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"over the server's upload limit of {UPLOAD_LIMIT:,} bytes (service.max_upload_bytes)" in err, err
+        assert "no img-search service answers" not in err, err
+    # no server at all is still the connection's error (the limit cannot be read either)
+    with pytest.raises(UnavailableError, match="no img-search service answers"):
+        client.search_image(f"http://127.0.0.1:{_free_port()}", big, timeout=5)

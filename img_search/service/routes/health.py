@@ -32,5 +32,5 @@ def health(registry: RegistryDep, router_: RouterDep) -> HealthResponse:
         status=status, version=__version__, index_dir=str(index_dir),
         read_only=immutable or (index_dir.exists() and not os.access(index_dir, os.W_OK)), images=images,
         models=[s.model.name for s in served], collections=collections,
-        rollout=RolloutStatus(**router_.status()),
+        rollout=RolloutStatus(**router_.status()), max_upload_bytes=registry.settings.service.max_upload_bytes,
     )
