@@ -29,6 +29,23 @@ def storage_full(where: Path, detail: str) -> StorageFullError:
     return error
 
 
+def output_write_error(path: Path | str, exc: OSError, what: str = "output file") -> UnavailableError:
+    """The one-line error of a failed write of the output file ``path`` (``what`` names its option, e.g. "--png").
+
+    A full device or quota (``is_no_space``) gives a ``StorageFullError`` (``where``: the folder, ``detail``: the
+    cause), anything else an ``UnavailableError``; both say the file was not replaced, which holds for the writers
+    that write a temporary file and rename it (``write_atomic``, ``AtomicParquetFile``, the map's PNG)."""
+    path = Path(path)
+    cause = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)  # pyarrow's strerror is a paragraph
+    if is_no_space(exc):
+        full = StorageFullError(
+            f"{what} {str(path)!r}: no space left on the device ({cause}); free some space or write it elsewhere, "
+            "then re-run the same command (nothing was written there; an existing file is kept as it was)")
+        full.where, full.detail = str(path.parent), f"writing {path.name}"
+        return full
+    return UnavailableError(f"{what} {str(path)!r}: cannot write it ({cause}); an existing file is kept as it was")
+
+
 def check_output_file(path: Path | str, what: str = "output file", *, create_parent: bool = False) -> Path:
     """``path`` as a ``Path`` once it can name a file this run writes; ``InvalidInputError`` (or ``UnavailableError``
     for a folder that cannot be written) otherwise.

@@ -106,6 +106,49 @@ def test_unwritable_output_folders_one_line_before_any_work(
     assert listing(tmp_path / "out") == set()
 
 
+@pytest.fixture()
+def full_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A tmpfs holding an earlier map ``m.html`` and filled to the last byte (root only; skipped where mount is
+    refused)."""
+    import os
+    import subprocess
+
+    target = tmp_path / "full"
+    target.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        (target / "m.html").write_text("an earlier map\n")
+        fd = os.open(target / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def test_a_full_disk_under_an_output_file_is_one_line_and_keeps_the_old_file(
+        indexed: Path, capsys: pytest.CaptureFixture[str], tiny_siglip: Path, full_disk: Path) -> None:
+    """export -o, map --html and map --png onto a full disk: exit 1, one line saying there is no space (were
+    pyarrow's / pathlib's / matplotlib's OSError tracebacks), no half-written file (--png left an empty m.png), and
+    the earlier m.html as it was (write_text had truncated it)."""
+    common = ("--index-dir", str(indexed), "--model", str(tiny_siglip))
+    for args in (("export", "-o", str(full_disk / "v.parquet"), "--index-dir", str(indexed)),
+                 ("map", "--html", str(full_disk / "m.html"), *common),
+                 ("map", "--png", str(full_disk / "m.png"), *common)):
+        code, _, err = run_main(capsys, *args)
+        line = one_error_line(err)
+        assert code == 1 and "no space left on the device" in line and args[2] in line, (args, err)
+        assert listing(full_disk) == {"m.html", "filler"}, args
+        assert (full_disk / "m.html").read_text() == "an earlier map\n"
+
+
 # -- export -----------------------------------------------------------------------------------------------------------
 def test_export_without_pyarrow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                 tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from img_search.errors import InvalidInputError
 from img_search.explore.umap_map import MapLayout
-from img_search.files import check_output_file
+from img_search.files import check_output_file, output_write_error, write_atomic
 from img_search.optional import require
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ def export_png(layout: MapLayout, path: Path, *, paths: Mapping[int, str] | None
     PNG only, written to ``path`` exactly as given (a name without a suffix gets no ``.png`` added: the path the
     caller prints is the file written). Raises ``UnavailableError`` without matplotlib
     (``pip install 'img-search[explore]'``), ``InvalidInputError`` when ``path`` is a folder, its parent folder does
-    not exist (``files.check_output_file``) or its suffix is not ``.png`` (``check_png_path``), all before drawing.
+    not exist (``files.check_output_file``) or its suffix is not ``.png`` (``check_png_path``), all before drawing;
+    ``UnavailableError`` (``StorageFullError`` for a full disk) when the file cannot be written, ``path`` then left
+    as it was (written under a temporary name and renamed).
     """
     path = check_png_path(path)
     matplotlib = require("matplotlib", extra="explore", needed_for="--png")
@@ -91,8 +93,17 @@ def export_png(layout: MapLayout, path: Path, *, paths: Mapping[int, str] | None
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.set_title(title or f"{n} images (UMAP on a sphere, fitted on {layout.n_fitted})")
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi, format="png")  # format given: no suffix appended, no other format from the suffix
-    plt.close(fig)
+    # under a temporary name, then renamed: a full disk or a Ctrl-C leaves no half-written PNG, and an existing map
+    # as it was
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")  # format given: no suffix appended, no other format from the suffix
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise output_write_error(path, exc, "--png") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return path
 
 
@@ -146,7 +157,8 @@ def export_html(layout: MapLayout, path: Path, paths: Mapping[int, str], *,
 
     ``paths``: image id -> file path (the hover label and the thumbnail's source). Raises ``InvalidInputError`` for
     negative ``max_thumbnails``, a ``thumb_px`` outside 16-512, or a ``path`` that is a folder or whose parent
-    folder does not exist (``files.check_output_file``), before any thumbnail is made."""
+    folder does not exist (``files.check_output_file``), before any thumbnail is made; ``UnavailableError``
+    (``StorageFullError`` for a full disk) when the page cannot be written, ``path`` then left as it was."""
     path = check_output_file(path, "--html")
     if max_thumbnails < 0:
         raise InvalidInputError(f"max_thumbnails must be >= 0, got {max_thumbnails}")
@@ -172,7 +184,10 @@ def export_html(layout: MapLayout, path: Path, paths: Mapping[int, str], *,
     # ensure_ascii keeps surrogate-escaped (non-UTF-8) names representable; "</" can never close the script element
     payload = json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/")
     page = _PAGE.replace("__TITLE__", html.escape(str(data["title"]))).replace("__DATA__", payload)
-    path.write_text(page, encoding="utf-8")
+    try:
+        write_atomic(path, page)  # a full disk leaves no truncated page, and an existing one as it was
+    except OSError as exc:
+        raise output_write_error(path, exc, "--html") from exc
     logger.info("wrote %s: %d points, %d thumbnails, %.1f MB", path, len(ids), len(thumbs),
                 path.stat().st_size / 1e6)
     return path

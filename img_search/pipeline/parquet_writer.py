@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from img_search.errors import ImgSearchError, UnknownNameError
+from img_search.files import output_write_error
 from img_search.pipeline.reader import ReadBatch, ReadItem
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ class AtomicParquetFile:
     """One Parquet file written under a temporary name and renamed into place when the ``with`` block succeeds.
 
     The ``ParquetWriter`` is created lazily, at the first table, so a block that writes nothing creates nothing;
-    on an exception the temporary file is removed and ``path`` is left as it was.
+    on an exception the temporary file is removed and ``path`` is left as it was. A write that fails (a full disk, an
+    I/O error) raises ``UnavailableError`` (``StorageFullError`` for a full disk) naming ``path``
+    (``files.output_write_error``) instead of pyarrow's ``OSError``.
     """
 
     def __init__(self, path: Path, schema: pa.Schema, *, compression: str = DEFAULT_COMPRESSION) -> None:
@@ -142,9 +145,12 @@ class AtomicParquetFile:
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression)
-        self._writer.write_table(table.cast(self.schema))
+        try:
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression)
+            self._writer.write_table(table.cast(self.schema))
+        except OSError as exc:
+            raise output_write_error(self.path, exc) from exc
         self.rows += table.num_rows
 
     def __enter__(self) -> AtomicParquetFile:
@@ -152,12 +158,18 @@ class AtomicParquetFile:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-        if exc_type is not None:
+        try:
+            if writer is not None:
+                writer.close()  # flushes the last row group: may fail on a full disk too
+            if exc_type is None and writer is not None:
+                os.replace(self.tmp, self.path)
+        except OSError as failed:
             self.tmp.unlink(missing_ok=True)
-        elif writer is not None:
-            os.replace(self.tmp, self.path)
+            if exc_type is None:
+                raise output_write_error(self.path, failed) from failed
+        finally:
+            if exc_type is not None:
+                self.tmp.unlink(missing_ok=True)
 
 
 class ShardWriter:
