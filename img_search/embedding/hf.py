@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from img_search.embedding.base import FeatureVector, ModelInfo, PixelBatch, collate_pixels, l2_normalize
 from img_search.embedding.device import resolve_device
 from img_search.embedding.onnx_export import RuntimeCache, export_tower
-from img_search.embedding.parity import ParityResult, tower_parity
+from img_search.embedding.parity import MIN_AUTO_SPEEDUP, ParityResult, tower_parity
 from img_search.embedding.precision import (
     ACCELERATOR_PRECISION,
     TOWERS,
@@ -325,8 +325,9 @@ class HFEncoder:
 
     def build(self, tower: str, precision: str, *, allow_export: bool | None = None
               ) -> tuple[TowerSession, ParityResult | None]:
-        """The first candidate of ``precision`` for ``tower`` that builds (and, for ``auto``, passes parity), with
-        its parity verdict (None for an explicit precision: computed on demand by ``check_parity``)."""
+        """The first candidate of ``precision`` for ``tower`` that builds (and, for ``auto``, passes parity and, for a
+        reduced precision, was timed at least ``parity.MIN_AUTO_SPEEDUP`` x float32's speed on the probes), with its
+        parity verdict (None for an explicit precision: computed on demand by ``check_parity``)."""
         failures: list[str] = []
         for choice in precision_candidates(precision, tower, device=self.device, runtime=self.runtime):
             if choice.runtime in _INTERRUPTED_RUNTIMES:  # half-initialised: a second import fails in other ways
@@ -354,8 +355,13 @@ class HFEncoder:
                 logger.warning("%s failed on %s (%s: %s); trying the next choice", choice, self.info.model_id,
                                type(exc).__name__, exc)
                 continue
-            if verdict.passed:
+            if verdict.passed and not verdict.too_slow_for_auto:
                 return session, verdict
+            if verdict.passed:
+                failures.append(f"{choice}: {verdict.speedup:.2f}x float32's speed")
+                logger.warning("%s is no faster than float32 here (%.2fx on the parity probes, < %s); trying the "
+                               "next choice", choice, verdict.speedup, MIN_AUTO_SPEEDUP)
+                continue
             failures.append(f"{choice}: parity {verdict.min_cosine:.5f} < {verdict.threshold}")
             logger.warning("%s fails its parity check (min cosine %.5f < %s); trying the next choice", choice,
                            verdict.min_cosine, verdict.threshold)

@@ -14,6 +14,7 @@ check runs on the user's own checkpoint for exactly that reason.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +26,17 @@ from img_search.embedding.precision import TowerChoice
 logger = logging.getLogger(__name__)
 
 PARITY_MIN_COSINE = 0.999
-PARITY_SET_VERSION = 1  # bump when probe_images / probe_texts change: cached verdicts are then recomputed
+# 2: verdicts carry ``speedup`` (issue 8: auto skips a choice no faster than float32 on this CPU)
+PARITY_SET_VERSION = 2  # bump when probe_images / probe_texts or the verdict change: cached verdicts are recomputed
+# A probe batch the float32 reference runs in less than this many seconds is not timed reliably enough to compare
+# runtimes on (a tiny test model, or a GPU): ``ParityResult.speedup`` is then None and only the cosine decides.
+MIN_TIMED_SECONDS = 0.2
+# ``auto`` keeps a reduced precision (bf16, fp16, int8) only when it ran at least this much faster than float32 on the
+# probes: its fidelity loss must buy speed on *this* CPU. The order of ``precision.AUTO_PLAN`` comes from CPU flags and
+# measurements on one machine; on an Intel Xeon reporting avx512_bf16 (docs/PERFORMANCE.md, run 9) OpenVINO bf16 ran
+# the image tower no faster than torch float32. 1.2 leaves room for timing noise; float32 on a graph runtime is exact
+# and never held to it (its point may be the search process's light start, not speed).
+MIN_AUTO_SPEEDUP = 1.2
 N_PROBE_IMAGES = 8
 PROBE_SEED = 20_260_801
 # a different stream of the same generator for calibrating static quantization (``onnx_export``): the images that
@@ -73,7 +84,10 @@ def probe_texts() -> list[str]:
 @dataclass(frozen=True)
 class ParityResult:
     """The verdict on one tower's precision/runtime: ``min_cosine`` (over the probe set, to float32 torch) against
-    ``threshold``. ``as_dict()`` is what the catalog records."""
+    ``threshold``, and ``speedup``: the float32 reference's seconds on the probe batch over this choice's (each the
+    faster of two runs on this machine, the first also warming up), None when the reference took under
+    ``MIN_TIMED_SECONDS`` (too short to time) or for the reference itself. ``as_dict()`` is what the catalog
+    records."""
 
     tower: str
     precision: str
@@ -84,10 +98,16 @@ class ParityResult:
     passed: bool
     n_items: int
     set_version: int = PARITY_SET_VERSION
+    speedup: float | None = None
 
     @property
     def choice(self) -> TowerChoice:
         return TowerChoice(self.tower, self.precision, self.runtime)
+
+    @property
+    def too_slow_for_auto(self) -> bool:
+        """A reduced precision timed at under ``MIN_AUTO_SPEEDUP`` x float32's speed (``auto`` tries the next)."""
+        return self.precision != "fp32" and self.speedup is not None and self.speedup < MIN_AUTO_SPEEDUP
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,13 +122,25 @@ def _probe_inputs(encoder: Any, tower: str) -> dict[str, Any]:
     return encoder.tokenize(probe_texts())
 
 
-def compare(choice: TowerChoice, reference: Any, candidate: Any, threshold: float = PARITY_MIN_COSINE
-            ) -> ParityResult:
+def compare(choice: TowerChoice, reference: Any, candidate: Any, threshold: float = PARITY_MIN_COSINE,
+            speedup: float | None = None) -> ParityResult:
     """The verdict for ``choice`` from two ``(n, dim)`` feature arrays (normalised here)."""
     cos = np.sum(l2_normalize(reference) * l2_normalize(candidate), axis=1, dtype=np.float64)
     min_cos = float(cos.min())
     return ParityResult(choice.tower, choice.precision, choice.runtime, min_cos, float(cos.mean()), threshold,
-                        bool(min_cos >= threshold), int(cos.size))
+                        bool(min_cos >= threshold), int(cos.size), speedup=speedup)
+
+
+def _timed_runs(session: Any, inputs: dict[str, Any]) -> tuple[Any, float]:
+    """(features, seconds): ``session.run(inputs)`` twice, the faster run's wall time (the first run also warms the
+    runtime up: graph compilation, thread pools, caches)."""
+    best = float("inf")
+    out: Any = None
+    for _ in range(2):
+        start = time.perf_counter()
+        out = session.run(inputs)
+        best = min(best, time.perf_counter() - start)
+    return out, best
 
 
 def tower_parity(encoder: Any, choice: TowerChoice, session: Any, *, cache: Any | None = None,
@@ -124,9 +156,13 @@ def tower_parity(encoder: Any, choice: TowerChoice, session: Any, *, cache: Any 
             min_cos = float(known["min_cosine"])
             return ParityResult(**{**known, "threshold": threshold, "passed": min_cos >= threshold})
     inputs = _probe_inputs(encoder, choice.tower)
-    result = compare(choice, encoder.reference_session(choice.tower).run(inputs), session.run(inputs), threshold)
-    logger.info("parity %s: min cosine %.6f to float32 (%s %.4f)", choice, result.min_cosine,
-                "passes" if result.passed else "FAILS", threshold)
+    reference, reference_s = _timed_runs(encoder.reference_session(choice.tower), inputs)
+    candidate, candidate_s = _timed_runs(session, inputs)
+    speedup = reference_s / candidate_s if reference_s >= MIN_TIMED_SECONDS and candidate_s > 0 else None
+    result = compare(choice, reference, candidate, threshold, speedup)
+    logger.info("parity %s: min cosine %.6f to float32 (%s %.4f); %s", choice, result.min_cosine,
+                "passes" if result.passed else "FAILS", threshold,
+                "not timed" if speedup is None else f"{speedup:.2f}x float32's speed on the probes")
     if cache is not None:
         try:
             cache.write_parity(choice, result.as_dict())

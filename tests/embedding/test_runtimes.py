@@ -110,6 +110,59 @@ def test_auto_skips_a_choice_whose_parity_fails(tiny_siglip: Path, runtime_cache
         cache.write_parity(first, {k: v for k, v in saved.items() if k != "format"})
 
 
+def test_auto_skips_a_reduced_precision_no_faster_than_float32(tiny_siglip: Path, runtime_cache: Path) -> None:
+    """Issue 8: auto's flag order is not always the speed order (OpenVINO bf16 ran at float32's speed on an Intel
+    Xeon): a reduced precision whose recorded speed-up on the probes is under MIN_AUTO_SPEEDUP is passed over."""
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision="auto", cache_dir=runtime_cache)
+    first = enc.build("image", "auto")[0].choice
+    assert first.precision != "fp32"
+    cache = enc.cache()
+    assert cache is not None
+    saved = cache.read_parity(first)
+    assert saved is not None
+    try:
+        cache.write_parity(first, {**{k: v for k, v in saved.items() if k != "format"}, "speedup": 0.95})
+        session, verdict = enc.build("image", "auto")
+        assert session.choice != first and verdict is not None and not verdict.too_slow_for_auto
+        cache.write_parity(first, {**{k: v for k, v in saved.items() if k != "format"}, "speedup": 2.5})
+        assert enc.build("image", "auto")[0].choice == first
+    finally:
+        cache.write_parity(first, {k: v for k, v in saved.items() if k != "format"})
+
+
+class SlowSession:
+    """A session that answers like ``inner`` but takes ``seconds`` longer per run."""
+
+    def __init__(self, inner: object, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+        self.choice = inner.choice  # type: ignore[attr-defined]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import time
+
+        time.sleep(self.seconds)
+        return self.inner.run(inputs)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_parity_times_the_probes_against_float32(tiny_siglip: Path, runtime_cache: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict's speed-up is float32's seconds over the choice's on the probe batch; too short a reference run
+    (a tiny model's) is not timed at all."""
+    from img_search.embedding import parity
+
+    enc = load_encoder(str(tiny_siglip), device="cpu", precision="int8", runtime="onnxruntime",
+                       cache_dir=runtime_cache)
+    session = enc.session("image")
+    untimed = parity.tower_parity(enc, session.choice, session, recompute=True)
+    assert untimed.speedup is None and not untimed.too_slow_for_auto  # the tiny reference runs in milliseconds
+    monkeypatch.setattr(parity, "MIN_TIMED_SECONDS", 0.0)
+    slow = parity.tower_parity(enc, session.choice, SlowSession(session, 0.25), recompute=True)
+    assert slow.speedup is not None and 0 < slow.speedup < parity.MIN_AUTO_SPEEDUP and slow.too_slow_for_auto
+    assert slow.passed  # as faithful as before: only auto passes it over
+    fast = parity.tower_parity(enc, session.choice, session, recompute=True)
+    assert fast.speedup is not None and fast.speedup > 0
+
+
 def test_default_is_float32_torch_without_export(tiny_siglip: Path, tmp_path: Path) -> None:
     enc = load_encoder(str(tiny_siglip), device="cpu", cache_dir=tmp_path / "cache")
     assert encoder_choices(enc) == {t: TowerChoice(t, "fp32", "torch") for t in ("image", "text")}
