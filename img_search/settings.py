@@ -372,7 +372,8 @@ def _describe(errors: list[Any], toml: Path) -> str:
         if err.get("type") == "extra_forbidden":
             msg = "unknown setting"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) or err.get("type") == "extra_forbidden" else f" (got {value!r})"
+        quiet = isinstance(value, dict) or err.get("type") == "extra_forbidden" or "(got " in msg  # said already
+        shown = "" if quiet else f" (got {value!r})"
         parts.append(f"{where}: {msg}{shown}")
     return f"invalid settings (flags, {ENV_PREFIX}* variables or {toml}): " + "; ".join(parts)
 

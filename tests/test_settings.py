@@ -80,6 +80,16 @@ def test_invalid_values_name_the_setting(tmp_path: Path, given: dict, message: s
     assert isinstance(err.value, InvalidInputError)
 
 
+@pytest.mark.parametrize("given", [{"service": {"redis_url": "notaurl"}}, {"service": {"queue_name": "a b"}},
+                                   {"service": {"allowed_roots": ["rel/dir"]}}, {"batch_size": 0}])
+def test_the_refused_value_is_shown_once(tmp_path: Path, given: dict) -> None:
+    """A validator that names the value itself is not followed by a second '(got ...)' (REDIS_URL=notaurl said
+    "(got 'notaurl') (got 'notaurl')")."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path, **given)
+    assert str(err.value).count("(got ") == 1, str(err.value)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[search\n", "not valid TOML"),
     ('[search]\nthreshold = 5\n', r"search\.threshold: unknown setting"),
