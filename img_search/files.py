@@ -68,9 +68,11 @@ def check_output_file(path: Path | str, what: str = "output file", *, create_par
         except OSError as exc:
             raise InvalidInputError(f"{what} {str(path)!r}: cannot create the folder {str(parent)!r} "
                                     f"({exc.strerror or exc})") from None
+    if parent.exists() and not parent.is_dir():  # a file where the folder should be: creating it would not help
+        raise InvalidInputError(f"{what} {str(path)!r}: {str(parent)!r} is not a folder but a file; give a path "
+                                "inside a folder")
     if not parent.is_dir():
-        reason = "is not a folder" if parent.exists() else "does not exist"
-        raise InvalidInputError(f"{what} {str(path)!r}: the folder {str(parent)!r} {reason}; create it first")
+        raise InvalidInputError(f"{what} {str(path)!r}: the folder {str(parent)!r} does not exist; create it first")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".probe", dir=parent)
     except OSError as exc:

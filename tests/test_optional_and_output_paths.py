@@ -62,8 +62,8 @@ def test_check_output_file(tmp_path: Path) -> None:
         check_output_file(tmp_path, "--html")
     with pytest.raises(InvalidInputError, match="does not exist; create it first"):
         check_output_file(tmp_path / "missing" / "v.parquet")
-    with pytest.raises(InvalidInputError, match="is not a folder"):
-        check_output_file(tmp_path / "old.png" / "v.parquet")
+    with pytest.raises(InvalidInputError, match=r"old\.png' is not a folder but a file; give a path inside a folder$"):
+        check_output_file(tmp_path / "old.png" / "v.parquet")  # not 'the folder ... is not a folder; create it first'
     assert not (tmp_path / "missing").exists()
 
 
