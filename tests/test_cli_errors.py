@@ -142,6 +142,36 @@ def test_cuda_on_a_machine_without_it(indexed: dict[str, str], capsys: pytest.Ca
     assert code == 1 and err.count("\n") == 1 and "CUDA is not available" in err and "Traceback" not in err
 
 
+def test_mps_on_a_machine_without_it(indexed: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--device mps where Metal is not available: one line, exit 1, before the model loads (index and search printed
+    torch's 'RuntimeError: PyTorch is not linked with support for mps devices' traceback)."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    new = Path(indexed["root"]) / "more"
+    make_jpeg(new / "n.jpg", seed=99)
+    for args in (["index", str(new)], ["search", "a dog"]):
+        code, out, err = run(capsys, *args, "--index-dir", indexed["idx"], "--model", indexed["model"],
+                             "--device", "mps", "-q")
+        assert code == 1 and out == "" and err.count("\n") == 1, (args, err)
+        assert err.startswith("error: --device mps asked for, but Apple's Metal (MPS) is not available here"), err
+
+
+def test_cuda_index_beyond_the_gpus_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from img_search.embedding.device import resolve_device
+    from img_search.errors import DeviceUnavailableError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(DeviceUnavailableError, match=r"--device cuda:3 asked for, but this machine has 1 CUDA device "
+                                                     r"\(cuda:0\)"):
+        resolve_device("cuda:3")
+
+
 def test_huge_limit_returns_what_exists(indexed: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "search", "x", "--index-dir", indexed["idx"], "--limit", "2147483647", "--json")
     assert code == 0 and len(json.loads(out)) == 6
