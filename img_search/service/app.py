@@ -89,10 +89,14 @@ def _error(status: int, kind: str, message: str, details: list[dict[str, Any]] |
 
 async def _library_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ImgSearchError)
-    status = http_status(exc)
-    if status >= 500:
+    status, kind = http_status(exc), error_kind(exc)
+    if kind == "internal":
         logger.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
-        return _error(status, "internal", f"internal error ({type(exc).__name__}: {exc}); see the server log")
+        return _error(status, kind, f"internal error ({type(exc).__name__}: {exc}); see the server log")
+    if status >= 500:  # unavailable (Redis down, a read-only index dir, ...): the message says it, no traceback
+        logger.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+        logger.debug("%s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+        return _error(status, kind, str(exc))
     logger.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
     return _error(status, error_kind(exc), str(exc))
 
