@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from img_search.errors import UnavailableError
+from img_search.errors import ImgSearchError, UnavailableError
 from img_search.jobs.status import BatchDone, RunMeta, RunSnapshot
 from img_search.jobs.tasks import Runtime, Task, execute, finalize_reembedding
 from img_search.settings import SearchSettings, Settings
@@ -269,8 +269,11 @@ class RQJobQueue:
             requeued = 0
             for raw in self.client.smembers(self.keys.active):
                 run_id = raw.decode()
-                requeued += self._reconcile_run(run_id)
-                settle(self.client, self.keys, run_id)
+                try:
+                    requeued += self._reconcile_run(run_id)
+                    settle(self.client, self.keys, run_id)
+                except ImgSearchError as exc:  # one run's trouble (its index dir gone, ...) must not stop the rest
+                    logger.warning("sweeper: run %s left as it is: %s", run_id, exc)
             return requeued
         finally:
             self.client.delete(self.keys.sweep_lock)

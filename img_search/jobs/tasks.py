@@ -20,7 +20,7 @@ from typing import Any
 
 from img_search.embedding.base import Encoder
 from img_search.embedding.precision import TowerChoice
-from img_search.errors import CatalogLockedError, UnknownNameError
+from img_search.errors import CatalogLockedError, CatalogReadOnlyError, UnknownNameError
 from img_search.pipeline.progress import LogProgress
 from img_search.pipeline.reembed import HashSource
 from img_search.settings import SearchSettings, Settings
@@ -193,8 +193,9 @@ def execute(task: Task, runtime: Runtime) -> TaskResult:
 def finalize_reembedding(index_dir: str, model: str, search: SearchSettings) -> bool:
     """Bring the saved search index of ``model`` up to date with the catalog (``VectorStore.sync``) under the
     catalog's writer lock, taken without waiting. Returns False when another ``index`` holds the lock (the caller
-    tries again later; searches catch up in memory meanwhile); True when synced, or when the model has no vectors
-    at all (nothing to sync)."""
+    tries again later; searches catch up in memory meanwhile), or when this process cannot write the index
+    directory (a read-only mount: a worker that can write it syncs it; the run stays ``pending`` until then); True
+    when synced, or when the model has no vectors at all (nothing to sync)."""
     from img_search.catalog import Catalog
     from img_search.catalog.lock import IndexLock
     from img_search.search.store import VectorStore
@@ -207,6 +208,9 @@ def finalize_reembedding(index_dir: str, model: str, search: SearchSettings) -> 
             backend = VectorStore(Path(index_dir), catalog, row, search).sync()
     except CatalogLockedError as exc:
         logger.info("saved index of %s not synced yet: %s", model, exc)
+        return False
+    except CatalogReadOnlyError as exc:
+        logger.info("saved index of %s not synced by this process: %s", model, exc)
         return False
     logger.info("saved %s index of %s synced after re-embedding", backend, model)
     return True

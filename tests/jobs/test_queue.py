@@ -179,3 +179,26 @@ def test_unknown_backend_and_run(models: Models, tmp_path: Path) -> None:
     queue = open_queue(settings)
     with pytest.raises(NotFoundError, match="no job run"):
         job_status(queue, settings, run_id="abc")
+
+
+def test_run_on_read_only_index_dir_fails_without_breaking_the_sweeper(
+        models: Models, source_index: tuple[Path, Path], rq_settings: Callable[..., Settings],
+        read_only_mount: Callable[[Path], Path]) -> None:
+    """A re-embedding whose index directory is read-only fails (its jobs cannot write); settling it cannot sync
+    the saved index either. The sweeper must go on: it raised CatalogReadOnlyError, so every status request of the
+    queue (each runs the sweeper) answered 503 and the worker's sweep failed at every tick for the run's 30 days."""
+    from img_search.jobs.worker import work
+
+    _, index_dir = source_index
+    settings = rq_settings(read_only_mount(index_dir), model=str(models.siglip), job_max_attempts=1)
+    queue = open_queue(settings)
+    try:
+        meta = submit_reembedding(queue, settings, str(models.siglip))
+        work(settings, burst=True, logging_level="WARNING", runtime=Runtime(settings, encoders=models.lookup))
+        queue.reconcile()
+        status = job_status(queue, settings, run_id=meta.run_id)
+        assert status["state"] == "failed" and status["failed"] == 1 and status["saved_index"] == "pending"
+        assert any("read-only" in e for e in status["errors"]), status["errors"]
+        assert job_status(queue, settings, model=str(models.clip))["state"] == "idle"
+    finally:
+        queue.close()
