@@ -116,6 +116,50 @@ def test_image_chosen_from_disk_searches_by_image(open_page: Any, ui_collection:
     assert page.locator(f"{CARDS} .score").first.inner_text() == "cosine 1.000"
 
 
+def _session_keys(requests: list[Any]) -> list[str | None]:
+    """The ``session_key`` each search request sent: in the JSON body of POST /search, else in the query."""
+    import json
+    from urllib.parse import parse_qs, urlsplit
+
+    keys: list[str | None] = []
+    for request in requests:
+        if urlsplit(request.url).path == "/api/v1/search":
+            keys.append(json.loads(request.post_data or "{}").get("session_key"))
+        else:
+            keys.append(parse_qs(urlsplit(request.url).query).get("session_key", [None])[0])
+    return keys
+
+
+def test_searches_of_one_browser_share_one_rollout_key(open_page: Any, ui_collection: UiCollection) -> None:
+    """Text, "more like this" and image searches, before and after a reload, send one session_key, so a partial
+    SigLIP rollout keeps the visitor on one collection (the page sent none: a random bucket per request)."""
+    from urllib.parse import urlsplit
+
+    page, _ = open_page("/")
+    searches: list[Any] = []
+    page.on("request", lambda r: searches.append(r) if "/api/" in r.url and ("/search" in r.url or "/similar" in r.url)
+            else None)
+    _search(page, "a red boat on the beach")
+    page.locator(CARDS).first.get_by_role("button", name="More like this").click()
+    page.wait_for_function("document.querySelector('#results-title').textContent.startsWith('More like') && "
+                           "!document.querySelector('#grid').hasAttribute('aria-busy')")
+    page.set_input_files("#file", str(ui_collection.photos / "beach" / "photo00.jpg"))
+    page.wait_for_function("document.querySelector('#results-title').textContent.includes('photo00.jpg') && "
+                           "!document.querySelector('#grid').hasAttribute('aria-busy')")
+    page.reload()
+    _search(page, "a forest path")
+    paths = [urlsplit(r.url).path for r in searches]
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["search", "similar", "image", "search"], paths
+    keys = _session_keys(searches)
+    assert keys[0] is not None and len(keys[0]) == 32 and set(keys) == {keys[0]}, keys
+    # another browser is another visitor
+    other, _ = open_page("/")
+    others: list[Any] = []
+    other.on("request", lambda r: others.append(r) if "/api/v1/search" in r.url else None)
+    _search(other, "a red boat on the beach")
+    assert _session_keys(others)[0] not in (None, keys[0])
+
+
 def test_folder_filter_and_date_sort(open_page: Any, ui_collection: UiCollection) -> None:
     page, watch = open_page("/")
     page.click("#options summary")

@@ -12,6 +12,26 @@
   const state = {hits: [], kind: "score", lo: 0, hi: 0, took: 0, collection: "", label: "", seq: 0, blobUrl: null};
   const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 
+  /** This browser's rollout key, sent as `session_key` with every search (docs/SERVICE.md, "Collections and the
+   *  rollout"): one visitor stays with one collection across searches, "more like this" and reloads. Without it
+   *  each request drew a random bucket, so during a partial SigLIP rollout the model changed between searches.
+   *  Kept in localStorage; where storage is refused (private mode, policy), one key for the page's life. */
+  const sessionKey = (() => {
+    const name = "img-search-session";
+    const fresh = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+                                   (b) => b.toString(16).padStart(2, "0")).join("");
+    try {
+      let key = localStorage.getItem(name);
+      if (!key || !/^[0-9a-f]{32}$/.test(key)) {
+        key = fresh();
+        localStorage.setItem(name, key);
+      }
+      return key;
+    } catch (err) {
+      return fresh();
+    }
+  })();
+
   function readOptions() {
     const hasText = $("f-has-text").value;
     const limit = Number.parseInt($("f-limit").value, 10);
@@ -26,7 +46,7 @@
 
   /** The JSON body of POST /search. */
   function textBody(text, o) {
-    const body = {query: text, limit: o.limit, sort: o.sort, hybrid: o.hybrid};
+    const body = {query: text, limit: o.limit, sort: o.sort, hybrid: o.hybrid, session_key: sessionKey};
     if (o.hybrid === "weighted" && Number.isFinite(o.weight)) body.weight = o.weight;
     if (o.model) body.model = o.model;
     const filters = {};
@@ -40,7 +60,7 @@
   function imageParams(o) {
     return query({limit: o.limit, sort: o.sort, model: o.model, after: o.after, before: o.before, near: o.near,
                   camera: o.cameras, folder: o.folders, tag: o.tags,
-                  has_text: o.has_text === null ? null : String(o.has_text)});
+                  has_text: o.has_text === null ? null : String(o.has_text), session_key: sessionKey});
   }
 
   function setTitle(text, imageSrc) {
