@@ -52,7 +52,7 @@ class InProcessJobQueue:
     def submit(self, meta: RunMeta, tasks: Sequence[Task]) -> None:
         with self._lock:
             self._runs[meta.run_id] = _Run(meta, list(tasks), attempts={n: 1 for n in range(len(tasks))})
-            self._latest[(meta.kind, meta.model or meta.folder or "")] = meta.run_id
+            self._latest[(meta.kind, meta.latest_key)] = meta.run_id
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="img-search-jobs", daemon=True)
                 self._thread.start()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from img_search.errors import InvalidInputError, NotFoundError, UnknownNameError
-from img_search.jobs.status import RunMeta, RunSnapshot, run_status
+from img_search.jobs.status import RunMeta, RunSnapshot, latest_key, run_status
 from img_search.jobs.tasks import IndexTask, ReembedTask, Runtime, Task
 from img_search.settings import DEFAULT_MODEL, Settings
 
@@ -41,7 +41,8 @@ class JobQueue(Protocol):
         ...
 
     def latest(self, kind: str, key: str) -> str | None:
-        """The id of the last run of ``kind`` for ``key`` (the model of a re-embedding, the folder of an index)."""
+        """The id of the last run of ``kind`` for ``key`` (``status.latest_key``: an index directory and the model of
+        a re-embedding or the folder of an index)."""
         ...
 
     def reconcile(self) -> int:
@@ -145,13 +146,14 @@ def submit_index(queue: JobQueue, settings: Settings, folder: str, *, model: str
 def job_status(queue: JobQueue, settings: Settings, *, run_id: str | None = None, model: str | None = None,
                kind: str = "reembed") -> dict[str, Any]:
     """The status of run ``run_id``, or of the last ``kind`` run of ``model`` (``jobs.status.run_status``), after
-    one sweeper pass. Raises ``NotFoundError`` for an unknown run id."""
+    one sweeper pass; only runs of ``settings.index_dir`` (a queue may serve several). Raises ``NotFoundError`` for
+    an unknown run id or a run of another index directory."""
     from img_search.embedding.hf import canonical_model_id
 
     queue.reconcile()
     name = canonical_model_id(model) if model is not None else None
     if run_id is None and name is not None:
-        run_id = queue.latest(kind, name)
+        run_id = queue.latest(kind, latest_key(str(settings.index_dir), name))
         if run_id is None:
             return run_status(None, settings, backend=queue.backend, model=name)
     if run_id is None:
@@ -159,6 +161,9 @@ def job_status(queue: JobQueue, settings: Settings, *, run_id: str | None = None
     snapshot = queue.snapshot(run_id)
     if snapshot is None:
         raise NotFoundError(f"no job run {run_id!r} (runs are kept 30 days on Redis, until restart in process)")
+    if snapshot.meta.index_dir != str(settings.index_dir):
+        raise NotFoundError(f"job run {run_id!r} is a run of the index directory {snapshot.meta.index_dir}, not of "
+                            f"{settings.index_dir} (they share the queue {settings.service.queue_name!r})")
     return run_status(snapshot, settings, backend=queue.backend)
 
 

@@ -205,7 +205,7 @@ class RQJobQueue:
         keys, run_id = self.keys, meta.run_id
         pipe = self.client.pipeline()
         pipe.set(keys.run(run_id), json.dumps(meta.to_dict()), ex=RUN_TTL_S)
-        pipe.set(keys.latest(meta.kind, meta.model or meta.folder or ""), run_id, ex=RUN_TTL_S)
+        pipe.set(keys.latest(meta.kind, meta.latest_key), run_id, ex=RUN_TTL_S)
         if tasks:
             pipe.hset(keys.run(run_id, "tasks"), mapping={str(n): _dump(t) for n, t in enumerate(tasks)})
             pipe.hset(keys.run(run_id, "attempts"), mapping={str(n): 1 for n in range(len(tasks))})

@@ -21,6 +21,12 @@ KINDS = ("reembed", "index")
 MAX_REPORTED_ERRORS = 10
 
 
+def latest_key(index_dir: str, key: str) -> str:
+    """``JobQueue.latest``'s key: a model or folder within one index directory. Services of several index
+    directories may share a queue (the default ``service.queue_name``); each sees its own runs only."""
+    return f"{index_dir}\t{key}"
+
+
 @dataclass(frozen=True)
 class RunMeta:
     """A run as it was submitted. ``model``: the target model of a re-embedding (canonical name), None for index
@@ -38,6 +44,12 @@ class RunMeta:
     @property
     def total(self) -> int:
         return len(self.sizes)
+
+    @property
+    def latest_key(self) -> str:
+        """The key under which this run is the latest of its kind (``latest_key``): its index directory and model
+        (re-embedding) or folder (index)."""
+        return latest_key(self.index_dir, self.model or self.folder or "")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,6 +15,7 @@ from helpers import make_jpeg
 from jobs_support import Models, job_settings, make_photos
 
 from img_search.catalog import Catalog
+from img_search.errors import NotFoundError
 from img_search.jobs.queue import QUEUES, JobQueue, job_status, open_queue, submit_index, submit_reembedding
 from img_search.jobs.tasks import Runtime
 from img_search.search.store import VectorStore
@@ -202,3 +203,23 @@ def test_run_on_read_only_index_dir_fails_without_breaking_the_sweeper(
         assert job_status(queue, settings, model=str(models.clip))["state"] == "idle"
     finally:
         queue.close()
+
+
+def test_services_of_two_index_dirs_sharing_a_queue_see_their_own_runs(
+        make_backend: Callable[..., Backend], models: Models, source_index: tuple[Path, Path],
+        tmp_path: Path) -> None:
+    """Two libraries served with the default queue name: the status of one never shows the other's run (the last
+    re-embedding of a model was looked up by model alone, so a service reported another library's run, with its
+    own collection's points, and answered /jobs/{run_id} for it)."""
+    _, index_a = source_index
+    index_b = tmp_path / "index-b"
+    models.index(make_photos(tmp_path / "photos-b", n=3), index_b, "clip")
+    siglip = str(models.siglip)
+    a, b = make_backend(index_a), make_backend(index_b)
+    meta = submit_reembedding(b.queue, b.settings, siglip)
+    b.drain(meta.run_id)
+    assert job_status(b.queue, b.settings, model=siglip)["run_id"] == meta.run_id
+    mine = job_status(a.queue, a.settings, model=siglip)
+    assert mine["run_id"] is None and mine["state"] == "idle" and mine["target_points"] == 0
+    with pytest.raises(NotFoundError):  # on RQ: "... is a run of the index directory .../index-b"
+        job_status(a.queue, a.settings, run_id=meta.run_id)
