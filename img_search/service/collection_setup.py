@@ -41,6 +41,7 @@ from img_search.errors import (
     DimensionMismatchError,
     ImgSearchError,
     InvalidInputError,
+    ModelNotFoundError,
     NotFoundError,
     UnavailableError,
 )
@@ -548,6 +549,27 @@ class CreateResult:
                 "details": self.report.to_dict() if self.report is not None else None}
 
 
+# the encoders' advice for a model they cannot load names the options of index / search, which collection commands
+# do not take: their model is a service setting
+_MODEL_OPTION_ADVICE = "pass --model DIR (or IMG_SEARCH_MODEL=DIR)"
+_ROLE_MODEL_SETTINGS = {
+    "siglip": "set service.siglip_model to DIR (IMG_SEARCH_SERVICE__SIGLIP_MODEL=DIR, or the seed's "
+              "SIGLIP_MODEL_NAME=DIR)",
+    "clip": "set service.clip_model to DIR (IMG_SEARCH_SERVICE__CLIP_MODEL=DIR)",
+}
+
+
+def _where_the_model_is_set(message: str, spec: CollectionSpec) -> str:
+    """``message`` (a model that cannot be loaded) with the advice pointing at the setting that names ``spec``'s
+    model rather than at --model / IMG_SEARCH_MODEL, which `collection create` does not read."""
+    advice = _ROLE_MODEL_SETTINGS.get(spec.role or "")
+    if advice is None:
+        return message
+    if _MODEL_OPTION_ADVICE in message:
+        return message.replace(_MODEL_OPTION_ADVICE, advice)
+    return f"{message.rstrip('.')}; collection {spec.name!r} takes its model from the settings: {advice}"
+
+
 def create_collection(settings: Settings, name: str | None = None, *, dry_run: bool = False,
                       load_info: ModelInfoLoader = load_model_info) -> CreateResult:
     """Create collection ``name`` (default the SigLIP one) in the settings' target, unless it exists (then nothing
@@ -569,7 +591,10 @@ def create_collection(settings: Settings, name: str | None = None, *, dry_run: b
         return result("dry_run", report)
     if report is not None:
         return result("exists", report)
-    target.create(spec, load_info)
+    try:
+        target.create(spec, load_info)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(_where_the_model_is_set(str(exc), spec)) from None
     created = target.inspect(spec)
     if created is None:
         raise UnavailableError(f"collection {spec.name!r} was created at {target.location} but cannot be found there")

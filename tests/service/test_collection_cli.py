@@ -176,6 +176,19 @@ def test_bad_input_is_one_line(run: Run, args: tuple[str, ...], extra: dict[str,
     assert res.code == code and says in res.error_line() and res.stdout == ""
 
 
+def test_a_model_that_cannot_be_loaded_points_at_the_setting_that_names_it(run: Run, tmp_path: Path) -> None:
+    """`collection create` has no --model and ignores IMG_SEARCH_MODEL: its error for a Hub id that is not cached
+    must say where its model is set (service.siglip_model / SIGLIP_MODEL_NAME), not 'pass --model DIR (or
+    IMG_SEARCH_MODEL=DIR)'."""
+    res = run("create", SIGLIP_MODEL_NAME="google/siglip-base-patch16-224", SIGLIP_EMBEDDING_DIM="768",
+              HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf-home"), IMG_SEARCH_MODEL=str(tmp_path / "x"))
+    line = res.error_line()
+    assert res.code == 1 and "could not load model 'google/siglip-base-patch16-224'" in line, res.stderr
+    assert "--model" not in line and "IMG_SEARCH_MODEL" not in line, line
+    assert "IMG_SEARCH_SERVICE__SIGLIP_MODEL=DIR" in line and "SIGLIP_MODEL_NAME=DIR" in line, line
+    assert not (tmp_path / "index").exists() or not any((tmp_path / "index").iterdir())
+
+
 def test_qdrant_local_mode(run: Run, tmp_path: Path) -> None:
     from qdrant_client import QdrantClient, models
 
