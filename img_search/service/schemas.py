@@ -9,6 +9,7 @@ misspelt field is a 422, not a silently ignored option, and validates strictly: 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
@@ -47,9 +48,22 @@ ModelName = Annotated[
           description="A collection name (image_assets, image_assets_siglip, model-N) or a model's Hub id / path. "
                       "Omitted: the rollout decides."),
 ]
+
+
+def _user_id_type(value: Any) -> Any:
+    # one message for a value of the wrong JSON type (the union's two members each gave theirs, named by pydantic's
+    # internal tags: "body.user_id.constrained-str: ...; body.user_id.function-before[_integral(), int]: ...")
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"a user id is a string or a whole number, got {json.dumps(value)[:40]}")
+
+
 UserId = Annotated[
     Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_CHARS)] | JsonInt | None,
     Field(description="Sticky rollout bucket: a hash of this id (23 and \"23\" are one user)."),
+    BeforeValidator(_user_id_type),
 ]
 SessionKey = Annotated[
     str | None,

@@ -145,7 +145,11 @@ BAD_SEARCHES: dict[str, tuple[Any, int, str, str]] = {
     "unknown model": ({"query": "x", "model": "nope"}, 404, "not_found", "image_assets_siglip"),
     # model names are compared as text: a path in a request is never resolved on the server's disk
     "relative model path": ({"query": "x", "model": "../models0/tiny-siglip"}, 404, "not_found", "served:"),
-    "user_id bool": ({"query": "x", "user_id": True}, 422, "invalid_input", "body.user_id"),
+    # one message, not one per member of the str | int union named by pydantic's internal tags
+    "user_id bool": ({"query": "x", "user_id": True}, 422, "invalid_input",
+                     "body.user_id: Value error, a user id is a string or a whole number, got true"),
+    "user_id list": ({"query": "x", "user_id": [1]}, 422, "invalid_input", "a string or a whole number, got [1]"),
+    "user_id fraction": ({"query": "x", "user_id": 1.5}, 422, "invalid_input", "a whole number, got 1.5"),
     "not an object": ([1, 2], 422, "invalid_input", "body"),
 }
 
