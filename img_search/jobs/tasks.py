@@ -11,6 +11,7 @@ keeps loaded encoders between jobs. Tasks are small frozen dataclasses, picklabl
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -145,13 +146,46 @@ def run_reembed(task: ReembedTask, runtime: Runtime) -> TaskResult:
     return TaskResult(stats.embedded, len(stats.failed), errors, time.monotonic() - t0)
 
 
+def _forget_folder(task: IndexTask) -> TaskResult:
+    """The task's folder is gone (deleted, or a watched root removed): mark the live images the catalog holds
+    under it deleted, as indexing it empty would, and sync each model's saved index. Raises
+    ``CatalogLockedError`` while another ``index`` holds the writer lock."""
+    from img_search.catalog import Catalog
+    from img_search.catalog.lock import IndexLock
+    from img_search.search.store import VectorStore
+
+    t0 = time.monotonic()
+    index_dir = Path(task.index_dir)
+    with IndexLock(index_dir), Catalog.in_dir(index_dir) as catalog:
+        live = [path for path, row in catalog.images_under(task.folder).items() if row.status != "deleted"]
+        deleted = catalog.mark_deleted(live) if live else 0
+        if deleted:
+            for model in task.models:
+                row = catalog.get_model(model)
+                if row is not None and row.dim is not None:
+                    VectorStore(index_dir, catalog, row, task.search).sync()
+    logger.warning("folder %s is gone: %d indexed %s under it marked deleted", task.folder, deleted,
+                   "image" if deleted == 1 else "images")
+    return TaskResult(detail={"folder_gone": True, "deleted": deleted}, seconds=time.monotonic() - t0)
+
+
 def run_index(task: IndexTask, runtime: Runtime) -> TaskResult:
     """``pipeline.runner.index_folders`` over the task's folder, once per model; waits (up to
-    ``INDEX_LOCK_WAIT_S``) while another ``index`` holds the catalog's writer lock."""
+    ``INDEX_LOCK_WAIT_S``) while another ``index`` holds the catalog's writer lock. A folder gone since the job was
+    submitted (``_forget_folder``): its indexed images are marked deleted."""
     from img_search.pipeline.runner import IndexOptions, index_folders
 
     t0 = time.monotonic()
     result = TaskResult()
+    if not os.path.exists(task.folder):
+        deadline = time.monotonic() + INDEX_LOCK_WAIT_S
+        while True:
+            try:
+                return _forget_folder(task)
+            except CatalogLockedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(_LOCK_POLL_S)
     for model in task.models:
         options = IndexOptions(model=model, batch_size=runtime.settings.batch_size, workers=runtime.decode_workers,
                                max_image_pixels=task.max_image_pixels, include_hidden=task.include_hidden,

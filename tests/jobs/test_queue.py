@@ -223,3 +223,26 @@ def test_services_of_two_index_dirs_sharing_a_queue_see_their_own_runs(
     assert mine["run_id"] is None and mine["state"] == "idle" and mine["target_points"] == 0
     with pytest.raises(NotFoundError):  # on RQ: "... is a run of the index directory .../index-b"
         job_status(a.queue, a.settings, run_id=meta.run_id)
+
+
+def test_index_job_of_a_folder_gone_since_marks_its_images_deleted(
+        make_backend: Callable[..., Backend], models: Models, source_index: tuple[Path, Path]) -> None:
+    """A folder deleted between the request (or the watcher's event) and the job: its images leave the collection.
+    The job failed ('folder ... does not exist'), was retried job_max_attempts times, and the images stayed live
+    in search results for good (the watcher of a removed root kept submitting it)."""
+    import shutil
+
+    photos, index_dir = source_index
+    be = make_backend(index_dir, model=str(models.clip))
+    gone = photos / "a"
+    shutil.rmtree(gone)
+    meta = submit_index(be.queue, be.settings, str(gone))
+    be.drain(meta.run_id)
+    status = job_status(be.queue, be.settings, run_id=meta.run_id)
+    assert status["state"] == "finished" and status["failed"] == 0 and status["retries"] == 0, status
+    with Catalog.in_dir(index_dir, readonly=True) as cat:
+        assert cat.status_counts() == {"ok": 6, "deleted": 6}
+        row = cat.get_model(str(models.clip))
+        assert row is not None and row.dim is not None
+        saved = VectorStore(index_dir, cat, row, be.settings.search).current()
+    assert saved is not None and saved.count == 6  # the saved search index synced without them
