@@ -202,9 +202,10 @@ def run_index(task: IndexTask, runtime: Runtime) -> TaskResult:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(_LOCK_POLL_S)
-        result.ok += summary.embedded + summary.reused
-        result.failed += len(summary.failed)
-        result.errors += [f"{f.path}: {f.reason}" for f in summary.failed[:10]]
+        # files, once: each model's run sees the same files (their counts per model are in ``detail``)
+        result.ok = max(result.ok, summary.embedded + summary.reused)
+        result.failed = max(result.failed, len(summary.failed))
+        result.errors += [e for e in (f"{f.path}: {f.reason}" for f in summary.failed[:10]) if e not in result.errors]
         result.detail[model] = {"scanned": summary.scanned, "embedded": summary.embedded, "reused": summary.reused,
                                 "unchanged": summary.unchanged, "deleted": summary.deleted,
                                 "failed": len(summary.failed)}

@@ -246,3 +246,18 @@ def test_index_job_of_a_folder_gone_since_marks_its_images_deleted(
         assert row is not None and row.dim is not None
         saved = VectorStore(index_dir, cat, row, be.settings.search).current()
     assert saved is not None and saved.count == 6  # the saved search index synced without them
+
+
+def test_index_job_with_two_models_counts_each_file_once(make_backend: Callable[..., Backend], models: Models,
+                                                          source_index: tuple[Path, Path]) -> None:
+    """An index job runs once per model of the catalog; its status counts files (3 new photos: 3 done, not 6)."""
+    photos, index_dir = source_index
+    models.index(photos, index_dir, "siglip")
+    make_photos(photos, n=3, start=12)
+    (photos / "a" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    be = make_backend(index_dir)
+    meta = submit_index(be.queue, be.settings, str(photos))
+    be.drain(meta.run_id)
+    status = job_status(be.queue, be.settings, run_id=meta.run_id)
+    assert status["state"] == "finished" and status["images_done"] == 3 and status["images_failed"] == 1, status
+    assert len(status["errors"]) == 1 and "broken.jpg" in status["errors"][0], status["errors"]
