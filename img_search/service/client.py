@@ -15,8 +15,11 @@ library only (``urllib``): the client adds no dependency and no import time to t
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import os
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -168,16 +171,31 @@ def _image_params(options: Any) -> dict[str, Any]:
     return params
 
 
+def default_session_key() -> str:
+    """The rollout key the client sends when given no ``user_id`` / ``session_key``: one per user and machine
+    (``"cli-"`` + 16 hex digits of BLAKE2b of ``user@host``; the server sees neither name), so a partial SigLIP
+    rollout answers every ``--server`` search of one user from one collection. Without a key the server draws a
+    random bucket per request, and the same command could be answered by CLIP, then by SigLIP."""
+    try:
+        who = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container's uid without a passwd entry)
+        who = str(os.getuid()) if hasattr(os, "getuid") else ""
+    key = f"{who}@{socket.gethostname()}".encode("utf-8", "surrogateescape")
+    return "cli-" + hashlib.blake2b(key, digest_size=8).hexdigest()
+
+
 def search_text(url: str, query: str, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,
                 model: str | None = None, index_dir: str | os.PathLike[str] | None = None,
                 user_id: str | int | None = None, session_key: str | None = None,
                 timeout: float = DEFAULT_TIMEOUT_S, options: Any = None) -> list[dict[str, Any]]:
     """``img-search search`` through the server: the hits of ``POST /api/v1/search`` as ``Hit.to_dict()``s.
-    ``options``: a ``search.searcher.SearchOptions`` (filters, sort, hybrid, expansion, temperature)."""
+    ``options``: a ``search.searcher.SearchOptions`` (filters, sort, hybrid, expansion, temperature). Without
+    ``user_id`` and ``session_key`` the rollout key is ``default_session_key()``."""
     if index_dir is not None or model is not None:
         check_server(url, index_dir=index_dir, model=model, timeout=timeout)
     body = {"query": query, "limit": limit, "threshold": threshold, "model": _model_param(model),
-            "user_id": user_id, "session_key": session_key, **_option_fields(options)}
+            "user_id": user_id, "session_key": session_key if session_key is not None or user_id is not None
+            else default_session_key(), **_option_fields(options)}
     payload = _call(url, "POST", "/api/v1/search", body=json.dumps({k: v for k, v in body.items() if v is not None}
                                                                     ).encode(), content_type="application/json",
                     timeout=timeout)
@@ -212,7 +230,7 @@ def search_image(url: str, path: str | os.PathLike[str], *, limit: int = DEFAULT
     body, length = _upload_body(data, boundary)
     # one more than asked, for the file itself (the API's ceiling of MAX_LIMIT applies through a server)
     query = {"limit": min(limit + 1, MAX_LIMIT), "threshold": threshold, "model": _model_param(model),
-             **_image_params(options)}
+             "session_key": default_session_key(), **_image_params(options)}
     if status is not None:
         _check_upload_size(url, abspath, length, status.get("max_upload_bytes"))
     try:
@@ -270,6 +288,7 @@ def _upload_body(data: bytes | LargeFile, boundary: str) -> tuple[bytes | Iterat
 
 def similar_to_id(url: str, image_id: int, *, limit: int = DEFAULT_LIMIT, threshold: float | None = None,
                   model: str | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
-    """``GET /api/v1/images/{image_id}/similar``: images similar to a catalog image, by its stored vector."""
-    query = {"limit": limit, "threshold": threshold, "model": _model_param(model)}
+    """``GET /api/v1/images/{image_id}/similar``: images similar to a catalog image, by its stored vector (rollout
+    key: ``default_session_key()``)."""
+    query = {"limit": limit, "threshold": threshold, "model": _model_param(model), "session_key": default_session_key()}
     return _hits(_call(url, "GET", f"/api/v1/images/{int(image_id)}/similar", query=query, timeout=timeout))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -97,6 +98,32 @@ def test_end_to_end_search_through_the_client(server: str, indexed: tuple[Path, 
     assert len(similar) == N_PHOTOS - 1 and str(query) not in [h["path"] for h in similar]
     by_id = client.similar_to_id(server, similar[0]["image_id"], limit=3)
     assert len(by_id) == 3 and similar[0]["image_id"] not in [h["image_id"] for h in by_id]
+
+
+def test_the_clients_searches_stay_on_one_collection(server: str, indexed: tuple[Path, Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a 50 % rollout, every search of one user through the client (text, upload, by id) is answered by one
+    collection: the client sends its default_session_key(). It sent none, so each request (each CLI command) drew
+    a random bucket: 8 text searches all on one collection happened 1 time in 128."""
+    answered: list[str] = []
+    call = client._call
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        payload = call(*args, **kwargs)
+        if isinstance(payload, dict) and "routing" in payload:
+            answered.append(payload["collection"])
+            assert payload["routing"]["sticky_by"] == "session_key"
+        return payload
+
+    monkeypatch.setattr(client, "_call", spy)
+    photos, _ = indexed
+    for text in ("a red car", "mountains", "a dog", "the sea", "a forest", "a city at night", "snow", "a cat"):
+        client.search_text(server, text, limit=1)
+    client.search_image(server, photos / "a" / "img05.jpg", limit=1)
+    client.similar_to_id(server, 1, limit=1)
+    assert len(answered) == 10 and len(set(answered)) == 1, answered
+    assert client.default_session_key() == client.default_session_key()
+    assert client.default_session_key().startswith("cli-") and len(client.default_session_key()) == 20
 
 
 def test_a_large_query_file_is_uploaded_from_disk(server: str, indexed: tuple[Path, Path],
