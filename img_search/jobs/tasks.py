@@ -146,6 +146,18 @@ def run_reembed(task: ReembedTask, runtime: Runtime) -> TaskResult:
     return TaskResult(stats.embedded, len(stats.failed), errors, time.monotonic() - t0)
 
 
+def _gone(folder: str) -> bool:
+    """True when ``folder`` does not exist (ENOENT); False for any other answer, an I/O error of a failing mount
+    included (``index_folders`` then reports it; its images are not marked deleted for it)."""
+    try:
+        os.stat(folder)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _forget_folder(task: IndexTask) -> TaskResult:
     """The task's folder is gone (deleted, or a watched root removed): mark the live images the catalog holds
     under it deleted, as indexing it empty would, and sync each model's saved index. Raises
@@ -177,7 +189,7 @@ def run_index(task: IndexTask, runtime: Runtime) -> TaskResult:
 
     t0 = time.monotonic()
     result = TaskResult()
-    if not os.path.exists(task.folder):
+    if _gone(task.folder):
         deadline = time.monotonic() + INDEX_LOCK_WAIT_S
         while True:
             try:

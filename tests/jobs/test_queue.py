@@ -261,3 +261,30 @@ def test_index_job_with_two_models_counts_each_file_once(make_backend: Callable[
     status = job_status(be.queue, be.settings, run_id=meta.run_id)
     assert status["state"] == "finished" and status["images_done"] == 3 and status["images_failed"] == 1, status
     assert len(status["errors"]) == 1 and "broken.jpg" in status["errors"][0], status["errors"]
+
+
+def test_a_folder_that_fails_to_stat_is_not_taken_for_gone(models: Models, source_index: tuple[Path, Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder whose stat fails otherwise than ENOENT (EIO of a failing network mount) is not "gone": the index
+    job fails (and is retried) and its images stay as they were, not marked deleted."""
+    import errno
+    import os
+
+    from img_search.errors import ImgSearchError
+    from img_search.jobs.tasks import IndexTask, run_index
+
+    photos, index_dir = source_index
+    failing = str(photos / "a")
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(path) == failing:
+            raise OSError(errno.EIO, "Input/output error", failing)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    settings = job_settings(index_dir, models, model=str(models.clip))
+    with pytest.raises(ImgSearchError):
+        run_index(IndexTask(str(index_dir), failing, (str(models.clip),)), Runtime(settings, encoders=models.lookup))
+    with Catalog.in_dir(index_dir, readonly=True) as cat:
+        assert cat.status_counts() == {"ok": 12}
