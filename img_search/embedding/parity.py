@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 PARITY_MIN_COSINE = 0.999
 # 2: verdicts carry ``speedup`` (issue 8: auto skips a choice no faster than float32 on this CPU)
 PARITY_SET_VERSION = 2  # bump when probe_images / probe_texts or the verdict change: cached verdicts are recomputed
-# A probe batch the float32 reference runs in less than this many seconds is not timed reliably enough to compare
-# runtimes on (a tiny test model, or a GPU): ``ParityResult.speedup`` is then None and only the cosine decides.
+# A probe batch the float32 reference runs in less than this many CPU seconds is not timed reliably enough to compare
+# runtimes on (a tiny test model: a few ms; a GPU): ``ParityResult.speedup`` is then None and only the cosine decides.
 MIN_TIMED_SECONDS = 0.2
 # ``auto`` keeps a reduced precision (bf16, fp16, int8) only when it ran at least this much faster than float32 on the
 # probes: its fidelity loss must buy speed on *this* CPU. The order of ``precision.AUTO_PLAN`` comes from CPU flags and
@@ -84,8 +84,8 @@ def probe_texts() -> list[str]:
 @dataclass(frozen=True)
 class ParityResult:
     """The verdict on one tower's precision/runtime: ``min_cosine`` (over the probe set, to float32 torch) against
-    ``threshold``, and ``speedup``: the float32 reference's seconds on the probe batch over this choice's (each the
-    faster of two runs on this machine, the first also warming up), None when the reference took under
+    ``threshold``, and ``speedup``: the float32 reference's CPU seconds on the probe batch over this choice's (each the
+    cheaper of two runs on this machine, the first also warming up), None when the reference took under
     ``MIN_TIMED_SECONDS`` (too short to time) or for the reference itself. ``as_dict()`` is what the catalog
     records."""
 
@@ -132,14 +132,16 @@ def compare(choice: TowerChoice, reference: Any, candidate: Any, threshold: floa
 
 
 def _timed_runs(session: Any, inputs: dict[str, Any]) -> tuple[Any, float]:
-    """(features, seconds): ``session.run(inputs)`` twice, the faster run's wall time (the first run also warms the
-    runtime up: graph compilation, thread pools, caches)."""
+    """(features, CPU seconds): ``session.run(inputs)`` twice, the cheaper run's CPU time of this process, all its
+    threads (the first run also warms the runtime up: graph compilation, thread pools, caches). CPU time, not wall
+    time: the verdict is cached for good, and other load on the machine stretches wall time by whatever it takes
+    from the run, while the run's own CPU time stays close to its work (runtimes use one thread per core alike)."""
     best = float("inf")
     out: Any = None
     for _ in range(2):
-        start = time.perf_counter()
+        start = time.process_time()
         out = session.run(inputs)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return out, best
 
 
