@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import sysconfig
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -146,29 +147,34 @@ def load(spec: Spec, cache: Path = DEFAULT_CACHE) -> dict[str, np.ndarray]:
     }
 
 
+def docstrings(paths: Iterable[Path]) -> Iterator[str]:
+    """The docstrings (module, class, function) of the Python files ``paths``, in file order; files that do not
+    parse are skipped. The real English prose of the text benchmarks (this corpus, ``trained_int8_recall.py``)."""
+    for path in paths:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node)
+                if doc:
+                    yield doc
+
+
 def _docstring_sentences(limit: int) -> list[str]:
     """Up to ``limit`` distinct prose sentences (40-200 characters) from docstrings of ``CORPUS_PACKAGES``."""
     site = Path(sysconfig.get_paths()["purelib"])
     seen: dict[str, None] = {}
     for package in CORPUS_PACKAGES:
-        for path in sorted((site / package).rglob("*.py")):
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-            except (SyntaxError, ValueError):
-                continue
-            for node in ast.walk(tree):
-                if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                    continue
-                doc = ast.get_docstring(node)
-                if not doc:
-                    continue
-                for paragraph in doc.split("\n\n"):
-                    text = " ".join(paragraph.split())
-                    for sentence in _SENTENCE_SPLIT.split(text):
-                        if 40 <= len(sentence) <= 200 and sentence[0].isupper() and not _NOT_PROSE.search(sentence):
-                            seen.setdefault(sentence, None)
-                if len(seen) >= limit:
-                    return list(seen)
+        for doc in docstrings(sorted((site / package).rglob("*.py"))):
+            for paragraph in doc.split("\n\n"):
+                text = " ".join(paragraph.split())
+                for sentence in _SENTENCE_SPLIT.split(text):
+                    if 40 <= len(sentence) <= 200 and sentence[0].isupper() and not _NOT_PROSE.search(sentence):
+                        seen.setdefault(sentence, None)
+            if len(seen) >= limit:
+                return list(seen)
     return list(seen)
 
 

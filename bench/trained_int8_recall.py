@@ -25,7 +25,6 @@ the ranking when the weights are trained. JSON to bench/results/trained_int8_rec
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import json
 import os
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ann_data import docstrings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -58,23 +58,13 @@ def sentences(n: int, seed: int = 0) -> list[str]:
         if spec is None or not spec.submodule_search_locations:
             continue
         for folder in spec.submodule_search_locations:
-            for path in sorted(Path(folder).rglob("*.py")):
-                try:
-                    tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-                except (SyntaxError, ValueError):
-                    continue
-                for node in ast.walk(tree):
-                    if not isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef | ast.Module):
-                        continue
-                    doc = ast.get_docstring(node)
-                    if not doc:
-                        continue
-                    first = re.split(r"(?<=[.!?])\s", " ".join(doc.split()), maxsplit=1)[0]
-                    words = first.split()
-                    letters = sum(c.isalpha() for c in first) / max(1, len(first))
-                    if 6 <= len(words) <= 30 and letters > 0.75 and first.lower() not in seen:
-                        seen.add(first.lower())
-                        out.append(first)
+            for doc in docstrings(sorted(Path(folder).rglob("*.py"))):
+                first = re.split(r"(?<=[.!?])\s", " ".join(doc.split()), maxsplit=1)[0]
+                words = first.split()
+                letters = sum(c.isalpha() for c in first) / max(1, len(first))
+                if 6 <= len(words) <= 30 and letters > 0.75 and first.lower() not in seen:
+                    seen.add(first.lower())
+                    out.append(first)
     rng = np.random.default_rng(seed)
     rng.shuffle(out)  # type: ignore[arg-type]
     if len(out) < n:
